@@ -1,0 +1,62 @@
+"""Shared test fixtures: tiny random transformers models of every supported family, saved to disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3_text")
+
+
+def tiny_hf_config(family: str, num_kv_heads: int = 2, **overrides):
+    """A small config that still exercises every switch of the family (windows shorter than test inputs)."""
+    from transformers import AutoConfig
+
+    kw = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+        num_key_value_heads=num_kv_heads, vocab_size=128, head_dim=16, bos_token_id=1, eos_token_id=2,
+        pad_token_id=0,
+    )  # fmt: skip
+    if family.startswith("gemma"):
+        kw.update(sliding_window=5, query_pre_attn_scalar=24)
+    if family == "gemma2":
+        kw.update(attn_logit_softcapping=5.0, final_logit_softcapping=3.0)
+    if family == "gemma3_text":
+        kw.update(sliding_window_pattern=2, rope_scaling={"rope_type": "linear", "factor": 2.0})
+    if family == "llama":
+        kw.update(
+            rope_theta=500000.0,
+            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+        )  # fmt: skip
+    kw.update(overrides)
+    return AutoConfig.for_model(family, **kw)
+
+
+def tiny_hf_model(family: str, path, num_kv_heads: int = 2, seed: int = 0, **overrides):
+    """Build, perturb (random init leaves norms at 1/0), and save a tiny model; returns the torch model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_hf_config(family, num_kv_heads, **overrides)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(path)
+    return model
+
+
+@pytest.fixture
+def rng():
+    return np.random.RandomState(0)
+
+
+def left_padded_batch(rng, vocab: int, lengths=(12, 8, 5)):
+    """Token ids (B, T) with left padding, its validity mask, and HF-style position ids."""
+    T = max(lengths)
+    tokens = rng.randint(3, vocab, size=(len(lengths), T))
+    valid = np.arange(T)[None, :] >= (T - np.asarray(lengths))[:, None]
+    tokens = np.where(valid, tokens, 0)
+    positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
+    return tokens, valid, positions
