@@ -13,7 +13,7 @@ from collections.abc import Callable
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import Params, param_shapes
@@ -73,9 +73,12 @@ def parse_mesh(spec: str | None, n_devices: int | None = None) -> dict[str, int]
     return sizes
 
 
-def make_mesh(spec: str | None = None) -> Mesh:
-    sizes = parse_mesh(spec)
-    return jax.make_mesh(tuple(sizes[a] for a in MESH_AXES), MESH_AXES)
+def make_mesh(spec: str | None = None, devices=None) -> Mesh:
+    """A (data, fsdp, model) mesh. Axes are `Auto`: jit propagates shardings from the placed inputs."""
+    devices = devices or jax.devices()
+    sizes = parse_mesh(spec, len(devices))
+    shape = tuple(sizes[a] for a in MESH_AXES)
+    return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = Rules()) -> Params:
@@ -102,7 +105,7 @@ def materialize(
     """
     shapes = param_shapes(cfg)
     if mesh is None:
-        mesh = jax.make_mesh((1, 1, 1), MESH_AXES, devices=jax.devices()[:1])
+        mesh = make_mesh(devices=jax.devices()[:1])
     shardings = param_shardings(cfg, mesh, rules)
 
     def build(name, shape, sharding):

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import numpy as np
 import pytest
+
+# Eight simulated CPU devices for every test, so sharded and single-device runs can be compared.
+# This must happen before any JAX backend starts.
+jax.config.update("jax_num_cpu_devices", 8)
 
 FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3_text")
 
@@ -60,3 +65,20 @@ def left_padded_batch(rng, vocab: int, lengths=(12, 8, 5)):
     tokens = np.where(valid, tokens, 0)
     positions = np.maximum(np.cumsum(valid, axis=1) - 1, 0)
     return tokens, valid, positions
+
+
+def tiny_tokenizer(vocab_size: int = 128):
+    """A real (word-level) fast tokenizer over words w3..w{V-1} that prepends BOS, like Gemma/Llama do."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<bos>": 1, "<eos>": 2, **{f"w{i}": i for i in range(3, vocab_size)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.post_processor = processors.TemplateProcessing(single="<bos> $A", special_tokens=[("<bos>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>")
+
+
+def random_texts(rng, n_texts: int, vocab_size: int = 128, words=(4, 30)) -> list[str]:
+    """Texts of the tiny tokenizer's words with random lengths."""
+    return [" ".join(f"w{w}" for w in rng.randint(3, vocab_size, rng.randint(*words))) for _ in range(n_texts)]

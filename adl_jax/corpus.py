@@ -1,0 +1,97 @@
+"""Text sources and the paper's preprocessing into fixed-length token rows.
+
+A source is any iterable of strings. ADL only reads the first few tokens of each text, so sources are
+consumed lazily and each text is cut to `10 * n` characters before tokenizing (as the paper does).
+Sources: local .txt (one text per line) / .jsonl / .parquet files, HF `datasets` streaming, TFDS, and
+an offline source of unconditional samples from the base model (see `adl_jax.samples`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+FINEWEB = "science-of-finetuning/fineweb-1m-sample"
+
+
+def local_texts(path: str | Path, column: str = "text", seed: int | None = 42) -> list[str]:
+    """All texts of a local file, shuffled with `seed` (None keeps file order)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"corpus file {path} does not exist")
+    if path.suffix == ".txt":
+        texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    elif path.suffix == ".jsonl":
+        texts = []
+        for i, line in enumerate(path.read_text().splitlines()):
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            if column not in row:
+                raise ValueError(f"{path}:{i + 1} has no field {column!r} (fields: {sorted(row)}); pass --column")
+            texts.append(row[column])
+    elif path.suffix == ".parquet":
+        try:
+            import pyarrow.parquet as pq
+        except ImportError as e:
+            raise ImportError("reading .parquet needs pyarrow: pip install 'adl-jax[hf]'") from e
+        table = pq.read_table(path)
+        if column not in table.column_names:
+            raise ValueError(f"{path} has no column {column!r} (columns: {table.column_names}); pass --column")
+        texts = [str(t) for t in table.column(column).to_pylist()]
+    else:
+        raise ValueError(f"unsupported corpus file type {path.suffix!r}: use .txt, .jsonl or .parquet")
+    if seed is not None:
+        order = np.random.default_rng(seed).permutation(len(texts))
+        texts = [texts[i] for i in order]
+    return texts
+
+
+def hf_texts(name: str = FINEWEB, split: str = "train", column: str = "text", seed: int = 42) -> Iterator[str]:
+    """Stream texts of an HF dataset, shuffled with `seed` through a buffer (needs network + `datasets`)."""
+    try:
+        import datasets
+    except ImportError as e:
+        raise ImportError("HF datasets sources need the optional extra: pip install 'adl-jax[hf]'") from e
+    stream = datasets.load_dataset(name, split=split, streaming=True).shuffle(seed=seed, buffer_size=10_000)
+    return (row[column] for row in stream)
+
+
+def tfds_texts(name: str, split: str = "train", key: str = "text", seed: int = 42) -> Iterator[str]:
+    """Texts of a TensorFlow Datasets dataset (needs `tensorflow-datasets`)."""
+    try:
+        import tensorflow_datasets as tfds
+    except ImportError as e:
+        raise ImportError("TFDS sources need the optional extra: pip install 'adl-jax[tfds]'") from e
+    ds = tfds.load(name, split=split, shuffle_files=True, read_config=tfds.ReadConfig(shuffle_seed=seed))
+    for row in tfds.as_numpy(ds):
+        value = row[key]
+        yield value.decode() if isinstance(value, bytes) else str(value)
+
+
+def tokenize_texts(
+    texts: Iterable[str], tokenizer, n: int, count: int, *, allow_fewer: bool = False, chunk: int = 256
+) -> np.ndarray:
+    """The paper's preprocessing: cut to 10*n characters, tokenize with special tokens (BOS), drop texts
+    shorter than n tokens, keep the first n. Returns (count, n) int32 token ids."""
+    rows, seen = [], 0
+    it = iter(texts)
+    while len(rows) < count:
+        batch = [t[: 10 * n] for _, t in zip(range(chunk), it)]
+        if not batch:
+            break
+        seen += len(batch)
+        for ids in tokenizer(batch, add_special_tokens=True)["input_ids"]:
+            if len(ids) >= n and len(rows) < count:
+                rows.append(ids[:n])
+    if len(rows) < count and not allow_fewer:
+        raise ValueError(
+            f"the corpus gave only {len(rows)} usable texts of >= {n} tokens (out of {seen} read) but {count} "
+            "were requested: lower --samples or --n, use a larger corpus, or allow fewer (--allow-fewer)"
+        )
+    if not rows:
+        raise ValueError(f"the corpus has no text of at least {n} tokens ({seen} read)")
+    return np.asarray(rows, dtype=np.int32)
