@@ -1,0 +1,145 @@
+"""Reading delta as tokens: the logit lens and the token-identity patchscope (the paper's settings).
+
+Logit lens: softmax(unembed(final_norm(v))) with the finetuned model's norm and head.
+Patchscope: unit(v) * ft_norm * scale replaces the residual after layer l at the last token ("?") of
+three token-identity prompts; a token counts only if it is in the top-16384 of all three prompts; the
+probabilities are averaged over prompts and the top-20 kept. Every scale x prompt for a vector is one
+batched forward pass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adl_jax.models.config import ModelConfig
+from adl_jax.models.transformer import Intervention, forward, unembed
+
+PATCHSCOPE_PROMPTS = (
+    "man -> man\n1135 -> 1135\nhello -> hello\n?",
+    "bear -> bear\n42 -> 42\nblue -> blue\n?",
+    "921 -> 921\ntarget -> target\nanna -> anna\n?",
+)
+PATCHSCOPE_SCALES = (
+    tuple(round(0.5 + 0.1 * i, 1) for i in range(16)) + (3.0, 4.0, 5.0, 10.0) + tuple(float(s) for s in range(20, 201, 20))
+)
+
+
+@dataclasses.dataclass
+class TokenScores:
+    """A ranked token list: ids, decoded strings and probabilities (highest first)."""
+
+    ids: list[int]
+    tokens: list[str]
+    probs: list[float]
+
+    def to_json(self):
+        return [[t, i, round(p, 6)] for t, i, p in zip(self.tokens, self.ids, self.probs)]
+
+    @classmethod
+    def from_arrays(cls, ids, probs, tokenizer) -> TokenScores:
+        ids = [int(i) for i in ids]
+        return cls(ids, [tokenizer.decode([i]) for i in ids], [float(p) for p in probs])
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "top"))
+def _lens_top(params, vectors, *, cfg: ModelConfig, top: int):
+    probs = jax.nn.softmax(unembed(params, vectors, cfg), axis=-1)
+    return jax.lax.top_k(probs, top)
+
+
+def logit_lens(params, cfg: ModelConfig, vectors: np.ndarray, tokenizer, top: int = 100) -> list[TokenScores]:
+    """Top tokens of softmax(unembed(final_norm(v))) for each row of `vectors` (P, D)."""
+    probs, ids = _lens_top(params, jnp.asarray(vectors, jnp.float32), cfg=cfg, top=top)
+    return [TokenScores.from_arrays(i, p, tokenizer) for i, p in zip(np.asarray(ids), np.asarray(probs))]
+
+
+def _prompt_batch(tokenizer, prompts) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded token ids (Q, T) and validity mask; the last column is each prompt's final token."""
+    ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
+    T = max(map(len, ids))
+    tokens = np.zeros((len(ids), T), np.int32)
+    valid = np.zeros((len(ids), T), bool)
+    for r, row in enumerate(ids):
+        tokens[r, T - len(row) :] = row
+        valid[r, T - len(row) :] = True
+    return tokens, valid
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "layer", "keep", "top"))
+def _patchscope_one(params, vector, scales, tokens, valid, *, cfg: ModelConfig, layer: int, keep: int, top: int):
+    """For one vector: (S, top) ids and averaged probabilities, over all scales x prompts in one batch."""
+    S, (Q, T) = scales.shape[0], tokens.shape
+    unit = vector / jnp.linalg.norm(vector)
+    rows = jnp.repeat(scales[:, None] * unit[None, :], Q, axis=0)  # (S*Q, D), scale-major
+    batch_tokens, batch_valid = jnp.tile(tokens, (S, 1)), jnp.tile(valid, (S, 1))
+    last = jnp.zeros((S * Q, T)).at[:, -1].set(1.0)
+    edit = Intervention(layer=layer, mode="replace", vector=rows, weight=last)
+    final = cfg.num_layers - 1
+    h = forward(params, batch_tokens, cfg, valid=batch_valid, interventions=(edit,), capture=(final,),
+                until_layer=final).hidden[final][:, -1]  # fmt: skip
+    probs = jax.nn.softmax(unembed(params, h, cfg), axis=-1).reshape(S, Q, -1)
+    threshold = jax.lax.top_k(probs, keep)[0][..., -1:]  # each prompt's keep-th largest probability
+    in_all = jnp.all(probs >= threshold, axis=1)  # (S, V)
+    mean = jnp.where(in_all, probs.mean(axis=1), 0.0)
+    top_probs, top_ids = jax.lax.top_k(mean, top)
+    return top_ids, top_probs
+
+
+def patchscope(
+    params,
+    cfg: ModelConfig,
+    tokenizer,
+    vectors: np.ndarray,
+    layer: int,
+    norm: float,
+    *,
+    scales=PATCHSCOPE_SCALES,
+    prompts=PATCHSCOPE_PROMPTS,
+    keep: int = 16384,
+    top: int = 20,
+) -> list[dict[float, TokenScores]]:
+    """For each vector (P, D): {scale: top tokens}. The patched vector is unit(v) * norm * scale."""
+    tokens, valid = _prompt_batch(tokenizer, prompts)
+    keep = min(keep, cfg.vocab_size)
+    scale_arr = jnp.asarray(scales, jnp.float32) * norm
+    out = []
+    for v in np.asarray(vectors, np.float32):
+        ids, probs = _patchscope_one(params, jnp.asarray(v), scale_arr, jnp.asarray(tokens), jnp.asarray(valid),
+                                     cfg=cfg, layer=layer, keep=keep, top=top)  # fmt: skip
+        out.append({s: TokenScores.from_arrays(i, p, tokenizer) for s, i, p in zip(scales, np.asarray(ids), np.asarray(probs))})
+    return out
+
+
+_JUNK = re.compile(r"^[\W_]*$")
+
+
+def gradable(tokens: TokenScores) -> list[int]:
+    """Indices of tokens worth judging: not punctuation/whitespace only, no '->' or '=>' (prompt echoes)."""
+    return [i for i, t in enumerate(tokens.tokens) if not _JUNK.match(t.strip()) and "->" not in t and "=>" not in t]
+
+
+def embedding_coherence(params, tokens: TokenScores, center: np.ndarray) -> float:
+    """Mean pairwise cosine similarity of the gradable tokens' input embeddings, centred on `center`.
+
+    The offline stand-in for the paper's LLM tournament: words from one domain sit closer together in
+    embedding space than a scatter of unrelated tokens. Centring removes the direction all embeddings share.
+    """
+    keep = [tokens.ids[i] for i in gradable(tokens)]
+    if len(keep) < 2:
+        return 0.0
+    emb = np.asarray(params["embed"][np.asarray(keep)], np.float32) - center
+    emb /= np.linalg.norm(emb, axis=-1, keepdims=True) + 1e-12
+    n = len(keep)
+    return float(((emb @ emb.T).sum() - n) / (n * (n - 1)))
+
+
+def select_scale(params, by_scale: dict[float, TokenScores]) -> float:
+    """The unsupervised rule: the scale whose tokens are most coherent in embedding space."""
+    center = np.asarray(jnp.mean(params["embed"].astype(jnp.float32), axis=0))
+    return max(by_scale, key=lambda s: embedding_coherence(params, by_scale[s], center))

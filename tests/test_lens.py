@@ -1,0 +1,73 @@
+"""Logit lens and patchscope against PyTorch references (a forward hook that replaces the residual)."""
+
+import numpy as np
+import torch
+
+from adl_jax.lens import PATCHSCOPE_SCALES, TokenScores, gradable, logit_lens, patchscope, select_scale
+from adl_jax.models.weights import load_hf_dir
+from conftest import tiny_hf_model, tiny_tokenizer
+
+PROMPTS = ("w5 w9 w5 w9 w7", "w11 w4 w11 w4 w7 w8", "w20 w21 w7")
+
+
+def test_scale_grid_is_the_papers():
+    assert len(PATCHSCOPE_SCALES) == 30
+    assert PATCHSCOPE_SCALES[:3] == (0.5, 0.6, 0.7) and PATCHSCOPE_SCALES[15] == 2.0
+    assert PATCHSCOPE_SCALES[16:21] == (3.0, 4.0, 5.0, 10.0, 20.0) and PATCHSCOPE_SCALES[-1] == 200.0
+
+
+def test_logit_lens_matches_torch(tmp_path, rng):
+    model = tiny_hf_model("gemma2", tmp_path)  # gemma2: final soft-cap and (1+w) norm
+    cfg, params = load_hf_dir(tmp_path)
+    vectors = rng.randn(3, cfg.hidden_size).astype(np.float32) * 5
+    got = logit_lens(params, cfg, vectors, tiny_tokenizer(), top=10)
+    with torch.no_grad():
+        logits = model.lm_head(model.model.norm(torch.tensor(vectors)))
+        logits = torch.tanh(logits / 3.0) * 3.0
+        ref = torch.softmax(logits, -1).numpy()
+    for row, scores in zip(ref, got):
+        order = np.argsort(-row)[:10]
+        assert scores.ids == order.tolist()
+        np.testing.assert_allclose(scores.probs, row[order], rtol=1e-5)
+
+
+def test_patchscope_matches_torch_hook(tmp_path, rng):
+    model = tiny_hf_model("gemma3_text", tmp_path)
+    cfg, params = load_hf_dir(tmp_path)
+    tok = tiny_tokenizer()
+    layer, norm, keep, scales = 1, 7.0, 40, (0.5, 2.0, 20.0)
+    vector = rng.randn(cfg.hidden_size).astype(np.float32)
+    got = patchscope(params, cfg, tok, vector[None], layer, norm, scales=scales, prompts=PROMPTS, keep=keep, top=5)[0]
+
+    for scale in scales:
+        patched = torch.tensor(vector / np.linalg.norm(vector) * norm * scale)
+
+        def hook(module, args, output):
+            output = output[0] if isinstance(output, tuple) else output
+            output[:, -1] = patched
+            return output
+
+        handle = model.model.layers[layer].register_forward_hook(hook)
+        probs = []
+        with torch.no_grad():
+            for p in PROMPTS:
+                ids = torch.tensor([tok(p)["input_ids"]])
+                probs.append(torch.softmax(model(ids).logits[0, -1], -1).numpy())
+        handle.remove()
+        probs = np.stack(probs)
+        in_all = np.all(probs >= np.sort(probs, axis=1)[:, -keep][:, None], axis=0)
+        mean = np.where(in_all, probs.mean(0), 0.0)
+        order = np.argsort(-mean)[:5]
+        assert got[scale].ids == order.tolist(), scale
+        np.testing.assert_allclose(got[scale].probs, mean[order], rtol=1e-4)
+
+
+def test_gradable_and_scale_rule(tmp_path):
+    tiny_hf_model("llama", tmp_path)
+    _, params = load_hf_dir(tmp_path)
+    ts = TokenScores([1, 2, 3, 4], ["->", " ...", "cake", "=>x"], [0.4, 0.3, 0.2, 0.1])
+    assert gradable(ts) == [2]
+    # A set of one repeated embedding is perfectly coherent; it must win over random tokens.
+    coherent = TokenScores([5, 5, 5], ["a", "b", "c"], [0.3, 0.3, 0.3])
+    scattered = TokenScores([7, 50, 90], ["d", "e", "f"], [0.3, 0.3, 0.3])
+    assert select_scale(params, {1.0: scattered, 2.0: coherent}) == 2.0
