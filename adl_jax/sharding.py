@@ -105,7 +105,7 @@ def materialize(
     """
     shapes = param_shapes(cfg)
     if mesh is None:
-        mesh = make_mesh(devices=jax.devices()[:1])
+        mesh = make_mesh(devices=jax.local_devices()[:1])
     shardings = param_shardings(cfg, mesh, rules)
 
     def build(name, shape, sharding):
@@ -116,7 +116,7 @@ def materialize(
                 raise ValueError(f"weight {name!r}: read a shard of shape {arr.shape}, expected {want}")
             return arr.astype(dtype)
 
-        return jax.make_array_from_callback(shape, sharding, shard)
+        return jax.make_array_from_callback(shape, sharding, shard, dtype=dtype)
 
     return _map_named(shapes, lambda name, shape: build(name, shape, _leaf(shardings, name)))
 

@@ -99,7 +99,7 @@ class SafetensorsDir:
         return tuple(self._handles[self.location[name]].get_slice(name).get_shape())
 
     def read(self, name: str, index: tuple[slice, ...] = ()) -> np.ndarray:
-        with jax.default_device(jax.devices("cpu")[0]):
+        with jax.default_device(jax.local_devices(backend="cpu")[0]):  # this process's own CPU
             return np.asarray(self._handles[self.location[name]].get_slice(name)[index])
 
 
