@@ -23,8 +23,12 @@ def _atomic(path: Path, write) -> None:
             os.unlink(tmp)
 
 
+def write_text(path: str | Path, text: str) -> None:
+    _atomic(Path(path), lambda tmp: Path(tmp).write_text(text))
+
+
 def write_json(path: str | Path, obj) -> None:
-    _atomic(Path(path), lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def read_json(path: str | Path):

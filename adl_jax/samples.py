@@ -1,0 +1,72 @@
+"""The offline corpus: unconditional samples from the base model, cached on disk.
+
+With no dataset hub, pretraining-like text comes from the base model itself: sampling from BOS at
+temperature 1 (top-p 0.95) gives text that follows its pretraining distribution. Samples are made in
+chunks whose keys derive from (seed, chunk index), appended to a partial file as they finish, so an
+interrupted run resumes where it stopped and the final file does not depend on interruptions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import jax
+from tqdm.auto import tqdm
+
+from adl_jax import io
+from adl_jax.models.generate import generate
+
+
+def sample_texts(
+    model,
+    count: int,
+    cache_dir: str | Path,
+    *,
+    seed: int = 0,
+    max_new_tokens: int = 64,
+    temperature: float = 1.0,
+    top_p: float = 0.95,
+    chunk: int = 32,
+    progress: bool = True,
+) -> list[str]:
+    """`count` texts sampled from `model` (.spec, .cfg, .params, .tokenizer), reused from `cache_dir`."""
+    if model.cfg.bos_token_id is None:
+        raise ValueError(f"{model.spec} has no BOS token to sample from; use a corpus file instead")
+    settings = dict(spec=model.spec, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
+                    top_p=top_p, chunk=chunk)  # fmt: skip
+    tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    cache_dir = Path(cache_dir)
+    partial = cache_dir / f"samples-{tag}.partial.jsonl"
+    texts = _read_lines(partial)
+    done = len(texts) // chunk
+    texts = texts[: done * chunk]  # a chunk cut short by a crash is redone
+    io.write_text(partial, "".join(json.dumps({"text": t}) + "\n" for t in texts))
+    bar = tqdm(total=count, initial=min(len(texts), count), unit="text", desc="sampling corpus",
+               disable=not progress)  # fmt: skip
+    with partial.open("a") as f:
+        for c in range(done, -(-count // chunk)):
+            gen = generate(model.params, model.cfg, [[model.cfg.bos_token_id]] * chunk, max_new_tokens=max_new_tokens,
+                           key=jax.random.fold_in(jax.random.key(seed), c), temperature=temperature, top_p=top_p)  # fmt: skip
+            new = [model.tokenizer.decode(row[:n], skip_special_tokens=True)
+                   for row, n in zip(gen.tokens.tolist(), gen.lengths.tolist())]  # fmt: skip
+            f.write("".join(json.dumps({"text": t}) + "\n" for t in new))
+            f.flush()
+            texts += new
+            bar.update(len(new))
+    bar.close()
+    io.write_json(cache_dir / f"samples-{tag}.json", dict(settings, count=len(texts)))
+    return texts[:count]
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line)["text"])
+        except (json.JSONDecodeError, KeyError):
+            break  # a line torn by a crash ends the usable part
+    return out
