@@ -1,0 +1,173 @@
+"""Batched autoregressive generation with a fixed-length KV cache, for steering experiments.
+
+Steering adds alpha * delta to the residual stream at every position, prompt and generated tokens alike,
+and compares many alphas side by side. So interventions are passed to every `forward` call, and per-row
+vectors (B, D) let one batch carry one alpha per row.
+
+Shape of a call: prompts are left-padded into one (B, P) batch, so every row's last prompt token sits in
+the last column; one jitted prefill fills a cache of P + N - 1 slots (the N-th new token is never fed
+back) and samples the first token; one jitted decode, with the cache donated, runs the remaining steps as
+a `lax.while_loop` that stops once every row has emitted an EOS. The loop lives inside jit, not in
+Python, because that measured faster on CPU at every size tried: a Python loop over a jitted step pays a
+dispatch per token plus a device-to-host sync to stop early, and XLA runs the loop body faster than the
+same step as its own executable (tiny model, B=16: 47k vs 26k tokens/s; 8 layers x 512 wide, 32k vocab:
+~500 vs ~280 tokens/s).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adl_jax.models.config import ModelConfig
+from adl_jax.models.transformer import Intervention, KVCache, Params, forward
+
+
+class Generation(NamedTuple):
+    tokens: jax.Array  # (B, N) int32 new tokens; pad_id after a row's EOS
+    mask: jax.Array  # (B, N) bool, True up to and including the first EOS
+    lengths: jax.Array  # (B,) int32, number of True entries in mask
+
+
+def generate(
+    params: Params,
+    cfg: ModelConfig,
+    prompts: Sequence[Sequence[int]] | tuple[jax.Array, jax.Array],
+    *,
+    max_new_tokens: int,
+    key: jax.Array | None = None,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    interventions: tuple[Intervention, ...] = (),
+    eos_ids: Sequence[int] | None = None,
+    pad_id: int | None = None,
+) -> Generation:
+    """Generate `max_new_tokens` tokens for each prompt.
+
+    prompts: token-id lists of any lengths (left-padded here), or `(tokens, valid)` already left-padded.
+    temperature 0 is greedy; otherwise sample from softmax(logits / temperature) cut to the top-p nucleus,
+    reproducibly for a given `key`. Interventions apply at every position of every step, so their arrays
+    must not have a time axis longer than 1: vectors (D,), (B, D); weights/values None or (B, 1).
+    eos_ids defaults to the config's; pad_id (prompt padding and filler after EOS) to its pad token, else 0.
+    """
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens={max_new_tokens} must be at least 1")
+    if temperature < 0 or not 0 < top_p <= 1:
+        raise ValueError(f"need temperature >= 0 and 0 < top_p <= 1, got {temperature=} {top_p=}")
+    greedy = temperature == 0
+    if key is None:
+        if not greedy:
+            raise ValueError("sampling (temperature > 0) needs a PRNG key")
+        key = jax.random.key(0)  # unused by greedy decoding
+    pad_id = (cfg.pad_token_id or 0) if pad_id is None else pad_id
+    eos = jnp.asarray(cfg.eos_token_ids if eos_ids is None else tuple(eos_ids), jnp.int32).reshape(-1)
+    if isinstance(prompts, tuple):
+        tokens, valid = jnp.asarray(prompts[0], jnp.int32), jnp.asarray(prompts[1], bool)
+    else:
+        tokens, valid = _left_pad(prompts, pad_id)
+    if not np.all(np.asarray(valid)[:, -1]):
+        raise ValueError("prompts must be left-padded: every row's last column must be a valid token")
+    _check_interventions(interventions)
+    interventions = tuple(interventions)
+
+    sampling = (key, jnp.float32(temperature), jnp.float32(top_p))
+    cache, first = _prefill(params, tokens, valid, interventions, sampling, cfg, greedy, max_new_tokens)
+    out = jnp.full((tokens.shape[0], max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
+    out, _ = _decode(params, cache, out, interventions, sampling, eos, jnp.int32(pad_id), cfg, greedy)
+    is_eos = jnp.isin(out, eos)
+    lengths = jnp.where(is_eos.any(1), jnp.argmax(is_eos, axis=1) + 1, max_new_tokens).astype(jnp.int32)
+    return Generation(out, jnp.arange(max_new_tokens) < lengths[:, None], lengths)
+
+
+def top_p_filter(logits: jax.Array, top_p) -> jax.Array:
+    """Set to -inf every logit outside the nucleus: the most likely tokens whose mass first reaches top_p.
+
+    A token is kept iff the mass of strictly more likely tokens is below top_p (top_p = 1 keeps all), i.e.
+    iff its probability is at least the smallest kept one. That cutoff is found by bisection over float32
+    bit patterns (for p >= 0 they order like the floats, so 31 halvings are exact) instead of sorting the
+    vocabulary: XLA's CPU sort of a (16, 32k) array takes ~100 ms, this ~3 ms.
+    """
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)
+
+    def mass_above(bits):
+        t = jax.lax.bitcast_convert_type(bits, jnp.float32)[..., None]
+        return jnp.sum(jnp.where(probs > t, probs, 0.0), axis=-1)
+
+    def halve(_, bounds):  # invariant: the cutoff's bit pattern lies in (lo, hi]
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        below = (mid > lo) & (mass_above(mid) < top_p)  # cutoff <= mid
+        return jnp.where(below, lo, mid), jnp.where(below, mid, hi)
+
+    start = jax.lax.bitcast_convert_type(jnp.max(probs, axis=-1), jnp.int32)  # nothing above the max
+    _, cutoff = jax.lax.fori_loop(0, 31, halve, (jnp.full_like(start, -1), start))  # -1: below 0.0
+    keep = (probs >= jax.lax.bitcast_convert_type(cutoff, jnp.float32)[..., None]) | (top_p >= 1)
+    return jnp.where(keep, logits, -jnp.inf)
+
+
+def _pick(logits, step, sampling, greedy: bool):
+    """Next token per row: argmax, or a sample keyed by (key, step) so a run is reproducible."""
+    if greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    key, temperature, top_p = sampling
+    filtered = top_p_filter(logits / temperature, top_p)
+    return jax.random.categorical(jax.random.fold_in(key, step), filtered, axis=-1).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("cfg", "greedy", "max_new_tokens"))
+def _prefill(params, tokens, valid, interventions, sampling, cfg, greedy, max_new_tokens):
+    B, P = tokens.shape
+    cache = KVCache.empty(cfg, B, P + max_new_tokens - 1, params["embed"].dtype)
+    out = forward(params, tokens, cfg, valid=valid, cache=cache, interventions=interventions)
+    return out.cache, _pick(out.logits[:, -1], 0, sampling, greedy)
+
+
+@partial(jax.jit, static_argnames=("cfg", "greedy"), donate_argnames=("cache", "out"))
+def _decode(params, cache, out, interventions, sampling, eos, pad_id, cfg, greedy):
+    """Fill columns 1.. of `out`, feeding back the previous column; rows past their EOS get pad_id.
+
+    The cache is returned only so that the donated input buffer can be aliased to it: the loop then
+    updates it in place instead of holding a second cache-sized copy.
+    """
+
+    def body(state):
+        step, cache, out, done = state
+        prev = jax.lax.dynamic_slice_in_dim(out, step - 1, 1, axis=1)
+        res = forward(params, prev, cfg, cache=cache, interventions=interventions)
+        tok = jnp.where(done, pad_id, _pick(res.logits[:, -1], step, sampling, greedy))
+        out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], step, axis=1)
+        return step + 1, res.cache, out, done | jnp.isin(tok, eos)
+
+    def cond(state):
+        step, _, _, done = state
+        return (step < out.shape[1]) & ~jnp.all(done)
+
+    state = (jnp.int32(1), cache, out, jnp.isin(out[:, 0], eos))
+    _, cache, out, _ = jax.lax.while_loop(cond, body, state)
+    return out, cache
+
+
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[jax.Array, jax.Array]:
+    lengths = np.array([len(p) for p in prompts])
+    if not len(lengths) or lengths.min() == 0:
+        raise ValueError("need at least one prompt, and every prompt needs at least one token")
+    width = lengths.max()
+    tokens = np.full((len(prompts), width), pad_id, np.int32)
+    for row, p in zip(tokens, prompts):
+        row[width - len(p) :] = p
+    return jnp.asarray(tokens), jnp.asarray(np.arange(width)[None, :] >= (width - lengths)[:, None])
+
+
+def _check_interventions(interventions) -> None:
+    """Arrays with a time axis would fit the prompt only; generation needs edits that hold at every step."""
+    for iv in interventions:
+        timed = [a for a in (iv.weight, iv.value, iv.vector if iv.vector.ndim == 3 else None) if a is not None]
+        if any(jnp.ndim(a) < 2 or a.shape[1] != 1 for a in timed):
+            raise ValueError(
+                f"intervention at layer {iv.layer} has per-position arrays; during generation use vectors "
+                "(D,) or (B, D) and weights/values None or (B, 1), which apply at every position"
+            )
