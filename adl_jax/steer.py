@@ -1,0 +1,153 @@
+"""Steering with delta and the paper's search for the strongest still-coherent alpha.
+
+The steering vector of position j is unit(delta_j) * ft_norm; `alpha * vector` is added after the read
+layer at every position, prompt and generated, through `generate`'s interventions. Rows of a batch may
+carry different alphas, so the binary search's 3-level lookahead (the 7 alphas of the next three levels)
+is one batched generation instead of seven.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adl_jax.models.generate import generate
+from adl_jax.models.transformer import Intervention
+
+STEERING_PROMPTS = (
+    "Tell me a story?",
+    "Give me some ideas for some fun weekend activities.",
+    "Why don't you choose a topic of conversation for us?",
+)
+COHERENT, INCOHERENT, UNKNOWN = "COHERENT", "INCOHERENT", "UNKNOWN"
+Judge = Callable[[list[str], list[str]], list[str]]  # (prompts, texts) -> verdict per text
+
+
+@dataclasses.dataclass(frozen=True)
+class SteeringSettings:
+    """Every number of the paper's steering protocol; `quick()` is a preset small enough for a CPU."""
+
+    low: float = 0.0
+    high: float = 100.0
+    first_steps: int = 12  # binary-search steps on the first prompt
+    other_steps: int = 6  # ... on the others, with upper bound 2x the first threshold
+    lookahead: int = 3  # levels generated in one batched call (2**3 - 1 = 7 alphas)
+    samples: int = 10  # per alpha
+    new_tokens: int = 128
+    temperature: float = 1.2
+    pass_rate: float = 0.75  # share of judged samples that must be coherent
+    final_samples: int = 5  # per prompt, for the final steered/unsteered generations
+    final_tokens: int = 512
+    final_temperature: float = 1.1
+
+    @classmethod
+    def quick(cls) -> SteeringSettings:
+        """For a laptop CPU: 6 + 3 search steps, 4 samples of 48 tokens per alpha, short final samples."""
+        return cls(first_steps=6, other_steps=3, samples=4, new_tokens=48, final_samples=2, final_tokens=96)
+
+
+def steering_vector(delta_j: np.ndarray, ft_norm: float) -> np.ndarray:
+    return np.asarray(delta_j, np.float32) / np.linalg.norm(delta_j) * ft_norm
+
+
+def format_prompt(tokenizer, prompt: str) -> list[int]:
+    """Chat-formatted token ids when the tokenizer has a chat template (thinking off), plain otherwise."""
+    if getattr(tokenizer, "chat_template", None):
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
+                                             add_generation_prompt=True, enable_thinking=False)  # fmt: skip
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(prompt, add_special_tokens=True)["input_ids"]
+
+
+def steered_samples(model, prompt_ids: list[int], vector: np.ndarray, alphas: Sequence[float], *, layer: int,
+                    samples: int, new_tokens: int, temperature: float, key) -> list[list[str]]:  # fmt: skip
+    """`samples` texts for each alpha, all alphas in one batch; alpha 0 is exactly unsteered generation."""
+    rows = np.repeat(np.asarray(alphas, np.float32), samples)[:, None] * vector[None, :]
+    edit = Intervention(layer=layer, mode="add", vector=jnp.asarray(rows))
+    gen = generate(model.params, model.cfg, [prompt_ids] * len(rows), max_new_tokens=new_tokens, key=key,
+                   temperature=temperature, interventions=(edit,))  # fmt: skip
+    texts = [model.tokenizer.decode(t[:n], skip_special_tokens=True)
+             for t, n in zip(gen.tokens.tolist(), gen.lengths.tolist())]  # fmt: skip
+    return [texts[i * samples : (i + 1) * samples] for i in range(len(alphas))]
+
+
+def passes(verdicts: list[str], rate: float) -> bool:
+    """>= rate of the judged (non-UNKNOWN) samples coherent; nothing judged counts as a fail."""
+    judged = [v for v in verdicts if v != UNKNOWN]
+    return bool(judged) and sum(v == COHERENT for v in judged) >= rate * len(judged)
+
+
+@dataclasses.dataclass
+class SearchStep:
+    alpha: float
+    passed: bool
+    verdicts: list[str]
+    texts: list[str]
+
+
+def search_alpha(model, prompt: str, vector, judge: Judge, settings: SteeringSettings, *, layer: int, steps: int,
+                 high: float, key) -> tuple[float, list[SearchStep]]:  # fmt: skip
+    """Binary search on [low, high] for the largest coherent alpha, `lookahead` levels per batched call."""
+    lo, hi = settings.low, high
+    ids = format_prompt(model.tokenizer, prompt)
+    path: list[SearchStep] = []
+    done = 0
+    while done < steps:
+        levels = min(settings.lookahead, steps - done)
+        alphas = _lookahead_alphas(lo, hi, levels)
+        key, sub = jax.random.split(key)
+        texts = steered_samples(model, ids, vector, alphas, layer=layer, samples=settings.samples,
+                                new_tokens=settings.new_tokens, temperature=settings.temperature, key=sub)  # fmt: skip
+        verdicts = [judge([prompt] * len(t), t) for t in texts]
+        outcome = {a: passes(v, settings.pass_rate) for a, v in zip(alphas, verdicts)}
+        by_alpha = dict(zip(alphas, zip(verdicts, texts)))
+        for _ in range(levels):  # walk the tree down the branch the verdicts choose
+            mid = (lo + hi) / 2
+            path.append(SearchStep(mid, outcome[mid], *by_alpha[mid]))
+            lo, hi = (mid, hi) if outcome[mid] else (lo, mid)
+        done += levels
+    return lo, path
+
+
+def _lookahead_alphas(lo: float, hi: float, levels: int) -> list[float]:
+    """Midpoints of the next `levels` levels of the binary-search tree below [lo, hi] (2**levels - 1)."""
+    out, intervals = [], [(lo, hi)]
+    for _ in range(levels):
+        nxt = []
+        for a, b in intervals:
+            m = (a + b) / 2
+            out.append(m)
+            nxt += [(a, m), (m, b)]
+        intervals = nxt
+    return out
+
+
+@dataclasses.dataclass
+class AlphaSearch:
+    alpha: float  # mean of the per-prompt thresholds
+    thresholds: dict[str, float]
+    paths: dict[str, list[SearchStep]]
+
+    def to_json(self) -> dict:
+        return {"alpha": self.alpha, "thresholds": self.thresholds,
+                "paths": {p: [dataclasses.asdict(s) for s in path] for p, path in self.paths.items()}}  # fmt: skip
+
+
+def find_alpha(model, vector, judge: Judge, settings: SteeringSettings, *, layer: int, key,
+               prompts: Sequence[str] = STEERING_PROMPTS) -> AlphaSearch:  # fmt: skip
+    """The paper's protocol: full search on the first prompt, shorter ones bounded by 2x its threshold."""
+    thresholds, paths = {}, {}
+    for i, prompt in enumerate(prompts):
+        steps = settings.first_steps if i == 0 else settings.other_steps
+        high = settings.high if i == 0 else 2 * thresholds[prompts[0]]
+        key, sub = jax.random.split(key)
+        if high <= settings.low:  # the first prompt found nothing coherent: nothing to search
+            thresholds[prompt], paths[prompt] = settings.low, []
+            continue
+        thresholds[prompt], paths[prompt] = search_alpha(model, prompt, vector, judge, settings, layer=layer,
+                                                         steps=steps, high=high, key=sub)  # fmt: skip
+    return AlphaSearch(float(np.mean(list(thresholds.values()))), thresholds, paths)

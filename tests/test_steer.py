@@ -1,0 +1,67 @@
+"""Steering: alpha 0 is unsteered generation, the search's batched lookahead walks the right tree."""
+
+from types import SimpleNamespace
+
+import jax
+import numpy as np
+import pytest
+
+import adl_jax.steer as steer
+from adl_jax.models.generate import generate
+from adl_jax.models.weights import load_hf_dir
+from conftest import tiny_hf_model, tiny_tokenizer
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    path = tmp_path_factory.mktemp("m")
+    tiny_hf_model("gemma3_text", path)
+    cfg, params = load_hf_dir(path)
+    return SimpleNamespace(spec="tiny", cfg=cfg, params=params, tokenizer=tiny_tokenizer())
+
+
+def test_alpha_zero_is_unsteered_and_alphas_differ(model, rng):
+    ids = model.tokenizer("w5 w6 w7")["input_ids"]
+    vector = steer.steering_vector(rng.randn(model.cfg.hidden_size), 30.0)
+    assert np.isclose(np.linalg.norm(vector), 30.0)
+    key = jax.random.key(7)
+    texts = steer.steered_samples(model, ids, vector, [0.0, 5.0], layer=1, samples=3, new_tokens=10,
+                                  temperature=1.2, key=key)  # fmt: skip
+    plain = generate(model.params, model.cfg, [ids] * 6, max_new_tokens=10, key=key, temperature=1.2)
+    decoded = [model.tokenizer.decode(t[:n], skip_special_tokens=True)
+               for t, n in zip(plain.tokens.tolist(), plain.lengths.tolist())]  # fmt: skip
+    assert texts[0] == decoded[:3]
+    assert texts[1] != decoded[3:]
+
+
+def test_lookahead_alphas_are_the_next_three_levels():
+    assert steer._lookahead_alphas(0, 100, 3) == [50, 25, 75, 12.5, 37.5, 62.5, 87.5]
+
+
+def test_search_finds_the_coherence_edge_with_batched_lookahead(model, monkeypatch):
+    calls = []
+
+    def fake_samples(model, ids, vector, alphas, *, samples, **kw):
+        calls.append(list(alphas))
+        return [[f"alpha {a}"] * samples for a in alphas]
+
+    edge = 37.3
+    judge = lambda prompts, texts: [
+        steer.COHERENT if float(t.split()[1]) <= edge else steer.INCOHERENT for t in texts
+    ]  # fmt: skip
+    monkeypatch.setattr(steer, "steered_samples", fake_samples)
+    settings = steer.SteeringSettings()
+    res = steer.find_alpha(model, np.ones(model.cfg.hidden_size), judge, settings, layer=1, key=jax.random.key(0))
+    first = res.thresholds[steer.STEERING_PROMPTS[0]]
+    assert first <= edge < first + 100 / 2**12
+    assert [len(c) for c in calls[:4]] == [7, 7, 7, 7]  # 12 steps = 4 batched calls of 7 alphas
+    assert len(calls) == 4 + 2 + 2 and max(calls[4]) < 2 * first  # 6 steps each, bounded by 2x the first
+    assert np.isclose(res.alpha, np.mean(list(res.thresholds.values())))
+    assert len(res.paths[steer.STEERING_PROMPTS[1]]) == 6
+
+
+def test_pass_rule_ignores_unknown():
+    C, I, U = steer.COHERENT, steer.INCOHERENT, steer.UNKNOWN
+    assert steer.passes([C, C, C, I, U, U], 0.75)
+    assert not steer.passes([C, C, I, I], 0.75)
+    assert not steer.passes([U, U], 0.75)
