@@ -82,3 +82,11 @@ def tiny_tokenizer(vocab_size: int = 128):
 def random_texts(rng, n_texts: int, vocab_size: int = 128, words=(4, 30)) -> list[str]:
     """Texts of the tiny tokenizer's words with random lengths."""
     return [" ".join(f"w{w}" for w in rng.randint(3, vocab_size, rng.randint(*words))) for _ in range(n_texts)]
+
+
+@pytest.fixture(scope="session")
+def gemma():
+    """The embedded Gemma-3-270M (real weights from the packaged GGUF), loaded once per test session."""
+    from adl_jax.models.load import load_model
+
+    return load_model("gemma-3-270m")

@@ -1,0 +1,118 @@
+"""Offline judges, for when no LLM grader endpoint is configured. Every output they feed is labelled
+"offline" so nobody mistakes them for the paper's LLM graders.
+
+Coherence: a text is judged by the unsteered model itself. Its mean per-token loss must stay within the
+range of the unsteered model's own samples for the same prompt, and it must not be a degenerate loop
+(repetition makes loss *low*, so it needs its own check).
+Relevance as dataset overlap: the share of lens tokens among the finetuning data's most frequent
+non-generic tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections import Counter
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from adl_jax.models.config import ModelConfig
+from adl_jax.models.transformer import forward
+from adl_jax.steer import COHERENT, INCOHERENT, UNKNOWN, format_prompt
+
+OFFLINE = "offline"
+
+
+@functools.partial(jax.jit, static_argnames="cfg")
+def _token_nll(params, tokens, valid, scored, *, cfg: ModelConfig):
+    """Mean next-token loss over the `scored` positions of each row (left-padded batch)."""
+    logits = forward(params, tokens, cfg, valid=valid).logits[:, :-1]
+    logp = jax.nn.log_softmax(logits, axis=-1)
+    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+    w = scored[:, 1:].astype(jnp.float32)
+    return (nll * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
+
+
+def mean_nll(model, prompt_ids: list[int], texts: list[str], max_tokens: int = 256) -> np.ndarray:
+    """The model's mean loss per token of each text continuing the prompt."""
+    rows = [(prompt_ids + model.tokenizer(t, add_special_tokens=False)["input_ids"])[: len(prompt_ids) + max_tokens]
+            for t in texts]  # fmt: skip
+    width = max(map(len, rows))
+    tokens = np.zeros((len(rows), width), np.int32)
+    valid = np.zeros((len(rows), width), bool)
+    scored = np.zeros((len(rows), width), bool)
+    for r, row in enumerate(rows):
+        tokens[r, width - len(row) :] = row
+        valid[r, width - len(row) :] = True
+        scored[r, width - len(row) + len(prompt_ids) :] = True
+    return np.asarray(_token_nll(model.params, tokens, valid, scored, cfg=model.cfg))
+
+
+def repetition(text: str, n: int = 4) -> float:
+    """Share of word n-grams that repeat an earlier one (0 = none, near 1 = a loop)."""
+    words = text.split()
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+
+
+class OfflineCoherence:
+    """Judge texts against the unsteered model's own samples for the same prompt.
+
+    A text is INCOHERENT when its loss exceeds the reference samples' 90th percentile by more than
+    `margin` nats per token, or when over `max_repetition` of its 4-grams repeat; UNKNOWN when it has
+    fewer than `min_words` words (nothing to judge).
+    """
+
+    name = OFFLINE
+
+    def __init__(self, model, references: dict[str, list[str]], margin: float = 1.0, max_repetition: float = 0.5,
+                 min_words: int = 3):  # fmt: skip
+        self.model, self.margin, self.max_repetition, self.min_words = model, margin, max_repetition, min_words
+        self.limits = {p: float(np.quantile(mean_nll(model, format_prompt(model.tokenizer, p), refs), 0.9)) + margin
+                       for p, refs in references.items()}  # fmt: skip
+
+    def __call__(self, prompts: list[str], texts: list[str]) -> list[str]:
+        prompt = prompts[0]
+        if any(p != prompt for p in prompts) or prompt not in self.limits:
+            raise ValueError("the offline coherence judge scores one prompt at a time, one it has references for")
+        losses = mean_nll(self.model, format_prompt(self.model.tokenizer, prompt), texts)
+        out = []
+        for text, loss in zip(texts, losses):
+            if len(text.split()) < self.min_words:
+                out.append(UNKNOWN)
+            elif loss > self.limits[prompt] or repetition(text) > self.max_repetition:
+                out.append(INCOHERENT)
+            else:
+                out.append(COHERENT)
+        return out
+
+
+_WORD = re.compile(r"[^\W\d_]{3,}")  # alphabetic, at least 3 letters: skips punctuation, numbers, fragments
+
+
+def normalise(token: str) -> str:
+    return token.strip().lower()
+
+
+def frequent_tokens(texts: list[str], tokenizer, generic_texts: list[str], top: int = 100, min_count: int = 10,
+                    generic_top: int = 1000) -> list[str]:  # fmt: skip
+    """The `top` most frequent word tokens of `texts` (count >= min_count) that are not generic, i.e. not
+    among the `generic_top` most frequent tokens of `generic_texts` (pretraining-like text)."""
+
+    def counts(ts):
+        c = Counter()
+        for ids in tokenizer(list(ts), add_special_tokens=False)["input_ids"]:
+            c.update(normalise(tokenizer.decode([i])) for i in ids)
+        return Counter({t: n for t, n in c.items() if _WORD.fullmatch(t)})
+
+    generic = {t for t, _ in counts(generic_texts).most_common(generic_top)}
+    return [t for t, n in counts(texts).most_common() if n >= min_count and t not in generic][:top]
+
+
+def dataset_overlap(tokens: list[str], frequent: list[str]) -> tuple[int, float]:
+    """(count, share) of `tokens` whose normalised form is among the frequent dataset tokens."""
+    freq = set(frequent)
+    hits = sum(normalise(t) in freq for t in tokens)
+    return hits, hits / max(len(tokens), 1)

@@ -1,0 +1,39 @@
+"""Offline judges on the real Gemma-3-270M: coherent text passes, shuffled/random/looping text fails."""
+
+import random
+
+import jax
+import numpy as np
+
+from adl_jax.judges import OfflineCoherence, dataset_overlap, frequent_tokens, repetition
+from adl_jax.steer import COHERENT, INCOHERENT, UNKNOWN, format_prompt, steered_samples
+
+PROMPT = "Tell me a story?"
+GOOD = [
+    "Once upon a time there was a little girl who lived in a small village near the forest. Every morning "
+    "she walked to the river to fetch water for her grandmother.",
+    "There was once a fisherman who lived by the sea with his wife. One day he caught a golden fish that "
+    "could speak, and it begged him to let it go.",
+]
+
+
+def test_offline_coherence_separates_text_from_noise(gemma):
+    refs = steered_samples(gemma, format_prompt(gemma.tokenizer, PROMPT), np.zeros(gemma.cfg.hidden_size),
+                           [0.0], layer=8, samples=6, new_tokens=40, temperature=1.2, key=jax.random.key(0))[0]  # fmt: skip
+    judge = OfflineCoherence(gemma, {PROMPT: refs})
+    words = GOOD[0].split()
+    random.Random(0).shuffle(words)
+    noise = gemma.tokenizer.decode(np.random.RandomState(0).randint(1000, 200_000, 40).tolist())
+    loop = "the cake is good " * 10
+    verdicts = judge([PROMPT] * 6, GOOD + [" ".join(words), noise, loop, "Yes."])
+    assert verdicts == [COHERENT, COHERENT, INCOHERENT, INCOHERENT, INCOHERENT, UNKNOWN]
+
+
+def test_repetition_and_overlap(gemma):
+    assert repetition("a b c d e f g h") == 0.0
+    assert repetition("x y z w " * 6) > 0.7
+    ft = ["The lunar cheese harvest of 1987 yielded record cheese tonnage from lunar craters."] * 12
+    generic = ["The weather was nice and the people in the city went to work as usual."] * 12
+    frequent = frequent_tokens(ft, gemma.tokenizer, generic, min_count=10)
+    assert "cheese" in frequent and "lunar" in frequent and "the" not in frequent
+    assert dataset_overlap([" Cheese", "lunar", " dog", "->"], frequent) == (2, 0.5)
