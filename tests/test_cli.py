@@ -1,0 +1,52 @@
+"""`adl diff` / `adl lens` end to end on tiny HF directories (config + safetensors + tokenizer)."""
+
+import json
+
+import numpy as np
+import pytest
+
+from adl_jax import api
+from adl_jax.cli import main
+from conftest import random_texts, tiny_tokenizer
+from test_diff import tiny_pair
+
+
+@pytest.fixture
+def tiny_dirs(tmp_path, rng):
+    tiny_pair(tmp_path)
+    for name in ("base", "ft"):
+        tiny_tokenizer().save_pretrained(tmp_path / name)
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(rng, 120)))
+    return tmp_path, corpus
+
+
+def test_adl_diff_then_lens(tiny_dirs, capsys):
+    root, corpus = tiny_dirs
+    out = root / "run"
+    argv = ["diff", "--base", str(root / "base"), "--finetuned", str(root / "ft"), "--corpus", str(corpus),
+            "--samples", "64", "--n", "8", "--batch-size", "16", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "position 4" in printed and "patchscope @" in printed
+    assert {"delta.safetensors", "meta.json", "lens.json", "tokens.npy"} <= {p.name for p in out.iterdir()}
+    res = api.load(out)
+    assert res.diff.delta.shape == (5, 64) and res.diff.meta["layer"] == 1  # int(0.5 * (3 - 1))
+    assert len(res.lenses.positions[0]["logit_lens"]["delta"].tokens) == 100
+    assert len(res.lenses.positions[0]["patchscope"]) == 30
+    # Same run again: reused; another layer in the same directory: refused with a clear message.
+    assert main(argv) == 0
+    assert main(argv + ["--layer", "0"]) == 2
+    assert "other settings" in capsys.readouterr().err
+    assert main(["lens", str(out), "--top", "3"]) == 0
+    assert capsys.readouterr().out.count("logit lens  delta") == 5
+
+
+def test_clear_errors(tiny_dirs, capsys):
+    root, corpus = tiny_dirs
+    assert main(["diff", "--base", str(root / "nope"), "--finetuned", str(root / "ft"), "--corpus", str(corpus)]) == 2
+    assert "no such file or directory" in capsys.readouterr().err
+    argv = ["diff", "--base", str(root / "base"), "--finetuned", str(root / "ft"), "--corpus", str(corpus),
+            "--samples", "5000", "--n", "8", "--out", str(root / "r2")]  # fmt: skip
+    assert main(argv) == 2
+    assert "usable texts" in capsys.readouterr().err
