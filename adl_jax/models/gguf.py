@@ -1,0 +1,250 @@
+"""GGUF files (llama.cpp's format) -> ModelConfig + our param pytree.
+
+The metadata is translated into an HF config dict, so `ModelConfig.from_hf` validates GGUF and
+safetensors models along one path. Tensors are dequantized lazily inside `sharding.materialize`'s read
+callback, per device shard and only the rows that shard needs (a quant block never crosses a row).
+llama.cpp's converter changed three things that are undone here: Gemma norm weights are stored as
+1 + w (every `*norm.weight`), llama-arch Q/K rows are interleaved for its rotary layout, and matrices
+are (out, in) like torch's.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import version
+from pathlib import Path
+
+import gguf
+import jax.numpy as jnp
+import numpy as np
+
+from adl_jax.models.config import ModelConfig, Rope
+from adl_jax.models.transformer import Params, param_shapes
+from adl_jax.models.weights import _TRANSPOSED
+from adl_jax.sharding import Rules, materialize
+
+# llama.cpp architecture name -> HF model_type.
+ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text"}
+
+_TOP = {"embed": "token_embd.weight", "final_norm": "output_norm.weight", "lm_head": "output.weight"}
+_LAYER = {
+    "attn_norm": "attn_norm.weight", "mlp_norm": "ffn_norm.weight",
+    "post_attn_norm": "post_attention_norm.weight", "post_mlp_norm": "post_ffw_norm.weight",
+    "q": "attn_q.weight", "k": "attn_k.weight", "v": "attn_v.weight", "o": "attn_output.weight",
+    "q_bias": "attn_q.bias", "k_bias": "attn_k.bias", "v_bias": "attn_v.bias", "o_bias": "attn_output.bias",
+    "q_norm": "attn_q_norm.weight", "k_norm": "attn_k_norm.weight",
+    "gate": "ffn_gate.weight", "up": "ffn_up.weight", "down": "ffn_down.weight",
+}  # fmt: skip
+_ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's form of Llama 3 rope scaling: one divisor per frequency
+
+# `{arch}.` metadata keys whose meaning `_hf_config` handles (or that never change the computation).
+_KNOWN_KEYS = frozenset(
+    """
+    context_length embedding_length block_count feed_forward_length vocab_size attention.head_count
+    attention.head_count_kv attention.key_length attention.value_length attention.layer_norm_rms_epsilon
+    rope.freq_base rope.dimension_count rope.scaling.type rope.scaling.factor attention.sliding_window
+    attention.sliding_window_pattern attn_logit_softcapping final_logit_softcapping
+    """.split()
+)
+
+
+class GGUFFile:
+    """Metadata and lazily dequantized tensors of one GGUF file."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise FileNotFoundError(f"no GGUF file at {self.path}")
+        try:
+            reader = gguf.GGUFReader(self.path)
+        except Exception as e:  # the reader reports a bad magic or a truncated file as generic errors
+            raise ValueError(f"{self.path} is not a readable GGUF file ({e}); it may be truncated") from e
+        self.fields = reader.fields
+        self.tensors = {t.name: t for t in reader.tensors}
+        self.arch = self.meta("general.architecture")
+        if (self.meta("split.count") or 1) > 1:
+            raise ValueError(f"{self.path} is one part of a split GGUF; merge it first with `llama-gguf-split --merge`")
+
+    def meta(self, key: str, default=None):
+        """A metadata value. GGUF floats are float32; they come back as the shortest decimal that rounds to
+        the same float32 (1e-06, not 9.999999974752427e-07), i.e. the value the converter was given."""
+        field = self.fields.get(key)
+        value = default if field is None else field.contents()
+        return float(str(np.float32(value))) if isinstance(value, float) else value
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        """numpy/torch order: GGUF lists dimensions innermost first."""
+        return tuple(int(n) for n in reversed(self.tensors[name].shape))
+
+    def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
+        """Rows (first numpy axis) of a tensor, dequantized to float32; a 1-D tensor's rows are its elements."""
+        t = self.tensors[name]
+        if len(t.shape) == 1:
+            return gguf.quants.dequantize(t.data, t.tensor_type).reshape(-1)[rows].astype(np.float32)
+        return gguf.quants.dequantize(t.data[rows], t.tensor_type).reshape(len(rows), -1).astype(np.float32)
+
+    def check_types(self, names) -> None:
+        """Fail before reading any weight if the dequantizer lacks a tensor type."""
+        for name in names:
+            t = self.tensors[name]
+            try:
+                self.rows(name, np.arange(1))
+            except NotImplementedError as e:
+                raise ValueError(
+                    f"{self.path}: tensor {name} is stored as {t.tensor_type.name}, which the installed gguf "
+                    f"package ({version('gguf')}) cannot dequantize; re-quantize the model to a supported type "
+                    "(e.g. `llama-quantize` to Q8_0 or Q4_K_M), or load its HF safetensors checkpoint instead"
+                ) from e
+
+
+def load_gguf(
+    path: str | Path, dtype=jnp.float32, mesh=None, rules: Rules = Rules(), ignore_keys=()
+) -> tuple[ModelConfig, Params]:
+    """Load a GGUF model onto `mesh` (default: one device). `ignore_keys`: `{arch}.` metadata keys to skip."""
+    f = GGUFFile(path)
+    cfg = ModelConfig.from_hf(_hf_config(f, tuple(ignore_keys)))
+    names = gguf_tensor_names(cfg)
+    _check_tensors(f, cfg, names)
+    f.check_types({n for ns in names.values() for n in ns})
+    permuted = {"q": cfg.num_heads, "k": cfg.num_kv_heads, "q_bias": cfg.num_heads, "k_bias": cfg.num_kv_heads}
+    heads = permuted if f.arch == "llama" else {}
+    offset = 1.0 if f.arch.startswith("gemma") else 0.0
+
+    def read_one(ours: str, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        transposed = ours in _TRANSPOSED
+        index = index[::-1] if transposed else index  # now in the file's (torch) order: rows first
+        n_rows = f.shape(name)[0]
+        rows = _unpermuted_rows(n_rows, heads[ours]) if ours in heads else np.arange(n_rows)
+        arr = f.rows(name, rows[index[0]])[(slice(None), *index[1:])]
+        if offset and name.endswith("norm.weight"):
+            arr = arr - offset
+        return arr.T if transposed else arr
+
+    def read(ours: str, index: tuple[slice, ...]) -> np.ndarray:
+        if ours in _TOP:
+            return read_one(ours, names[ours][0], index)
+        layers = range(*index[0].indices(cfg.num_layers))
+        return np.stack([read_one(ours, names[ours][i], index[1:]) for i in layers])
+
+    return cfg, materialize(cfg, read, dtype, mesh, rules)
+
+
+def gguf_tensor_names(cfg: ModelConfig) -> dict[str, list[str]]:
+    """Our name -> the GGUF tensor names it is made of (one per layer for stacked tensors)."""
+    shapes = param_shapes(cfg)
+    out = {k: [_TOP[k]] for k in shapes if k != "layers"}
+    out.update({k: [f"blk.{i}.{_LAYER[k]}" for i in range(cfg.num_layers)] for k in shapes["layers"]})
+    return out
+
+
+def _unpermuted_rows(n_rows: int, n_heads: int) -> np.ndarray:
+    """The file rows holding HF rows 0..n_rows-1. llama.cpp's converter reorders each head's rows from
+    [first half, second half] to interleaved pairs, for its rotary layout; this inverts that."""
+    converted = np.arange(n_rows).reshape(n_heads, 2, -1).swapaxes(1, 2).reshape(-1)  # file row -> HF row
+    return np.argsort(converted)
+
+
+def _check_tensors(f: GGUFFile, cfg: ModelConfig, names: dict[str, list[str]]) -> None:
+    """Every expected tensor present with the right shape, nothing unexplained left over."""
+    shapes = param_shapes(cfg)
+    problems = []
+    for ours, ns in names.items():
+        want = shapes["layers"][ours][1:] if ours in shapes["layers"] else shapes[ours]
+        want = want[::-1] if ours in _TRANSPOSED else want
+        for n in ns:
+            if n not in f.tensors:
+                problems.append(f"missing tensor {n}")
+            elif f.shape(n) != tuple(want):
+                problems.append(f"tensor {n} has shape {f.shape(n)}, the metadata implies {tuple(want)}")
+    known = {n for ns in names.values() for n in ns} | {_ROPE_FREQS}
+    extra = sorted(set(f.tensors) - known)
+    if extra:
+        problems.append(f"{len(extra)} tensor(s) adl-jax's {cfg.family} decoder does not use, e.g. {extra[:3]}")
+    if problems:
+        raise ValueError(f"{f.path} does not match its own metadata:\n  " + "\n  ".join(problems[:10]))
+
+
+def _hf_config(f: GGUFFile, ignore_keys: tuple[str, ...]) -> dict:
+    """The HF config.json dict equivalent to the file's llama.cpp metadata."""
+    arch = f.arch
+    if arch not in ARCHS:
+        raise ValueError(f"{f.path}: GGUF architecture {arch!r} is not supported; adl-jax reads {', '.join(ARCHS)}")
+    prefix = arch + "."
+    unknown = sorted(
+        k for k in f.fields if k.startswith(prefix) and k[len(prefix):] not in _KNOWN_KEYS | set(ignore_keys)
+    )
+    if unknown:
+        raise ValueError(
+            f"{f.path}: metadata {unknown} is not understood by adl-jax's GGUF reader and might change the "
+            f"computation; if you know it does not, pass ignore_keys={tuple(k[len(prefix):] for k in unknown)!r}"
+        )
+
+    def a(key, default=None):
+        return f.meta(prefix + key, default)
+
+    if "token_embd.weight" not in f.tensors:
+        raise ValueError(f"{f.path} has no token_embd.weight tensor")
+    hidden, heads = a("embedding_length"), a("attention.head_count")
+    head_dim = a("attention.key_length") or a("rope.dimension_count") or hidden // heads
+    if a("attention.value_length", head_dim) != head_dim:
+        raise ValueError(f"{f.path}: value head size {a('attention.value_length')} != key head size {head_dim}")
+    eos = [f.meta(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot")]
+    d = dict(
+        model_type=ARCHS[arch],
+        vocab_size=f.shape("token_embd.weight")[0],
+        hidden_size=hidden,
+        intermediate_size=a("feed_forward_length"),
+        num_hidden_layers=a("block_count"),
+        num_attention_heads=heads,
+        num_key_value_heads=a("attention.head_count_kv", heads),
+        head_dim=head_dim,
+        rms_norm_eps=a("attention.layer_norm_rms_epsilon", 1e-6 if arch.startswith("gemma") else 1e-5),
+        rope_theta=a("rope.freq_base", 10000.0),
+        tie_word_embeddings="output.weight" not in f.tensors,
+        attention_bias=arch != "qwen2" and "blk.0.attn_q.bias" in f.tensors,
+        bos_token_id=f.meta("tokenizer.ggml.bos_token_id"),
+        eos_token_id=list(dict.fromkeys(e for e in eos if e is not None)) or None,
+        pad_token_id=f.meta("tokenizer.ggml.padding_token_id"),
+    )
+    scaling = a("rope.scaling.type", "none")
+    if scaling != "none":
+        d["rope_scaling"] = {"rope_type": scaling, "factor": a("rope.scaling.factor", 1.0)}
+    if _ROPE_FREQS in f.tensors:
+        factors = f.rows(_ROPE_FREQS, np.arange(f.shape(_ROPE_FREQS)[0]))
+        d["rope_scaling"] = _llama3_rope(factors, d["rope_theta"], head_dim, f.path)
+    pattern = a("attention.sliding_window_pattern")
+    if pattern is not None:  # llama.cpp: an int n makes layer i sliding iff i % n < n - 1; or one bool per layer
+        n = d["num_hidden_layers"]
+        local = [i % pattern < pattern - 1 for i in range(n)] if isinstance(pattern, int) else pattern
+        d["layer_types"] = ["sliding_attention" if s else "full_attention" for s in local]
+    if arch.startswith("gemma"):
+        d.update(
+            hidden_activation="gelu_pytorch_tanh",
+            sliding_window=a("attention.sliding_window"),
+            query_pre_attn_scalar=_gemma_query_scalar(d),
+            attn_logit_softcapping=a("attn_logit_softcapping"),
+            final_logit_softcapping=a("final_logit_softcapping"),
+        )
+    if arch == "gemma3":
+        d["rope_local_base_freq"] = 10000.0  # fixed in llama.cpp; the file does not store it
+    return {k: v for k, v in d.items() if v is not None}
+
+
+def _gemma_query_scalar(d: dict) -> int:
+    """llama.cpp does not store Gemma's query_pre_attn_scalar; it uses head_dim, except for the 27B models
+    (Gemma 2: 46 layers, Gemma 3: 62), which scale by hidden_size / num_heads, as their HF configs do."""
+    is_27b = d["num_hidden_layers"] == (46 if d["model_type"] == "gemma2" else 62)
+    return d["hidden_size"] // d["num_attention_heads"] if is_27b else d["head_dim"]
+
+
+def _llama3_rope(factors: np.ndarray, theta: float, head_dim: int, path: Path) -> dict:
+    """Recover Llama 3 rope scaling from the divisors llama.cpp stores in place of its parameters.
+
+    Every released Llama 3.1-3.3 uses low_freq_factor 1, high_freq_factor 4 and an original context of
+    8192; only `factor` varies, and it is the largest divisor. The guess is checked, not trusted.
+    """
+    rope = {"rope_type": "llama3", "factor": float(factors.max()), "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
+    scaled = Rope(theta, "llama3", rope["factor"], 1.0, 4.0, 8192).inv_freq(head_dim)
+    if not np.allclose(scaled, Rope(theta).inv_freq(head_dim) / factors, rtol=1e-5, atol=0):
+        raise ValueError(f"{path}: {_ROPE_FREQS} does not match Llama 3 rope scaling with any factor; not supported")
+    return rope

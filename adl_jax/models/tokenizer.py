@@ -1,0 +1,59 @@
+"""Tokenizers through `transformers.AutoTokenizer`, from an HF model directory or a GGUF file.
+
+A GGUF carries its vocabulary as metadata, and building a fast tokenizer from it is slow (about 16 s
+for Gemma 3's 262k-token vocabulary, against about 2.5 s to reload a saved one). So the converted
+tokenizer is saved under `cache_dir`, keyed by the file's path, size and modification time, and reloaded
+from there. The chat template travels with it (`tokenizer.chat_template` in the GGUF metadata).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+# Any one of these makes a directory loadable by AutoTokenizer.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json")
+
+
+def load_tokenizer(source: str | Path, cache_dir: str | Path | None = None):
+    """The tokenizer of an HF model directory or a .gguf file. `cache_dir`: where GGUF conversions are kept
+    (None: convert every time)."""
+    from transformers import AutoTokenizer
+
+    source = Path(source)
+    if source.is_dir():
+        if not any((source / name).exists() for name in _TOKENIZER_FILES):
+            raise FileNotFoundError(
+                f"{source} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the model's tokenizer "
+                "there with tokenizer.save_pretrained(dir)"
+            )
+        return AutoTokenizer.from_pretrained(source)
+    if source.suffix != ".gguf" or not source.is_file():
+        raise FileNotFoundError(f"no tokenizer source at {source}: give an HF model directory or a .gguf file")
+    if cache_dir is None:
+        return AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+    saved = Path(cache_dir) / f"{source.stem}-{_file_key(source)}"
+    if not saved.is_dir():
+        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        _save_atomically(tokenizer, saved)
+    return AutoTokenizer.from_pretrained(saved)
+
+
+def _file_key(path: Path) -> str:
+    stat = path.stat()
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+
+
+def _save_atomically(tokenizer, target: Path) -> None:
+    """Save into a scratch directory renamed into place, so a crash never leaves a partial cache entry."""
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
+    try:
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, target)
+    except OSError:
+        if not target.is_dir():  # a concurrent writer that won the race is fine; anything else is not
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -1,0 +1,297 @@
+"""GGUF loading against independent references.
+
+* Gemma-3-270M (the packaged Q4_K_M file) through our loader vs transformers' own GGUF loader, on
+  real English text longer than the 512-token sliding window.
+* Tiny random HF models of every family, converted to GGUF the way llama.cpp's converter does
+  (`write_gguf` below: its tensor names, Q/K row permutation, 1 + w Gemma norms, metadata keys), must give
+  the HF model's config and logits.
+"""
+
+from __future__ import annotations
+
+import string
+
+import gguf
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+
+from adl_jax.models.config import ModelConfig
+from adl_jax.models.gguf import load_gguf
+from adl_jax.models.transformer import forward
+from conftest import FAMILIES, tiny_hf_model
+
+GGUF_ARCH = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3_text": "gemma3"}
+
+ENGLISH = """\
+The lighthouse stood at the end of a long spit of sand, and for most of the year the only people who visited \
+it were the keeper and the men who brought his supplies. In the spring, though, the birds arrived by the \
+thousands. They came in from the sea in great noisy clouds, settled on the rocks below the tower, and argued \
+with one another from dawn until well after dark. The keeper kept a notebook in which he wrote down every \
+species he could name, and by the end of his third season the notebook had grown so thick that he had to tie \
+it shut with a piece of string.
+
+Bread is one of the oldest prepared foods. Archaeologists have found traces of flatbreads made from wild grains \
+that are more than fourteen thousand years old, long before people began to farm. The basic recipe has changed \
+surprisingly little: flour, water, salt, and usually some kind of leavening. What has changed is the scale. A \
+small bakery today might produce a few hundred loaves each morning, while an industrial plant can turn out tens \
+of thousands of identical loaves every hour, sliced and wrapped before they have fully cooled.
+
+When the committee finally met on Thursday afternoon, the first item on the agenda was the budget. The treasurer \
+explained that the cost of repairing the roof had been higher than expected, largely because the contractor \
+discovered rotten beams beneath the old tiles. Several members asked whether the work could be postponed until \
+next year, but the chair pointed out that another winter of leaks would damage the library and the records \
+stored in the basement. After a long discussion, the committee voted to approve the additional spending and to \
+ask the town council for a small grant.
+
+Learning a second language as an adult is difficult, but it is far from impossible. Most researchers agree that \
+regular practice matters more than talent. Short daily sessions tend to work better than long weekly ones, \
+because memory depends on repetition spread over time. It also helps to read and listen to material that is \
+slightly above your current level, so that you understand most of it but still meet new words and structures. \
+Speaking with native speakers, even when you make mistakes, builds confidence faster than any textbook.
+
+The river changes character several times on its way to the sea. In the mountains it is narrow, cold and fast, \
+cutting through rock and tumbling over small waterfalls. Lower down, in the farmland, it slows and widens, \
+winding back and forth across a broad valley. By the time it reaches the coast it has become a wide, brown, \
+slow-moving body of water, carrying silt that settles into marshes and mudflats where wading birds search for \
+food at low tide.
+"""
+
+# A tiny sentencepiece-style vocabulary for `write_gguf`: specials, letters, the merges of a few words.
+TINY_WORDS = ("the", "cat", "sat", "on", "mat", "a", "dog")
+_PIECES = ["<pad>", "<s>", "</s>", "<unk>", "\u2581", *string.ascii_lowercase, ".", ","]
+_PIECES += [p for w in TINY_WORDS for p in ("\u2581" + w[: i + 1] for i in range(len(w))) if p not in _PIECES]
+_PIECES += [w[i : j] for w in TINY_WORDS for i in range(len(w)) for j in range(i + 2, len(w) + 1)]
+TINY_TOKENS = list(dict.fromkeys(_PIECES))
+
+
+def write_gguf(model, path, chat_template: str | None = None, matrix_type=gguf.GGMLQuantizationType.F32) -> None:
+    """Write a tiny HF model as a GGUF with the conventions of llama.cpp's convert_hf_to_gguf.py: F32, or
+    its matrices quantized to `matrix_type`."""
+    c = model.config
+    arch = GGUF_ARCH[c.model_type]
+    w = gguf.GGUFWriter(path, arch)
+    w.add_context_length(c.max_position_embeddings)
+    w.add_embedding_length(c.hidden_size)
+    w.add_block_count(c.num_hidden_layers)
+    w.add_feed_forward_length(c.intermediate_size)
+    w.add_head_count(c.num_attention_heads)
+    w.add_head_count_kv(c.num_key_value_heads)
+    w.add_layer_norm_rms_eps(c.rms_norm_eps)
+    w.add_key_length(c.head_dim)
+    w.add_value_length(c.head_dim)
+    rope = c.rope_parameters.get("full_attention", c.rope_parameters)
+    w.add_rope_freq_base(rope["rope_theta"])
+    if arch == "llama":
+        w.add_rope_dimension_count(c.head_dim)
+        w.add_vocab_size(c.vocab_size)
+    if rope["rope_type"] == "linear":
+        w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+        w.add_rope_scaling_factor(rope["factor"])
+    if arch.startswith("gemma"):
+        w.add_sliding_window(c.sliding_window)
+    if arch == "gemma2":
+        w.add_attn_logit_softcapping(c.attn_logit_softcapping)
+        w.add_final_logit_softcapping(c.final_logit_softcapping)
+    if arch == "gemma3" and c.layer_types != ["sliding_attention" if (i + 1) % 6 else "full_attention"
+                                              for i in range(c.num_hidden_layers)]:  # fmt: skip
+        w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
+
+    tokens = TINY_TOKENS + [f"<unused{i}>" for i in range(c.vocab_size - len(TINY_TOKENS))]
+    w.add_tokenizer_model("llama")
+    w.add_token_list(tokens)
+    w.add_token_scores([0.0] * 4 + [-float(i) for i in range(len(tokens) - 4)])
+    w.add_token_types([3, 3, 3, 2] + [1] * (len(tokens) - 4))
+    w.add_bos_token_id(c.bos_token_id)
+    w.add_eos_token_id(c.eos_token_id)
+    w.add_pad_token_id(c.pad_token_id)
+    w.add_unk_token_id(3)
+    w.add_add_bos_token(True)
+    if chat_template:
+        w.add_chat_template(chat_template)
+
+    arch_id = next(k for k, v in gguf.MODEL_ARCH_NAMES.items() if v == arch)
+    names = gguf.get_tensor_name_map(arch_id, c.num_hidden_layers)
+    for hf_name, t in model.state_dict().items():
+        if hf_name == "lm_head.weight" and c.tie_word_embeddings:
+            continue
+        x = t.detach().numpy().astype(np.float32)
+        if arch == "llama" and hf_name.endswith(("q_proj.weight", "k_proj.weight")):
+            heads = c.num_attention_heads if "q_proj" in hf_name else c.num_key_value_heads
+            x = x.reshape(heads, 2, x.shape[0] // heads // 2, *x.shape[1:]).swapaxes(1, 2).reshape(x.shape)
+        if arch.startswith("gemma") and hf_name.endswith("norm.weight"):
+            x = x + 1
+        name = names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if x.ndim == 2 and matrix_type != gguf.GGMLQuantizationType.F32:
+            w.add_tensor(name, gguf.quants.quantize(x, matrix_type), raw_dtype=matrix_type)
+        else:
+            w.add_tensor(name, x)
+    if rope["rope_type"] == "llama3":
+        w.add_tensor("rope_freqs.weight", _llama3_rope_factors(rope, c.head_dim))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+def _llama3_rope_factors(rope: dict, head_dim: int) -> np.ndarray:
+    """The per-frequency divisors llama.cpp's converter writes instead of Llama 3's rope parameters."""
+    freqs = 1.0 / (rope["rope_theta"] ** (np.arange(0, head_dim, 2, dtype=np.float32) / head_dim))
+    low_wavelen = rope["original_max_position_embeddings"] / rope["low_freq_factor"]
+    high_wavelen = rope["original_max_position_embeddings"] / rope["high_freq_factor"]
+    out = []
+    for wavelen in 2 * np.pi / freqs:
+        if wavelen < high_wavelen:
+            out.append(1.0)
+        elif wavelen > low_wavelen:
+            out.append(rope["factor"])
+        else:
+            smooth = (rope["original_max_position_embeddings"] / wavelen - rope["low_freq_factor"]) / (
+                rope["high_freq_factor"] - rope["low_freq_factor"]
+            )
+            out.append(1 / ((1 - smooth) / rope["factor"] + smooth))
+    return np.asarray(out, np.float32)
+
+
+def tiny_overrides(family: str) -> dict:
+    """What a GGUF can express: Gemma's query scale is head_dim in llama.cpp; Llama 3's rope scaling
+    keeps Meta's released constants (only `factor` varies)."""
+    if family.startswith("gemma"):
+        return dict(query_pre_attn_scalar=16)
+    if family == "llama":
+        return dict(max_position_embeddings=131072,
+                    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})  # fmt: skip
+    return {}
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_gguf_matches_hf(family, tmp_path, rng):
+    model = tiny_hf_model(family, tmp_path / "hf", **tiny_overrides(family))
+    write_gguf(model, tmp_path / "m.gguf")
+    cfg, params = load_gguf(tmp_path / "m.gguf")
+    assert cfg == ModelConfig.from_json(tmp_path / "hf")
+
+    tokens = rng.randint(3, cfg.vocab_size, size=(2, 24))
+    with torch.no_grad():
+        want = model(torch.tensor(tokens)).logits.numpy()
+    got = np.asarray(forward(params, jnp.asarray(tokens), cfg).logits)
+    np.testing.assert_allclose(got, want, atol=2e-5, rtol=1e-4)
+
+
+def test_llama_qk_rows_are_unpermuted(tmp_path):
+    """The file's Q/K rows really are interleaved (so the logit match above depends on undoing it)."""
+    model = tiny_hf_model("llama", tmp_path / "hf", **tiny_overrides("llama"))
+    write_gguf(model, tmp_path / "m.gguf")
+    q_file = next(t for t in gguf.GGUFReader(tmp_path / "m.gguf").tensors if t.name == "blk.0.attn_q.weight")
+    q_hf = model.model.layers[0].self_attn.q_proj.weight.detach().numpy()
+    assert not np.allclose(np.asarray(q_file.data), q_hf)
+    _, params = load_gguf(tmp_path / "m.gguf")
+    np.testing.assert_array_equal(np.asarray(params["layers"]["q"][0]), q_hf.T)
+
+
+def test_sharded_load_equals_single_device(tmp_path):
+    """Per-shard dequantization of only the needed (unpermuted) rows of Q8_0 matrices, with vocab, heads
+    (down to half a KV head) and mlp split 4 ways and embed 2 ways, assembles the same tensors."""
+    from adl_jax.sharding import make_mesh
+
+    model = tiny_hf_model("llama", tmp_path / "hf", **tiny_overrides("llama"))
+    write_gguf(model, tmp_path / "m.gguf", matrix_type=gguf.GGMLQuantizationType.Q8_0)
+    _, single = load_gguf(tmp_path / "m.gguf")
+    _, sharded = load_gguf(tmp_path / "m.gguf", mesh=make_mesh("data=1,fsdp=2,model=4"))
+    assert any(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(sharded))
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), single, sharded)
+    q_hf = model.model.layers[0].self_attn.q_proj.weight.detach().numpy().T
+    q_ours = np.asarray(single["layers"]["q"][0])
+    assert 0 < np.abs(q_ours - q_hf).max() < 0.01 * np.abs(q_hf).max()  # Q8_0: quantized, but the same matrix
+
+
+def test_unknown_architecture_is_refused(tmp_path):
+    w = gguf.GGUFWriter(tmp_path / "m.gguf", "mamba")
+    w.add_embedding_length(8)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(ValueError, match=r"architecture 'mamba' is not supported; adl-jax reads llama, qwen2"):
+        load_gguf(tmp_path / "m.gguf")
+
+
+def test_undequantizable_tensor_type_is_refused(tmp_path, monkeypatch):
+    """Q8_1 is a llama.cpp compute type that gguf-py cannot dequantize: the error names tensor, type and fix."""
+    q8_1 = gguf.GGMLQuantizationType.Q8_1
+    add_tensor = gguf.GGUFWriter.add_tensor
+
+    def add_q8_1(self, name, tensor, **kw):
+        if name == "blk.1.ffn_up.weight":
+            block, size = gguf.GGML_QUANT_SIZES[q8_1]
+            tensor, kw = np.zeros((tensor.shape[0], tensor.shape[1] // block * size), np.uint8), {"raw_dtype": q8_1}
+        add_tensor(self, name, tensor, **kw)
+
+    monkeypatch.setattr(gguf.GGUFWriter, "add_tensor", add_q8_1)
+    write_gguf(tiny_hf_model("qwen3", tmp_path / "hf"), tmp_path / "m.gguf")
+    with pytest.raises(ValueError, match=r"tensor blk\.1\.ffn_up\.weight is stored as Q8_1.*re-quantize"):
+        load_gguf(tmp_path / "m.gguf")
+
+
+# --- Gemma-3-270M, the packaged model ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def gemma_gguf():
+    """The embedded GGUF, assembled into the adl-jax cache ($ADL_CACHE or ~/.cache/adl-jax) on first use."""
+    from adl_jax.models.load import embedded_gguf
+
+    return embedded_gguf()
+
+
+def test_gemma_norms_are_stored_as_one_plus_w(gemma_gguf):
+    """Gemma's bf16 norm weights w are stored as float32 1 + w in every `*norm.weight` (q/k norms included):
+    so v - 1 is always a bf16 value while v itself often is not. This is the offset the loader removes."""
+    reader = gguf.GGUFReader(gemma_gguf)
+    norms = [t for t in reader.tensors if t.name.endswith("norm.weight")]
+    assert {t.name.split(".")[-2] for t in norms} == {
+        "attn_norm", "ffn_norm", "post_attention_norm", "post_ffw_norm", "attn_q_norm", "attn_k_norm", "output_norm"
+    }  # fmt: skip
+    for t in norms:
+        v = np.asarray(t.data, np.float32)
+        shifted = torch.tensor(v - 1)
+        assert torch.equal(shifted.bfloat16().float(), shifted), t.name
+        assert not torch.equal(torch.tensor(v).bfloat16().float(), torch.tensor(v)), t.name
+
+
+@pytest.fixture(scope="module")
+def gemma_logits(gemma, gemma_gguf):
+    """Next-token logits of the English text from transformers (torch, f32) and from us. `gemma` is
+    conftest's session-wide load_model("gemma-3-270m"), i.e. `load_gguf` of the packaged file."""
+    from transformers import AutoModelForCausalLM
+
+    ids = gemma.tokenizer(ENGLISH)["input_ids"]
+    ref = AutoModelForCausalLM.from_pretrained(gemma_gguf.parent, gguf_file=gemma_gguf.name, dtype=torch.float32)
+    with torch.no_grad():
+        theirs = ref.eval()(torch.tensor([ids])).logits[0].numpy()
+    del ref
+    cfg = gemma.cfg
+    ours = np.asarray(jax.jit(lambda p, x: forward(p, x, cfg).logits)(gemma.params, jnp.asarray([ids]))[0])
+    return theirs, ours
+
+
+def test_gemma3_270m_matches_transformers(gemma_logits):
+    theirs, ours = gemma_logits
+    assert len(theirs) > 512  # past the sliding window, so local and global layers both matter
+    kl = np.concatenate([_kl(theirs[i : i + 64], ours[i : i + 64]) for i in range(0, len(theirs), 64)])
+    agree = float(np.mean(theirs.argmax(-1) == ours.argmax(-1)))
+    print(f"\ngemma-3-270m GGUF, {len(theirs)} positions: top-1 agreement {agree:.4f}, mean KL {kl.mean():.2e}, "
+          f"max KL {kl.max():.2e}, max |dlogit| {np.abs(theirs - ours).max():.2e}")  # fmt: skip
+    assert agree >= 0.99
+    assert kl.mean() <= 1e-3
+
+
+def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
+    """KL(p || q) per row, in float64."""
+    log_p = torch.log_softmax(torch.tensor(p_logits, dtype=torch.float64), -1)
+    log_q = torch.log_softmax(torch.tensor(q_logits, dtype=torch.float64), -1)
+    return (log_p.exp() * (log_p - log_q)).sum(-1).numpy()
