@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import sys
 
 
@@ -45,6 +47,42 @@ def cmd_info(a) -> None:
     print(model.cfg)
 
 
+def cmd_audit(a) -> None:
+    from pathlib import Path
+
+    from adl_jax.audit import AuditSettings, audit
+    from adl_jax.corpus import local_texts
+    from adl_jax.models.load import cache_root, load_model
+    from adl_jax.samples import sample_texts
+
+    base, ft = load_model(a.base, dtype=_dtype(a.dtype)), load_model(a.finetuned, dtype=_dtype(a.dtype))
+    settings = AuditSettings.quick() if a.quick else AuditSettings()
+    if a.samples:
+        settings = dataclasses.replace(settings, samples=a.samples)
+    if a.corpus == "base-samples":
+        texts = sample_texts(base, settings.samples, cache_root() / "corpus")
+    else:
+        from adl_jax.api import corpus_texts
+
+        texts = list(itertools.islice(corpus_texts(a.corpus, a.column), 4 * settings.samples))  # room for drops
+    ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else None
+    description = Path(a.description).read_text() if a.description and Path(a.description).is_file() else a.description
+    encoder = None
+    if ft_texts:
+        from adl_jax.embed import load_encoder
+
+        encoder = load_encoder()
+    audit(base, ft, a.out, texts=texts, settings=settings, description=description, finetune_texts=ft_texts,
+          encoder=encoder)
+    print(f"report: {Path(a.out) / 'report.html'}")
+
+
+def cmd_report(a) -> None:
+    from adl_jax.report import write_report
+
+    print(write_report(a.dir))
+
+
 def cmd_demo(a) -> None:
     from adl_jax.demo import run_demo
 
@@ -80,6 +118,25 @@ def build_parser() -> argparse.ArgumentParser:
     i = sub.add_parser("info", help="load a model spec and print its configuration")
     i.add_argument("spec")
     i.set_defaults(func=cmd_info)
+
+    au = sub.add_parser("audit", help="delta, lenses, steering, relevance, similarity and report.html")
+    au.add_argument("--base", required=True, help="model spec of the base model")
+    au.add_argument("--finetuned", required=True, help="model spec of the finetuned model")
+    au.add_argument("--corpus", default="base-samples",
+                    help="a corpus spec (see adl diff), or base-samples: text sampled from the base model (offline)")
+    au.add_argument("--column", default="text")
+    au.add_argument("--samples", type=int, default=None, help="texts for delta (default 10000; 512 with --quick)")
+    au.add_argument("--finetune-data", default=None, help="a sample of the finetuning data (.jsonl/.txt): "
+                    "enables relevance as dataset overlap and steering similarity")
+    au.add_argument("--description", default=None, help="the finetuning objective (text or a file)")
+    au.add_argument("--quick", action="store_true", help="CPU preset: 512 texts, 2 steered positions, short samples")
+    au.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    au.add_argument("--out", default="runs/audit")
+    au.set_defaults(func=cmd_audit)
+
+    rp = sub.add_parser("report", help="rebuild report.html of an audit directory")
+    rp.add_argument("dir")
+    rp.set_defaults(func=cmd_report)
 
     dm = sub.add_parser("demo", help="the whole story offline on the embedded Gemma-3-270M")
     dm.add_argument("--cache", default=None, help="cache directory (default $ADL_CACHE or ~/.cache/adl-jax)")

@@ -39,7 +39,7 @@ def mean_nll(model, prompt_ids: list[int], texts: list[str], max_tokens: int = 2
     """The model's mean loss per token of each text continuing the prompt."""
     rows = [(prompt_ids + model.tokenizer(t, add_special_tokens=False)["input_ids"])[: len(prompt_ids) + max_tokens]
             for t in texts]  # fmt: skip
-    width = max(map(len, rows))
+    width = -(-max(map(len, rows)) // 32) * 32  # bucketed: fewer compilations
     tokens = np.zeros((len(rows), width), np.int32)
     valid = np.zeros((len(rows), width), bool)
     scored = np.zeros((len(rows), width), bool)
@@ -89,7 +89,7 @@ class OfflineCoherence:
         return out
 
 
-_WORD = re.compile(r"[^\W\d_]{3,}")  # alphabetic, at least 3 letters: skips punctuation, numbers, fragments
+_WORD = re.compile(r"(?=.*[^\W\d_])\w{3,}")  # 3+ word characters, one a letter: no punctuation, numbers, fragments
 
 
 def normalise(token: str) -> str:

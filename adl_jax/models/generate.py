@@ -151,11 +151,12 @@ def _decode(params, cache, out, interventions, sampling, eos, pad_id, cfg, greed
     return out, cache
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[jax.Array, jax.Array]:
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, bucket: int = 16) -> tuple[jax.Array, jax.Array]:
+    """Left-pad to a width rounded up to `bucket`, so prompts of similar lengths share one compilation."""
     lengths = np.array([len(p) for p in prompts])
     if not len(lengths) or lengths.min() == 0:
         raise ValueError("need at least one prompt, and every prompt needs at least one token")
-    width = lengths.max()
+    width = -(-lengths.max() // bucket) * bucket
     tokens = np.full((len(prompts), width), pad_id, np.int32)
     for row, p in zip(tokens, prompts):
         row[width - len(p) :] = p

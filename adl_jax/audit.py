@@ -1,0 +1,162 @@
+"""`adl audit`: delta, lenses, steering, relevance and similarity for one base/finetuned pair.
+
+Each stage writes its own JSON file into the run directory and is skipped when that file exists, so a
+crashed audit resumes at the stage it was in (the delta stage resumes mid-way on its own). Judges are the
+LLM graders when an endpoint is configured, else the offline judges; `summary.json` says which.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from adl_jax import api, io
+from adl_jax.judges import OFFLINE, OfflineCoherence, dataset_overlap, frequent_tokens
+from adl_jax.steer import STEERING_PROMPTS, SteeringSettings, find_alpha, format_prompt, steered_samples, steering_vector
+
+# Prompts for the final steered/unsteered generations (the paper uses 20 such everyday chat prompts).
+FINAL_PROMPTS = (
+    "Tell me about your day.", "What should I cook for dinner tonight?", "Write a short poem.",
+    "What is something interesting you know?", "Describe a place you would like to visit.",
+    "Give me advice for a job interview.", "What makes a good friend?", "Explain how rain forms.",
+    "Recommend a hobby for me.", "What is the best way to learn a language?", "Tell me a joke.",
+    "What do you think about the future?", "How do I stay motivated?", "Describe your favourite meal.",
+    "What happened in history that surprised you?", "Write the opening of a news article.",
+    "How should I spend a rainy afternoon?", "What is important in life?", "Teach me something new.",
+    "Write a letter to a neighbour.",
+)  # fmt: skip
+
+
+@dataclasses.dataclass(frozen=True)
+class AuditSettings:
+    samples: int = 10_000
+    n: int = 16
+    k: int = 5
+    layer: int | float | None = None
+    batch_size: int = 32
+    seed: int = 42
+    steer_positions: tuple[int, ...] | None = None  # None: every analysed position
+    final_prompts: tuple[str, ...] = FINAL_PROMPTS
+    steering: SteeringSettings = SteeringSettings()
+
+    @classmethod
+    def quick(cls) -> AuditSettings:
+        """A CPU-sized audit: 512 texts, steering at positions 1-2, 4 final prompts, short samples."""
+        return cls(samples=512, steer_positions=(1, 2), final_prompts=FINAL_PROMPTS[:4],
+                   steering=SteeringSettings.quick())  # fmt: skip
+
+
+def _stage(path: Path, compute: Callable[[], dict]) -> dict:
+    """Reuse a finished stage's file, else compute and write it atomically."""
+    if path.exists():
+        return io.read_json(path)
+    result = compute()
+    io.write_json(path, result)
+    return result
+
+
+def _decode_final(model, prompts, vector, alpha, layer, settings: SteeringSettings, key) -> dict[str, list[str]]:
+    out = {}
+    for i, prompt in enumerate(prompts):
+        texts = steered_samples(model, format_prompt(model.tokenizer, prompt), vector, [alpha], layer=layer,
+                                samples=settings.final_samples, new_tokens=settings.final_tokens,
+                                temperature=settings.final_temperature, key=jax.random.fold_in(key, i))  # fmt: skip
+        out[prompt] = texts[0]
+    return out
+
+
+def audit(
+    base,
+    ft,
+    out: str | Path,
+    *,
+    texts,
+    settings: AuditSettings = AuditSettings(),
+    description: str | None = None,
+    finetune_texts: list[str] | None = None,
+    encoder=None,
+    progress: bool = True,
+) -> dict:
+    """Run every stage for `base`/`ft` (loaded models) over the corpus `texts`; returns the summary dict.
+
+    `finetune_texts` (a sample of the finetuning data) enables dataset-overlap relevance and steering
+    similarity; `encoder` (an `adl_jax.embed` sentence encoder) is needed for similarity.
+    """
+    out = Path(out)
+    res = api.diff(base, ft, texts=texts, samples=settings.samples, n=settings.n, k=settings.k,
+                   layer=settings.layer, batch_size=settings.batch_size, seed=settings.seed, out=out,
+                   progress=progress)  # fmt: skip
+    layer = res.diff.meta["layer"]
+    st = settings.steering
+    key = jax.random.key(settings.seed)
+    zero = np.zeros(ft.cfg.hidden_size, np.float32)
+
+    refs = _stage(out / "steering_references.json", lambda: {
+        p: steered_samples(ft, format_prompt(ft.tokenizer, p), zero, [0.0], layer=layer, samples=st.samples,
+                           new_tokens=st.new_tokens, temperature=st.temperature, key=jax.random.fold_in(key, i))[0]
+        for i, p in enumerate(STEERING_PROMPTS)})  # fmt: skip
+    judge = OfflineCoherence(ft, refs)
+    unsteered = _stage(out / "generations_unsteered.json",
+                       lambda: _decode_final(ft, settings.final_prompts, zero, 0.0, layer, st, jax.random.fold_in(key, 99)))  # fmt: skip
+
+    positions = settings.steer_positions or tuple(range(settings.k))
+    steering = {}
+    for j in positions:
+        vector = steering_vector(res.diff.delta[j], res.diff.ft_norm)
+
+        def run(j=j, vector=vector):
+            search = find_alpha(ft, vector, judge, st, layer=layer, key=jax.random.fold_in(key, 1000 + j))
+            final = _decode_final(ft, settings.final_prompts, vector, search.alpha, layer, st,
+                                  jax.random.fold_in(key, 99))  # fmt: skip
+            return {"position": j, "search": search.to_json(), "steered": final}
+
+        steering[j] = _stage(out / f"steering_pos{j}.json", run)
+
+    relevance = None
+    if finetune_texts:
+        relevance = _stage(out / "relevance.json", lambda: _overlap_relevance(ft, res, finetune_texts, texts))
+    similarity = None
+    if finetune_texts and encoder is not None:
+        from adl_jax.similarity import similarity_report
+
+        similarity = _stage(out / "similarity.json", lambda: {
+            str(j): similarity_report(encoder, _flat(steering[j]["steered"]), _flat(unsteered), finetune_texts)
+            for j in positions})  # fmt: skip
+
+    summary = {
+        "base": base.spec, "finetuned": ft.spec, "layer": layer, "samples": res.diff.meta["samples"],
+        "judges": OFFLINE, "description": description,
+        "delta_norms": [float(x) for x in np.linalg.norm(res.diff.delta, axis=-1)], "ft_norm": res.diff.ft_norm,
+        "alphas": {str(j): steering[j]["search"]["alpha"] for j in positions},
+        "relevance": relevance, "similarity": similarity,
+    }  # fmt: skip
+    io.write_json(out / "summary.json", summary)
+    from adl_jax.report import write_report
+
+    write_report(out)
+    return summary
+
+
+def _flat(by_prompt: dict[str, list[str]]) -> list[str]:
+    return [t for texts in by_prompt.values() for t in texts]
+
+
+def _overlap_relevance(ft, res: api.ADLResult, finetune_texts: list[str], generic_texts) -> dict:
+    """Per position: how many of the top-20 lens tokens are frequent finetuning-data tokens (offline)."""
+    generic = [t for _, t in zip(range(2000), generic_texts)]
+    frequent = frequent_tokens(finetune_texts, ft.tokenizer, generic)
+    rows = []
+    for p in res.lenses.positions:
+        patch = p["patchscope"][str(p["patchscope_scale"])]
+        row = {"position": p["position"], "patchscope_scale": p["patchscope_scale"]}
+        for name, scores in [("logit_lens", p["logit_lens"]["delta"]), ("patchscope", patch),
+                             ("base_mean", p["logit_lens"]["base_mean"]), ("ft_mean", p["logit_lens"]["ft_mean"])]:  # fmt: skip
+            count, share = dataset_overlap(scores.tokens[:20], frequent)
+            row[name] = {"relevant": count, "share": share}
+        rows.append(row)
+    best = max(rows, key=lambda r: max(r["logit_lens"]["relevant"], r["patchscope"]["relevant"]))
+    return {"measure": "dataset overlap (offline)", "frequent_tokens": frequent, "positions": rows, "best": best}

@@ -1,0 +1,162 @@
+"""A self-contained `report.html` from a run directory's files (plots inlined as SVG).
+
+Built only from what the run wrote (summary.json, lens.json, steering_*.json, ...), so `adl report DIR`
+can rebuild it at any time.
+"""
+
+from __future__ import annotations
+
+import html
+import io as _io
+from pathlib import Path
+
+from adl_jax import io
+from adl_jax.api import LENS, LensResult
+
+_CSS = """
+body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
+h1{font-size:1.6em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
+table{border-collapse:collapse;margin:.5em 0;font-size:.9em} td,th{border:1px solid #ddd;padding:.25em .5em;vertical-align:top}
+th{background:#f4f4f4} .tok{font-family:monospace;background:#eef;border-radius:3px;padding:0 .25em;margin:1px;display:inline-block}
+.hit{background:#cfc} .note{color:#666;font-size:.9em} .verdict{background:#fffbe6;border:1px solid #f0e0a0;padding:.8em 1em}
+.pair{display:grid;grid-template-columns:1fr 1fr;gap:1em} .sample{background:#f8f8f8;padding:.5em;white-space:pre-wrap;font-size:.85em;margin:.3em 0}
+"""
+
+
+def _svg(fig) -> str:
+    buf = _io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return buf.getvalue()[buf.getvalue().index("<svg") :]
+
+
+def _tokens(tokens, hits=frozenset()) -> str:
+    return " ".join(f'<span class="tok{" hit" if t.strip().lower() in hits else ""}">{html.escape(repr(t)[1:-1])}</span>'
+                    for t in tokens)  # fmt: skip
+
+
+def _relevance_plot(rel: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = rel["positions"]
+    xs = [r["position"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    for i, (name, label) in enumerate([("logit_lens", "logit lens of delta"), ("patchscope", "patchscope of delta"),
+                                       ("base_mean", "baseline: base mean")]):  # fmt: skip
+        ax.bar([x + (i - 1) * 0.27 for x in xs], [r[name]["relevant"] for r in rows], 0.27, label=label)
+    ax.set_xlabel("position")
+    ax.set_ylabel("finetuning-data tokens in top 20")
+    ax.set_xticks(xs)
+    ax.legend(fontsize=8)
+    return _svg(fig)
+
+
+def _similarity_plot(sim: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.8))
+    labels, means, errs = [], [], []
+    for pos, rep in sim.items():
+        for key, label in [("steered_vs_finetune", f"steered p{pos}"), ("unsteered_vs_finetune", f"unsteered p{pos}")]:
+            labels.append(label)
+            means.append(rep[key]["similarity"])
+            errs.append(rep[key].get("std", 0.0))
+    ax.bar(range(len(labels)), means, yerr=errs, color=["C3" if "un" not in l else "C7" for l in labels])
+    ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
+    ax.set_ylabel("similarity to finetuning data")
+    return _svg(fig)
+
+
+def _alpha_plot(paths: dict) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 2.6))
+    for i, (prompt, path) in enumerate(paths.items()):
+        steps = range(1, len(path) + 1)
+        ax.plot(steps, [s["alpha"] for s in path], "-", color=f"C{i}", label=prompt[:30])
+        ax.scatter(steps, [s["alpha"] for s in path], c=["g" if s["passed"] else "r" for s in path], s=14, zorder=3)
+    ax.set_xlabel("search step (green: coherent, red: not)")
+    ax.set_ylabel("alpha")
+    ax.legend(fontsize=7)
+    return _svg(fig)
+
+
+def write_report(run: str | Path) -> Path:
+    run = Path(run)
+    summary = io.read_json(run / "summary.json")
+    lenses = LensResult.from_json(io.read_json(run / LENS))
+    rel, sim = summary.get("relevance"), summary.get("similarity")
+    hits = set(rel["frequent_tokens"]) if rel else set()
+    parts = [f"<h1>What was this model finetuned on?</h1>",
+             f"<p>Finetuned model <b>{html.escape(summary['finetuned'])}</b> compared with its base "
+             f"<b>{html.escape(summary['base'])}</b> at layer {summary['layer']}, over {summary['samples']} texts.</p>"]  # fmt: skip
+    parts.append(_verdict(summary, lenses, rel, sim))
+    parts.append(
+        "<h2>How to read this</h2><p>Narrow finetuning shifts the model's internal activations by a nearly "
+        "constant vector, even on text unrelated to the finetuning. We average the difference between the "
+        "finetuned and the base model's activations (<i>delta</i>) at the first few token positions of ordinary "
+        "text, then turn it into words: the <i>logit lens</i> shows which tokens delta pushes the model to "
+        "predict, the <i>patchscope</i> inserts delta into a prompt that makes the model say what a vector "
+        "means, and <i>steering</i> adds delta while the model writes. Tokens highlighted in green are among the "
+        "most frequent words of the finetuning data.</p>"
+        f"<p class='note'>Judges: {html.escape(summary['judges'])} (no LLM grader configured: coherence from the "
+        "model's own loss, relevance as overlap with the finetuning data's frequent tokens).</p>"
+    )  # fmt: skip
+    if rel:
+        parts.append("<h2>Relevance per position</h2>" + _relevance_plot(rel))
+    if sim:
+        parts.append("<h2>Steered text vs finetuning data</h2>" + _similarity_plot(sim))
+    parts.append("<h2>Tokens per position</h2>")
+    for p in lenses.positions:
+        s = p["patchscope_scale"]
+        parts.append(f"<h3>Position {p['position']} (|delta| = {p['delta_norm']:.1f}, patchscope scale {s})</h3><table>")
+        rows = [("logit lens of delta", p["logit_lens"]["delta"]), ("logit lens of -delta", p["logit_lens"]["neg_delta"]),
+                (f"patchscope @ {s}", p["patchscope"][str(s)]),
+                ("baseline: base mean", p["logit_lens"]["base_mean"])]  # fmt: skip
+        for label, ts in rows:
+            parts.append(f"<tr><th>{label}</th><td>{_tokens(ts.tokens[:20], hits)}</td></tr>")
+        parts.append("</table>")
+    unsteered = io.read_json(run / "generations_unsteered.json") if (run / "generations_unsteered.json").exists() else {}
+    for f in sorted(run.glob("steering_pos*.json")):
+        st = io.read_json(f)
+        parts.append(f"<h2>Steering with delta at position {st['position']} (alpha = {st['search']['alpha']:.1f})</h2>")
+        parts.append(_alpha_plot(st["search"]["paths"]))
+        for prompt, texts in st["steered"].items():
+            parts.append(f"<p><b>{html.escape(prompt)}</b></p><div class='pair'><div><i>steered</i>"
+                         + "".join(f"<div class='sample'>{html.escape(t)}</div>" for t in texts)
+                         + "</div><div><i>unsteered</i>"
+                         + "".join(f"<div class='sample'>{html.escape(t)}</div>" for t in unsteered.get(prompt, []))
+                         + "</div></div>")  # fmt: skip
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>ADL report</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
+    io.write_text(run / "report.html", page)
+    return run / "report.html"
+
+
+def _verdict(summary, lenses: LensResult, rel, sim) -> str:
+    lines = []
+    if rel:
+        b = rel["best"]
+        lines.append(f"At position {b['position']}, {max(b['logit_lens']['relevant'], b['patchscope']['relevant'])} of "
+                     f"the top 20 lens tokens are frequent words of the finetuning data, against "
+                     f"{b['base_mean']['relevant']} for the base model's own mean activation.")  # fmt: skip
+    if sim:
+        best = max(sim, key=lambda p: sim[p]["steered_vs_finetune"]["similarity"])
+        s, u = sim[best]["steered_vs_finetune"], sim[best]["unsteered_vs_finetune"]
+        lines.append(f"Steered with delta (position {best}), the model writes text more like the finetuning data: "
+                     f"similarity {s['similarity']:.3f} ± {s.get('std', 0):.3f} vs {u['similarity']:.3f} ± "
+                     f"{u.get('std', 0):.3f} unsteered.")  # fmt: skip
+    top = max(lenses.positions, key=lambda p: p["delta_norm"])
+    words = ", ".join(t.strip() for t in top["patchscope"][str(top["patchscope_scale"])].tokens[:10])
+    lines.append(f"Patchscope tokens at position {top['position']}: {html.escape(words)}.")
+    return "<div class='verdict'><b>Finding.</b> " + " ".join(lines) + "</div>"
