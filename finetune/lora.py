@@ -1,0 +1,69 @@
+"""LoRA adapters, kept apart from the frozen base weights and merged into them for every forward.
+
+Adapters are a pytree {target: (A, B)} with A (L, in, r) and B (L, r, out), stacked over layers like
+the base matrices they adapt. `apply_lora` returns the base params with W + scale * A @ B in place of
+each target, so the decoder itself needs no LoRA code, training sees exactly the weights that are
+exported, and the gradient reaches A and B through the merge. With bf16 base weights the merged
+weights are bf16 too: what is trained is what is exported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from adl_jax.models.transformer import Params
+
+TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
+Adapters = dict  # {target: (A, B)}
+
+
+@dataclasses.dataclass(frozen=True)
+class LoraConfig:
+    rank: int = 8
+    alpha: float = 16.0
+    dropout: float = 0.0
+    targets: tuple[str, ...] = TARGETS
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
+def resolve_targets(targets, params: Params) -> tuple[str, ...]:
+    """Our names for the targets (HF-style `q_proj` is accepted); a name matching no weight is an error."""
+    names = tuple(t.removesuffix("_proj") for t in targets)
+    unknown = [t for t, n in zip(targets, names) if n not in TARGETS or n not in params["layers"]]
+    if unknown or not names:
+        raise ValueError(f"LoRA target(s) {unknown or '(none)'} match no weight; choose among {', '.join(TARGETS)}")
+    return names
+
+
+def init_adapters(params: Params, lcfg: LoraConfig, key: jax.Array) -> Adapters:
+    """A ~ N(0, 1/in), B = 0: the adapted model starts equal to the base. Adapters are float32."""
+    adapters = {}
+    for name, k in zip(resolve_targets(lcfg.targets, params), jax.random.split(key, len(lcfg.targets))):
+        L, d_in, d_out = params["layers"][name].shape
+        a = jax.random.normal(k, (L, d_in, lcfg.rank), jnp.float32) / jnp.sqrt(d_in)
+        adapters[name] = (a, jnp.zeros((L, lcfg.rank, d_out), jnp.float32))
+    return adapters
+
+
+def apply_lora(params: Params, adapters: Adapters, scale: float, *, dropout: float = 0.0, key=None) -> Params:
+    """Base params with W + scale * A @ B for each adapted matrix, in W's dtype.
+
+    Dropout zeroes input features of A (rescaled by 1/(1-p)), one mask per layer and step shared by
+    all tokens, which is what keeps the merge exact.
+    """
+    layers = dict(params["layers"])
+    keys = jax.random.split(key, len(adapters)) if dropout else [None] * len(adapters)
+    for (name, (a, b)), k in zip(sorted(adapters.items()), keys):
+        if dropout:
+            keep = jax.random.bernoulli(k, 1.0 - dropout, a.shape[:2])
+            a = jnp.where(keep[..., None], a / (1.0 - dropout), 0.0)
+        w = layers[name]
+        delta = jnp.einsum("lir,lro->lio", a, b, preferred_element_type=jnp.float32)
+        layers[name] = (w.astype(jnp.float32) + scale * delta).astype(w.dtype)
+    return {**params, "layers": layers}

@@ -1,0 +1,5 @@
+import sys
+
+from finetune.organisms import main
+
+sys.exit(main())

@@ -1,0 +1,355 @@
+"""Finetuning with optax: LoRA or full, on our own `forward`, sharded by the mesh rules, resumable.
+
+One jitted step computes the masked next-token cross-entropy (float32) over `grad_accum` micro-batches
+(a `lax.scan`, so the gradient equals that of one big batch) and applies AdamW with warmup, cosine or
+linear decay and global-norm clipping. Trainable weights and optimizer state are float32 whatever the
+base dtype. Orbax checkpoints hold the trainable weights, the optimizer state, the step and the data
+cursor; batches and dropout keys are functions of (seed, cursor, step), so a resumed run repeats an
+uninterrupted one bit for bit. Output directory: `checkpoints/<step>/`, `metrics.jsonl`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import functools
+import hashlib
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
+
+from adl_jax import io
+from adl_jax.models.config import ModelConfig
+from adl_jax.models.transformer import Params, forward
+from adl_jax.sharding import Rules, batch_sharding, make_mesh, param_shardings
+from finetune.data import Rows, Splits, batch_at
+from finetune.lora import LoraConfig, apply_lora, init_adapters
+
+# Fields that change no number of the run, so a resumed run may set them differently.
+_BOOKKEEPING = ("checkpoint_every", "eval_every")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything that determines a run's numbers, plus when to checkpoint and evaluate. Static under jit."""
+
+    steps: int = 100  # optimizer updates
+    batch_size: int = 8  # rows per micro-batch
+    grad_accum: int = 1  # micro-batches per update
+    seq_len: int = 256
+    lr: float = 1e-4
+    warmup: int = 10
+    schedule: str = "cosine"  # cosine | linear (decay to 0 after warmup)
+    weight_decay: float = 0.0  # decoupled; matrices only (not norms, biases)
+    grad_clip: float = 1.0  # global norm; 0 = off
+    mode: str = "lora"  # lora | full
+    lora: LoraConfig = LoraConfig()
+    mix_ratio: float = 0.0  # pretraining samples per finetuning sample
+    eval_fraction: float = 0.1
+    seed: int = 0
+    checkpoint_every: int = 50  # 0 = only at the end
+    eval_every: int = 50  # 0 = only at the end
+
+    def __post_init__(self):
+        if self.mode not in ("lora", "full"):
+            raise ValueError(f"mode must be 'lora' or 'full', not {self.mode!r}")
+        if self.schedule not in ("cosine", "linear"):
+            raise ValueError(f"schedule must be 'cosine' or 'linear', not {self.schedule!r}")
+        if min(self.steps, self.batch_size, self.grad_accum, self.seq_len) < 1:
+            raise ValueError("steps, batch_size, grad_accum and seq_len must be positive")
+
+
+class TrainResult(NamedTuple):
+    params: Params  # the model with its trained weights (adapters merged), in the base dtype
+    trainable: Any  # LoRA adapters or full float32 weights
+    step: int
+
+
+def learning_rate(tc: TrainConfig):
+    """Linear warmup reaching `lr` at update `warmup` - 1, then cosine or linear decay towards 0."""
+
+    def schedule(count):
+        count = jnp.asarray(count, jnp.float32)
+        progress = jnp.clip((count - tc.warmup) / max(tc.steps - tc.warmup, 1), 0.0, 1.0)
+        decay = 0.5 * (1 + jnp.cos(jnp.pi * progress)) if tc.schedule == "cosine" else 1.0 - progress
+        return jnp.where(count < tc.warmup, tc.lr * (count + 1) / max(tc.warmup, 1), tc.lr * decay)
+
+    return schedule
+
+
+def _decays(path, x) -> bool:
+    """Weight decay applies to matrices: ndim >= 2 once the stacked `layers` axis is discounted."""
+    return x.ndim - any(getattr(k, "key", None) == "layers" for k in path) >= 2
+
+
+def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
+    adamw = optax.adamw(learning_rate(tc), weight_decay=tc.weight_decay,
+                        mask=lambda p: jax.tree_util.tree_map_with_path(_decays, p))
+    return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw) if tc.grad_clip else adamw
+
+
+def model_params(trainable, base: Params, tc: TrainConfig, key=None) -> Params:
+    """The weights the forward runs with; LoRA dropout only when a key is given (training)."""
+    if tc.mode == "lora":
+        dropout = tc.lora.dropout if key is not None else 0.0
+        return apply_lora(base, trainable, tc.lora.scale, dropout=dropout, key=key)
+    return jax.tree.map(lambda t, b: t.astype(b.dtype), trainable, base)
+
+
+def token_nll(params: Params, cfg: ModelConfig, tokens, valid, targets):
+    """(sum, count) of the float32 next-token negative log-likelihood over target tokens."""
+    logits = forward(params, tokens, cfg, valid=valid).logits[:, :-1]
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, tokens[:, 1:])
+    mask = targets[:, 1:]
+    return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask)
+
+
+def loss_and_grads(trainable, base: Params, batch, cfg: ModelConfig, tc: TrainConfig, key):
+    """Mean target-token loss over the whole batch (B * grad_accum rows) and its gradient.
+
+    Row b * grad_accum + a goes to micro-batch a, so each micro-batch keeps the batch axis sharding.
+    """
+    micro = jax.tree.map(lambda x: x.reshape(tc.batch_size, tc.grad_accum, -1).swapaxes(0, 1), batch)
+
+    def body(carry, xs):
+        grads, total, count = carry
+        (tokens, valid, targets), i = xs
+        loss = lambda t: token_nll(model_params(t, base, tc, jax.random.fold_in(key, i)), cfg, tokens, valid, targets)
+        (s, n), g = jax.value_and_grad(loss, has_aux=True)(trainable)
+        return (jax.tree.map(jnp.add, grads, g), total + s, count + n), None
+
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable)
+    init = (zeros, jnp.float32(0), jnp.int32(0))
+    (grads, total, count), _ = jax.lax.scan(body, init, (micro, jnp.arange(tc.grad_accum)))
+    count = jnp.maximum(count, 1).astype(jnp.float32)
+    return total / count, jax.tree.map(lambda g: g / count, grads)
+
+
+# Module-level jits with the configs static: a resumed run in the same process reuses the compiled step.
+@functools.partial(jax.jit, static_argnames=("cfg", "tc"), donate_argnums=(0, 1))
+def train_step(trainable, opt_state, base, batch, step, *, cfg: ModelConfig, tc: TrainConfig):
+    """One optimizer update on batch = (tokens, valid, targets), each (batch_size * grad_accum, T)."""
+    key = jax.random.fold_in(jax.random.PRNGKey(tc.seed), step)
+    loss, grads = loss_and_grads(trainable, base, batch, cfg, tc, key)
+    updates, opt_state = make_optimizer(tc).update(grads, opt_state, trainable)
+    return optax.apply_updates(trainable, updates), opt_state, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+
+
+def _initial_state(base: Params, cfg: ModelConfig, tc: TrainConfig, tx, mesh, rules: Rules):
+    """Float32 trainable weights and optimizer state, placed like the weights they belong to."""
+    shardings = param_shardings(cfg, mesh, rules)
+    if tc.mode == "full":
+        trainable = jax.tree.map(lambda x: jnp.array(x, jnp.float32, copy=True), base)  # donated: never alias base
+    else:
+        adapters = init_adapters(base, tc.lora, jax.random.PRNGKey(tc.seed))
+        shardings = _adapter_shardings(shardings, adapters)
+        trainable = jax.device_put(adapters, shardings)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state_shardings = optax.tree_utils.tree_map_params(
+        tx, lambda _, s: s, jax.eval_shape(tx.init, trainable), shardings, transform_non_params=lambda _: replicated
+    )
+    return trainable, jax.device_put(tx.init(trainable), state_shardings)
+
+
+@functools.partial(jax.jit, static_argnames=("cfg", "tc"))
+def _eval_nll(trainable, base, tokens, valid, targets, *, cfg: ModelConfig, tc: TrainConfig):
+    return token_nll(model_params(trainable, base, tc), cfg, tokens, valid, targets)
+
+
+def _adapter_shardings(weight_shardings: Params, adapters) -> dict:
+    """A (L, in, r) is split like its weight's input axis, B (L, r, out) like its output axis."""
+    out = {}
+    for name in adapters:
+        w = weight_shardings["layers"][name]
+        layer, d_in, d_out = tuple(w.spec) + (None,) * (3 - len(w.spec))
+        out[name] = (NamedSharding(w.mesh, PartitionSpec(layer, d_in, None)),
+                     NamedSharding(w.mesh, PartitionSpec(layer, None, d_out)))
+    return out
+
+
+def run_identity(cfg: ModelConfig, tc: TrainConfig, rows: Rows) -> dict:
+    """What a checkpoint must share with a run that resumes it: training settings, model, data."""
+    digest = hashlib.sha256()
+    for a in (rows.tokens, rows.valid, rows.targets):
+        digest.update(np.ascontiguousarray(a).tobytes())
+    settings = {k: v for k, v in dataclasses.asdict(tc).items() if k not in _BOOKKEEPING}
+    return json.loads(json.dumps({**settings, "model": dataclasses.asdict(cfg), "data": digest.hexdigest()}))
+
+
+def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += _differences(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def _trim_metrics(path: Path, step: int) -> None:
+    """Drop records past `step`: a killed run may have logged steps its last checkpoint does not hold."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        io.write_text(path, "".join(line + "\n" for line in keep))
+
+
+def _log(path: Path, record: dict) -> None:
+    with path.open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def train(
+    params: Params,
+    cfg: ModelConfig,
+    splits: Splits,
+    tc: TrainConfig,
+    out_dir: str | Path,
+    *,
+    mesh=None,
+    rules: Rules = Rules(),
+    stop_at: int | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train, resuming from the latest checkpoint in `out_dir/checkpoints` when there is one.
+
+    `params`: the base model (any dtype; frozen in LoRA mode). `stop_at`: end this call after that step
+    with a checkpoint (e.g. to fit a job's time limit); a later call continues.
+    """
+    out_dir = Path(out_dir)
+    if splits.train.tokens.shape[1] != tc.seq_len:
+        raise ValueError(f"the data rows have {splits.train.tokens.shape[1]} tokens but seq_len={tc.seq_len}")
+    mesh = mesh or make_mesh(devices=jax.local_devices()[:1])
+    data_parallel = math.prod(mesh.shape[a] for a in rules.batch)
+    if tc.batch_size % data_parallel:
+        raise ValueError(f"batch_size={tc.batch_size} is not a multiple of the {data_parallel} data-parallel shards")
+    base = jax.device_put(params, param_shardings(cfg, mesh, rules))
+    tx = make_optimizer(tc)
+    trainable, opt_state = _initial_state(base, cfg, tc, tx, mesh, rules)
+
+    identity = run_identity(cfg, tc, splits.train)
+    options = ocp.CheckpointManagerOptions(max_to_keep=None)  # keep the whole series
+    with ocp.CheckpointManager(out_dir / "checkpoints", options=options) as manager:
+        step, cursor, trainable, opt_state = _resume(manager, identity, trainable, opt_state, out_dir)
+        metrics_path = out_dir / "metrics.jsonl"
+        _trim_metrics(metrics_path, step)
+        per_update = tc.batch_size * tc.grad_accum
+        end = tc.steps if stop_at is None else min(stop_at, tc.steps)
+        put = lambda x: jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim, rules), lambda i: x[i])
+        bar = tqdm(total=tc.steps, initial=step, disable=not progress, unit="step", desc="finetune")
+        tick = time.perf_counter()
+        while step < end:
+            batch = batch_at(splits.train, cursor, per_update, tc.seed)
+            arrays = tuple(put(a) for a in (batch.tokens, batch.valid, batch.targets))
+            trainable, opt_state, out = train_step(trainable, opt_state, base, arrays, step, cfg=cfg, tc=tc)
+            loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
+            step, cursor = step + 1, cursor + per_update
+            if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+                manager.wait_until_finished()
+                raise FloatingPointError(
+                    f"loss {loss}, gradient norm {grad_norm} at step {step}: training stopped. The last good "
+                    f"checkpoint is step {manager.latest_step()} in {out_dir / 'checkpoints'}; lower lr or check "
+                    "the data"
+                )
+            record = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": float(learning_rate(tc)(step - 1)),
+                      "tokens_per_s": float(batch.valid.sum()) / (time.perf_counter() - tick)}
+            if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
+                for name, rows in (("eval_loss_ft", splits.eval_ft), ("eval_loss_pt", splits.eval_pt)):
+                    if rows is not None:
+                        record[name] = _mean_nll(trainable, base, rows, cfg, tc, put)
+            _log(metrics_path, record)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}")
+            if step == end or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
+                state = ocp.args.StandardSave({"trainable": trainable, "opt_state": opt_state})
+                meta = ocp.args.JsonSave({"identity": identity, "cursor": cursor, "step": step})
+                manager.save(step, args=ocp.args.Composite(state=state, meta=meta))
+            tick = time.perf_counter()
+        bar.close()
+    return TrainResult(model_params(trainable, base, tc), trainable, step)
+
+
+def _resume(manager, identity: dict, trainable, opt_state, out_dir: Path):
+    """(step, data cursor, trainable, optimizer state) of the latest checkpoint, or the initial ones."""
+    step = manager.latest_step()
+    if step is None:
+        return 0, 0, trainable, opt_state
+    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+    differ = _differences(meta["identity"], identity)
+    if differ:
+        raise ValueError(f"{out_dir} holds a run with other settings ({', '.join(differ)}); "
+                         "resume with the same settings or use another output directory")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"trainable": trainable, "opt_state": opt_state})
+    state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
+    return step, meta["cursor"], state["trainable"], state["opt_state"]
+
+
+def _mean_nll(trainable, base, rows: Rows, cfg: ModelConfig, tc: TrainConfig, put) -> float:
+    """Mean target-token loss over `rows`, in fixed-size batches (the last padded with target-free rows)."""
+    total, count = 0.0, 0
+    for start in range(0, len(rows), tc.batch_size):
+        index = np.arange(start, start + tc.batch_size)
+        chunk = rows.take(index % len(rows))
+        targets = chunk.targets & (index < len(rows))[:, None]
+        s, n = _eval_nll(trainable, base, put(chunk.tokens), put(chunk.valid), put(targets), cfg=cfg, tc=tc)
+        total, count = total + float(s), count + int(n)
+    return total / max(count, 1)
+
+
+def export_hf_dir(result: TrainResult, cfg: ModelConfig, path: str | Path, tokenizer=None) -> None:
+    """Write the trained model (adapters merged) as an HF directory that `adl diff` and transformers read."""
+    from adl_jax.models.weights import save_hf_dir
+
+    save_hf_dir(result.params, cfg, path)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+
+
+def main(argv=None) -> int:
+    from adl_jax.corpus import local_texts
+    from adl_jax.models.tokenizer import load_tokenizer
+    from adl_jax.models.weights import load_hf_dir
+    from finetune.data import build_splits, read_jsonl
+
+    p = argparse.ArgumentParser(prog="python -m finetune.train", description="Finetune an HF model directory "
+                                "on JSONL data; resumes from OUT's checkpoints; exports OUT/final.")
+    p.add_argument("--model", required=True, help="HF model directory (config.json, safetensors, tokenizer)")
+    p.add_argument("--data", required=True, help="JSONL of {'text'} or {'messages'} examples")
+    p.add_argument("--pretrain", help="pretraining texts (.txt/.jsonl/.parquet) mixed in at --mix_ratio")
+    p.add_argument("--out", required=True)
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="base weights' dtype")
+    p.add_argument("--mesh", help="e.g. data=2,model=4 (default: one device)")
+    p.add_argument("--no-progress", action="store_true")
+    for f in dataclasses.fields(TrainConfig):
+        if f.name != "lora":
+            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
+    for f in dataclasses.fields(LoraConfig):
+        kind = str if f.name == "targets" else type(f.default)
+        p.add_argument(f"--lora_{f.name}", type=kind, default=",".join(f.default) if kind is str else f.default)
+    a = p.parse_args(argv)
+    lora = LoraConfig(rank=a.lora_rank, alpha=a.lora_alpha, dropout=a.lora_dropout,
+                      targets=tuple(t for t in a.lora_targets.split(",") if t))
+    settings = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "lora"}
+    tc = TrainConfig(lora=lora, **settings)
+    tokenizer = load_tokenizer(a.model)
+    mesh = make_mesh(a.mesh) if a.mesh else None
+    cfg, params = load_hf_dir(a.model, dtype=jnp.dtype(a.dtype), mesh=mesh)
+    pretrain = local_texts(a.pretrain) if a.pretrain else ()
+    splits = build_splits(read_jsonl(a.data), tokenizer, tc.seq_len, pretrain_texts=pretrain, mix_ratio=tc.mix_ratio,
+                          eval_fraction=tc.eval_fraction, seed=tc.seed)
+    result = train(params, cfg, splits, tc, a.out, mesh=mesh, progress=not a.no_progress)
+    export_hf_dir(result, cfg, Path(a.out) / "final", tokenizer)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
