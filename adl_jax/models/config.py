@@ -185,6 +185,32 @@ class ModelConfig:
             pad_token_id=d.get("pad_token_id"),
         )
 
+    def to_hf(self) -> dict:
+        """An HF config.json dict that transformers (and `from_hf`) read back as this architecture."""
+        gemma = self.family.startswith("gemma")
+        arch = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma2", "gemma3_text": "Gemma3"}
+        d = {
+            "model_type": self.family, "architectures": [f"{arch[self.family]}ForCausalLM"],
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim, "rms_norm_eps": self.norm_eps, "tie_word_embeddings": self.tie_embeddings,
+            "hidden_activation" if gemma else "hidden_act": {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[self.activation],
+            "layer_types": ["sliding_attention" if x else "full_attention" for x in self.local_layers],
+            "sliding_window": self.sliding_window, "rope_theta": self.rope_global.theta,
+            "rope_scaling": _rope_to_hf(self.rope_global),
+            "bos_token_id": self.bos_token_id, "pad_token_id": self.pad_token_id,
+            "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) != 1 else self.eos_token_ids[0],
+        }  # fmt: skip
+        if self.family != "qwen2":
+            d["attention_bias"] = self.o_bias
+        if gemma:
+            d.update(query_pre_attn_scalar=round(self.attn_scale**-2), attn_logit_softcapping=self.attn_softcap,
+                     final_logit_softcapping=self.final_softcap)  # fmt: skip
+        if self.family == "gemma3_text":
+            d["rope_local_base_freq"] = self.rope_local.theta
+        return d
+
     @classmethod
     def from_json(cls, path: str | Path, **kw) -> ModelConfig:
         path = Path(path)
@@ -216,6 +242,15 @@ def _parse_layer_types(d: dict, family: str, n_layers: int) -> tuple[bool, ...]:
     if "sliding_attention" in types and not d.get("sliding_window"):
         raise ValueError("layer_types has sliding_attention layers but sliding_window is not set")
     return tuple(t == "sliding_attention" for t in types)
+
+
+def _rope_to_hf(rope: Rope) -> dict | None:
+    if rope.kind == "default":
+        return None
+    if rope.kind == "linear":
+        return {"rope_type": "linear", "factor": rope.factor}
+    return {"rope_type": "llama3", "factor": rope.factor, "low_freq_factor": rope.low_freq_factor,
+            "high_freq_factor": rope.high_freq_factor, "original_max_position_embeddings": rope.original_max_position}
 
 
 def _rope_from_params(p: dict | None, default_theta: float) -> Rope:

@@ -149,3 +149,34 @@ def load_hf_dir(path, dtype=jnp.float32, mesh=None, rules: Rules = Rules(), igno
 
 def _orient(arr: np.ndarray, transposed: bool) -> np.ndarray:
     return arr.T if transposed else arr
+
+
+def save_hf_dir(params: Params, cfg: ModelConfig, path: str | Path) -> None:
+    """Write params as an HF directory (config.json + model.safetensors) that transformers loads.
+
+    Written into a temporary sibling directory and renamed into place, so a crash never leaves a
+    half-written model behind.
+    """
+    import shutil
+    import tempfile
+
+    from safetensors.flax import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for ours, names in hf_tensor_names(cfg).items():
+        full = params["layers"][ours] if ours in params["layers"] else params[ours]
+        for i, name in enumerate(names):
+            arr = full if ours in _TOP_NAMES else full[i]
+            tensors[name] = jnp.asarray(_orient(arr, ours in _TRANSPOSED))
+    config = dict(cfg.to_hf(), dtype=str(jnp.dtype(params["embed"].dtype)))
+    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        save_file(tensors, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        if path.exists():
+            shutil.rmtree(path)
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
