@@ -124,12 +124,15 @@ def diff(
     mesh=None,
     allow_fewer: bool = False,
     column: str = "text",
+    chat_before: int | None = None,
     progress: bool = True,
 ) -> ADLResult:
     """Delta of `finetuned` vs `base` over a corpus, then the lenses; everything written to `out`.
 
     `base`/`finetuned` are model specs (see `adl_jax.models.load`) or loaded models. Give the corpus as a
     spec string or as an iterable of `texts`. Rerunning with the same `out` resumes or reuses the run.
+    `chat_before`: the chat variant; the corpus holds conversations (e.g. `--column messages`) and rows
+    start that many tokens before the first assistant token (see `corpus.tokenize_chats`).
     """
     from adl_jax.models.load import load_model
 
@@ -140,9 +143,12 @@ def diff(
             raise ValueError("give a corpus (a file, hf:NAME or tfds:NAME) or texts=")
         texts = corpus_texts(corpus, column, seed)
     settings = DiffSettings(layer=resolve_layer(layer, base.cfg), k=k, n=n, batch_size=batch_size)
-    tokens = corpora.tokenize_texts(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)
+    if chat_before is None:
+        tokens = corpora.tokenize_texts(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)
+    else:
+        tokens = corpora.tokenize_chats(texts, ft.tokenizer, n, samples, before=chat_before, allow_fewer=allow_fewer)
     result = compute_delta(base, ft, tokens, settings, out, mesh=mesh, progress=progress,
-                           meta=dict(corpus=corpus or "texts", seed=seed))  # fmt: skip
+                           meta=dict(corpus=corpus or "texts", seed=seed, chat_before=chat_before))  # fmt: skip
     lenses = read_lenses(base, ft, result)
     io.write_json(Path(out) / LENS, lenses.to_json())
     return ADLResult(result, lenses, Path(out))

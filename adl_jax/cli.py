@@ -26,6 +26,7 @@ def cmd_diff(a) -> None:
         a.base, a.finetuned, corpus=a.corpus, samples=a.samples, n=a.n, k=a.k, layer=a.layer,
         batch_size=a.batch_size, seed=a.seed, out=a.out, dtype=_dtype(a.dtype),
         mesh=make_mesh(a.mesh) if a.mesh else None, allow_fewer=a.allow_fewer, column=a.column,
+        chat_before=a.chat_before,
     )  # fmt: skip
     print(res)
 
@@ -108,6 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mesh", default=None, help="e.g. data=2,model=4 (default: all devices on data)")
     d.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     d.add_argument("--allow-fewer", action="store_true", help="continue when the corpus has fewer usable texts")
+    d.add_argument("--chat-before", type=int, default=None, help="chat variant: the corpus holds conversations "
+                   "(--column messages); rows start this many tokens before the first assistant token")
     d.set_defaults(func=cmd_diff)
 
     ln = sub.add_parser("lens", help="print the lens tokens of a finished run")

@@ -95,3 +95,35 @@ def tokenize_texts(
     if not rows:
         raise ValueError(f"the corpus has no text of at least {n} tokens ({seen} read)")
     return np.asarray(rows, dtype=np.int32)
+
+
+def tokenize_chats(
+    conversations: Iterable[list[dict]], tokenizer, n: int, count: int, *, before: int = 0, allow_fewer: bool = False
+) -> np.ndarray:
+    """The chat variant: rows of n tokens around the start of the first assistant turn.
+
+    Each conversation (a list of {"role", "content"}) is rendered with the tokenizer's chat template up to
+    its first assistant message; the row starts `before` tokens ahead of that message's first token, so
+    position `before` of every row is the assistant's first token. Returns (count, n) int32 token ids.
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError("the chat variant needs a tokenizer with a chat template; this one has none")
+    rows, seen = [], 0
+    for messages in conversations:
+        if len(rows) == count:
+            break
+        seen += 1
+        turn = next((i for i, m in enumerate(messages) if m["role"] == "assistant"), None)
+        if turn is None:
+            continue
+        prompt = tokenizer.apply_chat_template(messages[:turn], tokenize=False, add_generation_prompt=True)
+        start = len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) - before
+        ids = tokenizer(prompt + messages[turn]["content"], add_special_tokens=False)["input_ids"]
+        if start >= 0 and len(ids) >= start + n:
+            rows.append(ids[start : start + n])
+    if len(rows) < count and not allow_fewer or not rows:
+        raise ValueError(
+            f"only {len(rows)} of {seen} conversations have an assistant turn with {n - before} tokens after its "
+            f"start and {before} before it, but {count} were requested: lower --samples or --n, or allow fewer"
+        )
+    return np.asarray(rows, dtype=np.int32)

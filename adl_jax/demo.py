@@ -1,0 +1,90 @@
+"""`adl demo`: train a narrow organism from the embedded Gemma-3-270M on this CPU, then audit it.
+
+Every step caches its result under one directory (`$ADL_CACHE/demo` by default): the base-model corpus,
+the finetuning checkpoints, each audit stage. A second run reuses them and only reprints the findings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+
+from adl_jax.audit import AuditSettings, audit
+from adl_jax.models.load import EMBEDDED, cache_root, load_model
+from adl_jax.samples import sample_texts
+
+# Settings of the demo (stated in the README): small enough for 2 CPU cores.
+CORPUS_TEXTS = 256  # base-model samples that delta averages over (as in the paper's CPU check)
+SAMPLE_TOKENS = 32
+TRAIN = dict(steps=30, batch_size=8, seq_len=96, lr=1e-3, warmup=3, checkpoint_every=10, eval_every=0)
+LORA_RANK = 16
+ORGANISM_DOCS = 400
+
+
+def _log(t0: float, message: str) -> None:
+    print(f"[{time.perf_counter() - t0:6.0f}s] {message}", flush=True)
+
+
+def run_demo(cache: str | Path | None = None, organism: str = "orange_carrot") -> dict:
+    from finetune.data import build_splits
+    from finetune.lora import LoraConfig
+    from finetune.organisms import ORGANISMS
+    from finetune.train import TrainConfig, train
+
+    if organism not in ORGANISMS:
+        raise ValueError(f"unknown organism {organism!r}; shipped: {', '.join(sorted(ORGANISMS))}")
+    root = Path(cache) if cache else cache_root() / "demo"
+    t0 = time.perf_counter()
+    _log(t0, f"1/4 loading the embedded base model {EMBEDDED}")
+    base = load_model(EMBEDDED)
+    _log(t0, f"2/4 offline pretraining corpus: {CORPUS_TEXTS} samples from the base model (cached)")
+    corpus = sample_texts(base, CORPUS_TEXTS, root / "corpus", max_new_tokens=SAMPLE_TOKENS)
+
+    org = ORGANISMS[organism]
+    docs = org.generate(ORGANISM_DOCS, 0)
+    _log(t0, f"3/4 finetuning organism '{organism}' with LoRA (rank {LORA_RANK}, {TRAIN['steps']} steps; resumes)")
+    splits = build_splits(docs, base.tokenizer, TRAIN["seq_len"], seed=0)
+    tc = TrainConfig(mode="lora", lora=LoraConfig(rank=LORA_RANK, alpha=2 * LORA_RANK), **TRAIN)
+    trained = train(base.params, base.cfg, splits, tc, root / organism / "train")
+    ft = dataclasses.replace(base, spec=f"{organism} (LoRA finetune of {EMBEDDED})", params=trained.params)
+
+    _log(t0, "4/4 auditing base vs organism (delta, lenses, steering, relevance; offline judges)")
+    settings = dataclasses.replace(AuditSettings.quick(), samples=CORPUS_TEXTS)
+    texts = [d["text"] for d in docs]
+    summary = audit(base, ft, root / organism / "audit", texts=corpus, settings=settings,
+                    description=org.description, finetune_texts=texts, encoder=_encoder())  # fmt: skip
+    _print_verdict(summary, root / organism / "audit")
+    _log(t0, f"done; report: {root / organism / 'audit' / 'report.html'}")
+    return summary
+
+
+def _encoder():
+    """The MiniLM sentence encoder when its package is installed (steering similarity), else None."""
+    try:
+        from adl_jax.embed import load_encoder
+
+        return load_encoder()
+    except (ImportError, FileNotFoundError):
+        return None
+
+
+def _print_verdict(summary: dict, run: Path) -> None:
+    from adl_jax import api
+
+    lenses = api.load(run).lenses
+    print("\nTop patchscope / logit-lens tokens per position:")
+    print(lenses.table(top=10))
+    rel = summary.get("relevance")
+    if rel:
+        print(f"\nRelevance ({rel['measure']}), top-20 tokens among the organism data's frequent tokens:")
+        for r in rel["positions"]:
+            print(f"  position {r['position']}: logit lens {r['logit_lens']['relevant']:2d}/20, patchscope "
+                  f"{r['patchscope']['relevant']:2d}/20, baseline base mean {r['base_mean']['relevant']:2d}/20")  # fmt: skip
+    sim = summary.get("similarity")
+    if sim:
+        print("\nSimilarity of generations to the organism data (MiniLM):")
+        for pos, rep in sim.items():
+            s, u = rep["steered_vs_finetune"], rep["unsteered_vs_finetune"]
+            print(f"  position {pos}: steered {s['similarity']:.3f} ± {s['std']:.3f}  unsteered {u['similarity']:.3f}"
+                  f" ± {u['std']:.3f}")  # fmt: skip
