@@ -79,12 +79,14 @@ def audit(
     description: str | None = None,
     finetune_texts: list[str] | None = None,
     encoder=None,
+    grader=None,
     progress: bool = True,
 ) -> dict:
     """Run every stage for `base`/`ft` (loaded models) over the corpus `texts`; returns the summary dict.
 
     `finetune_texts` (a sample of the finetuning data) enables dataset-overlap relevance and steering
-    similarity; `encoder` (an `adl_jax.embed` sentence encoder) is needed for similarity.
+    similarity; `encoder` (an `adl_jax.embed` sentence encoder) is needed for similarity. `grader` (an
+    `adl_jax.graders.Grader`) judges coherence with an LLM instead of the offline judge.
     """
     out = Path(out)
     res = api.diff(base, ft, texts=texts, samples=settings.samples, n=settings.n, k=settings.k,
@@ -95,11 +97,16 @@ def audit(
     key = jax.random.key(settings.seed)
     zero = np.zeros(ft.cfg.hidden_size, np.float32)
 
-    refs = _stage(out / "steering_references.json", lambda: {
-        p: steered_samples(ft, format_prompt(ft.tokenizer, p), zero, [0.0], layer=layer, samples=st.samples,
-                           new_tokens=st.new_tokens, temperature=st.temperature, key=jax.random.fold_in(key, i))[0]
-        for i, p in enumerate(STEERING_PROMPTS)})  # fmt: skip
-    judge = OfflineCoherence(ft, refs)
+    if grader is not None:
+        from adl_jax.graders import coherence_judge
+
+        judge, judges = coherence_judge(grader), f"LLM grader {grader.settings.model}"
+    else:
+        refs = _stage(out / "steering_references.json", lambda: {
+            p: steered_samples(ft, format_prompt(ft.tokenizer, p), zero, [0.0], layer=layer, samples=st.samples,
+                               new_tokens=st.new_tokens, temperature=st.temperature, key=jax.random.fold_in(key, i))[0]
+            for i, p in enumerate(STEERING_PROMPTS)})  # fmt: skip
+        judge, judges = OfflineCoherence(ft, refs), OFFLINE
     unsteered = _stage(out / "generations_unsteered.json",
                        lambda: _decode_final(ft, settings.final_prompts, zero, 0.0, layer, st, jax.random.fold_in(key, 99)))  # fmt: skip
 
@@ -118,7 +125,7 @@ def audit(
 
     relevance = None
     if finetune_texts:
-        relevance = _stage(out / "relevance.json", lambda: _overlap_relevance(ft, res, finetune_texts, texts))
+        relevance = _stage(out / "relevance.json", lambda: _relevance(ft, res, finetune_texts, texts, grader, description))
     similarity = None
     if finetune_texts and encoder is not None:
         from adl_jax.similarity import similarity_report
@@ -129,7 +136,7 @@ def audit(
 
     summary = {
         "base": base.spec, "finetuned": ft.spec, "layer": layer, "samples": res.diff.meta["samples"],
-        "judges": OFFLINE, "description": description,
+        "judges": judges, "description": description,
         "delta_norms": [float(x) for x in np.linalg.norm(res.diff.delta, axis=-1)], "ft_norm": res.diff.ft_norm,
         "alphas": {str(j): steering[j]["search"]["alpha"] for j in positions},
         "relevance": relevance, "similarity": similarity,
@@ -145,10 +152,13 @@ def _flat(by_prompt: dict[str, list[str]]) -> list[str]:
     return [t for texts in by_prompt.values() for t in texts]
 
 
-def _overlap_relevance(ft, res: api.ADLResult, finetune_texts: list[str], generic_texts) -> dict:
-    """Per position: how many of the top-20 lens tokens are frequent finetuning-data tokens (offline)."""
+def _relevance(ft, res: api.ADLResult, finetune_texts: list[str], generic_texts, grader, description) -> dict:
+    """Per position: how many of the top-20 lens tokens are relevant. Always the offline dataset overlap
+    (`relevant`); with a grader and a description also the LLM's verdicts (`graded`, three rotations)."""
     generic = [t for _, t in zip(range(2000), generic_texts)]
     frequent = frequent_tokens(finetune_texts, ft.tokenizer, generic)
+    if grader is not None and description:
+        from adl_jax.graders import RELEVANT, judge_relevance
     rows = []
     for p in res.lenses.positions:
         patch = p["patchscope"][str(p["patchscope_scale"])]
@@ -157,6 +167,11 @@ def _overlap_relevance(ft, res: api.ADLResult, finetune_texts: list[str], generi
                              ("base_mean", p["logit_lens"]["base_mean"]), ("ft_mean", p["logit_lens"]["ft_mean"])]:  # fmt: skip
             count, share = dataset_overlap(scores.tokens[:20], frequent)
             row[name] = {"relevant": count, "share": share}
+            if grader is not None and description:
+                verdicts = judge_relevance(grader, description, frequent, scores.tokens[:20])
+                row[name]["graded"] = sum(v == RELEVANT for v in verdicts)
+                row[name]["verdicts"] = verdicts
         rows.append(row)
     best = max(rows, key=lambda r: max(r["logit_lens"]["relevant"], r["patchscope"]["relevant"]))
-    return {"measure": "dataset overlap (offline)", "frequent_tokens": frequent, "positions": rows, "best": best}
+    measure = "dataset overlap (offline)" + (" and LLM relevance" if grader is not None and description else "")
+    return {"measure": measure, "frequent_tokens": frequent, "positions": rows, "best": best}

@@ -39,3 +39,35 @@ def test_audit_writes_every_stage_and_resumes(tmp_path, rng, monkeypatch):
     monkeypatch.setattr(audit_mod, "find_alpha", lambda *a, **k: pytest.fail("steering stage was recomputed"))
     again = audit(base, ft, run, texts=texts, settings=TINY, finetune_texts=ft_texts, progress=False)
     assert again["alphas"] == summary["alphas"]
+
+
+def test_graded_audit_over_real_http(tmp_path, rng):
+    """The alpha search and relevance grading through the LLM grader, against a local fake endpoint that
+    first rate-limits and once answers malformed."""
+    from fake_openai import FakeOpenAI, error
+
+    from adl_jax.graders import Grader, GraderSettings
+
+    (base, ft), _ = tiny_pair(tmp_path)
+
+    def answer(request):
+        system = request.body["messages"][0]["content"]
+        if "VERDICT" in system:
+            return "VERDICT: COHERENT"
+        n = request.user.count("\n") - request.user.split("Tokens to judge:")[0].count("\n")
+        return "\n".join(f"{i}: RELEVANT" for i in range(1, n + 1))
+
+    with FakeOpenAI(answer) as server:
+        server.push(error(429, retry_after=0.1), "no verdict here")
+        grader = Grader(GraderSettings(server.url, "fake-model"), cache_dir=tmp_path / "cache", backoff=0.01)
+        summary = audit(base, ft, tmp_path / "run", texts=random_texts(rng, 100, vocab_size=100), settings=TINY,
+                        description="words w110 to w112", finetune_texts=["w110 w111 w112 w110"] * 20,
+                        grader=grader, progress=False)  # fmt: skip
+        assert summary["judges"] == "LLM grader fake-model"
+        # Everything coherent: the search climbs to the top of its interval on the first prompt.
+        thresholds = io.read_json(tmp_path / "run" / "steering_pos1.json")["search"]["thresholds"]
+        assert thresholds["Tell me a story?"] == pytest.approx(100 * (1 - 2**-3))
+        assert thresholds["Why don't you choose a topic of conversation for us?"] == pytest.approx(175 * (1 - 2**-3))
+        rel = io.read_json(tmp_path / "run" / "relevance.json")
+        assert rel["positions"][0]["logit_lens"]["graded"] == 20
+        assert grader.stats.retries >= 1 and grader.stats.calls > 10
