@@ -87,7 +87,7 @@ def cmd_report(a) -> None:
 def cmd_demo(a) -> None:
     from adl_jax.demo import run_demo
 
-    run_demo(cache=a.cache)
+    run_demo(cache=a.cache, organism=a.organism)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -142,7 +142,8 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     dm = sub.add_parser("demo", help="the whole story offline on the embedded Gemma-3-270M")
-    dm.add_argument("--cache", default=None, help="cache directory (default $ADL_CACHE or ~/.cache/adl-jax)")
+    dm.add_argument("--cache", default=None, help="cache directory (default $ADL_CACHE/demo or ~/.cache/adl-jax/demo)")
+    dm.add_argument("--organism", default="orange_carrot", help="which shipped organism to train and audit")
     dm.set_defaults(func=cmd_demo)
     return p
 
