@@ -50,6 +50,16 @@ class AuditSettings:
                    steering=SteeringSettings.quick())  # fmt: skip
 
 
+def default_encoder():
+    """The MiniLM sentence encoder for steering similarity when it is available, else None."""
+    try:
+        from adl_jax.embed import load_encoder
+
+        return load_encoder()
+    except (ImportError, FileNotFoundError):
+        return None
+
+
 def _stage(path: Path, compute: Callable[[], dict]) -> dict:
     """Reuse a finished stage's file, else compute and write it atomically."""
     if path.exists():

@@ -51,7 +51,8 @@ def cmd_info(a) -> None:
 def cmd_audit(a) -> None:
     from pathlib import Path
 
-    from adl_jax.audit import AuditSettings, audit
+    from adl_jax.audit import AuditSettings, audit, default_encoder
+    from adl_jax.graders import Grader, GraderSettings
     from adl_jax.corpus import local_texts
     from adl_jax.models.load import cache_root, load_model
     from adl_jax.samples import sample_texts
@@ -68,13 +69,9 @@ def cmd_audit(a) -> None:
         texts = list(itertools.islice(corpus_texts(a.corpus, a.column), 4 * settings.samples))  # room for drops
     ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else None
     description = Path(a.description).read_text() if a.description and Path(a.description).is_file() else a.description
-    encoder = None
-    if ft_texts:
-        from adl_jax.embed import load_encoder
-
-        encoder = load_encoder()
+    grader_settings = GraderSettings.from_env()
     audit(base, ft, a.out, texts=texts, settings=settings, description=description, finetune_texts=ft_texts,
-          encoder=encoder)
+          encoder=default_encoder() if ft_texts else None, grader=grader_settings and Grader(grader_settings))
     print(f"report: {Path(a.out) / 'report.html'}")
 
 

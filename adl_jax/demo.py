@@ -10,7 +10,7 @@ import dataclasses
 import time
 from pathlib import Path
 
-from adl_jax.audit import AuditSettings, audit
+from adl_jax.audit import AuditSettings, audit, default_encoder
 from adl_jax.models.load import EMBEDDED, cache_root, load_model
 from adl_jax.samples import sample_texts
 
@@ -53,20 +53,10 @@ def run_demo(cache: str | Path | None = None, organism: str = "orange_carrot") -
     settings = dataclasses.replace(AuditSettings.quick(), samples=CORPUS_TEXTS)
     texts = [d["text"] for d in docs]
     summary = audit(base, ft, root / organism / "audit", texts=corpus, settings=settings,
-                    description=org.description, finetune_texts=texts, encoder=_encoder())  # fmt: skip
+                    description=org.description, finetune_texts=texts, encoder=default_encoder())  # fmt: skip
     _print_verdict(summary, root / organism / "audit")
     _log(t0, f"done; report: {root / organism / 'audit' / 'report.html'}")
     return summary
-
-
-def _encoder():
-    """The MiniLM sentence encoder when its package is installed (steering similarity), else None."""
-    try:
-        from adl_jax.embed import load_encoder
-
-        return load_encoder()
-    except (ImportError, FileNotFoundError):
-        return None
 
 
 def _print_verdict(summary: dict, run: Path) -> None:

@@ -50,3 +50,19 @@ def test_clear_errors(tiny_dirs, capsys):
             "--samples", "5000", "--n", "8", "--out", str(root / "r2")]  # fmt: skip
     assert main(argv) == 2
     assert "usable texts" in capsys.readouterr().err
+
+
+def test_adl_audit_quick(tiny_dirs, tmp_path, monkeypatch, capsys):
+    root, corpus = tiny_dirs
+    monkeypatch.delenv("ADL_GRADER_BASE_URL", raising=False)
+    monkeypatch.delenv("ADL_GRADER_MODEL", raising=False)
+    ft_data = tmp_path / "ft.jsonl"
+    ft_data.write_text("".join(json.dumps({"text": "w110 w111 w112 w110 w111"}) + "\n" for _ in range(20)))
+    out = tmp_path / "audit"
+    argv = ["audit", "--base", str(root / "base"), "--finetuned", str(root / "ft"), "--corpus", str(corpus),
+            "--samples", "32", "--quick", "--finetune-data", str(ft_data), "--description", "w110 words",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    assert f"report: {out / 'report.html'}" in capsys.readouterr().out
+    assert json.loads((out / "summary.json").read_text())["judges"] == "offline"
+    assert main(["report", str(out)]) == 0
