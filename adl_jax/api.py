@@ -149,8 +149,11 @@ def diff(
         tokens = corpora.tokenize_chats(texts, ft.tokenizer, n, samples, before=chat_before, allow_fewer=allow_fewer)
     result = compute_delta(base, ft, tokens, settings, out, mesh=mesh, progress=progress,
                            meta=dict(corpus=corpus or "texts", seed=seed, chat_before=chat_before))  # fmt: skip
-    lenses = read_lenses(base, ft, result)
-    io.write_json(Path(out) / LENS, lenses.to_json())
+    if (Path(out) / LENS).exists():  # a finished run: its lenses belong to this very delta
+        lenses = LensResult.from_json(io.read_json(Path(out) / LENS))
+    else:
+        lenses = read_lenses(base, ft, result)
+        io.write_json(Path(out) / LENS, lenses.to_json())
     return ADLResult(result, lenses, Path(out))
 
 

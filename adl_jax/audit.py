@@ -103,6 +103,8 @@ def audit(
                    layer=settings.layer, batch_size=settings.batch_size, seed=settings.seed, out=out,
                    progress=progress)  # fmt: skip
     layer = res.diff.meta["layer"]
+    if grader is not None and not any("tournament" in p["patchscope_scale_rule"] for p in res.lenses.positions):
+        _choose_scales_by_tournament(grader, res)
     st = settings.steering
     key = jax.random.key(settings.seed)
     zero = np.zeros(ft.cfg.hidden_size, np.float32)
@@ -156,6 +158,22 @@ def audit(
 
     write_report(out)
     return summary
+
+
+def _choose_scales_by_tournament(grader, res: api.ADLResult) -> None:
+    """The paper's scale selection: an LLM tournament over each position's patchscope token sets."""
+    from adl_jax.graders import scale_tournament
+    from adl_jax.lens import gradable
+
+    for p in res.lenses.positions:
+        by_scale = {}
+        for s, ts in p["patchscope"].items():
+            keep = gradable(ts)
+            by_scale[float(s)] = [ts.tokens[i] for i in keep]
+        best, coherent = scale_tournament(grader, by_scale)
+        if best is not None:
+            p.update(patchscope_scale=best, patchscope_scale_rule="LLM tournament", patchscope_coherent=coherent)
+    io.write_json(res.out / api.LENS, res.lenses.to_json())
 
 
 def _flat(by_prompt: dict[str, list[str]]) -> list[str]:

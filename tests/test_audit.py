@@ -54,6 +54,8 @@ def test_graded_audit_over_real_http(tmp_path, rng):
         system = request.body["messages"][0]["content"]
         if "VERDICT" in system:
             return "VERDICT: COHERENT"
+        if "BEST:" in system:  # the scale tournament: always the first set, its first token coherent
+            return "BEST: 1\nCOHERENT: 1"
         n = request.user.count("\n") - request.user.split("Tokens to judge:")[0].count("\n")
         return "\n".join(f"{i}: RELEVANT" for i in range(1, n + 1))
 
@@ -71,3 +73,5 @@ def test_graded_audit_over_real_http(tmp_path, rng):
         rel = io.read_json(tmp_path / "run" / "relevance.json")
         assert rel["positions"][0]["logit_lens"]["graded"] == 20
         assert grader.stats.retries >= 1 and grader.stats.calls > 10
+        lens = io.read_json(tmp_path / "run" / "lens.json")["positions"][0]
+        assert lens["patchscope_scale_rule"] == "LLM tournament" and lens["patchscope_scale"] == 0.5
