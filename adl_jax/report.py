@@ -98,7 +98,7 @@ def write_report(run: str | Path) -> Path:
     lenses = LensResult.from_json(io.read_json(run / LENS))
     rel, sim = summary.get("relevance"), summary.get("similarity")
     hits = set(rel["frequent_tokens"]) if rel else set()
-    parts = [f"<h1>What was this model finetuned on?</h1>",
+    parts = ["<h1>What was this model finetuned on?</h1>",
              f"<p>Finetuned model <b>{html.escape(summary['finetuned'])}</b> compared with its base "
              f"<b>{html.escape(summary['base'])}</b> at layer {summary['layer']}, over {summary['samples']} texts.</p>"]  # fmt: skip
     parts.append(_verdict(summary, lenses, rel, sim))

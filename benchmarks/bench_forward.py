@@ -9,7 +9,6 @@ Prints tokens/s for (1) a logits forward over a batch, (2) our forward stopped a
 import argparse
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import torch
 

@@ -1,6 +1,5 @@
 """`audit` end to end on a tiny pair: every stage's file, resumable stages, and a report that renders."""
 
-import numpy as np
 import pytest
 
 from adl_jax import io
