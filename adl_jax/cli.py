@@ -76,9 +76,12 @@ def cmd_audit(a) -> None:
 
 
 def cmd_report(a) -> None:
-    from adl_jax.report import write_report
+    from adl_jax.report import screenshot, write_report
 
-    print(write_report(a.dir))
+    page = write_report(a.dir)
+    print(page)
+    if a.screenshot:
+        print(screenshot(page, a.screenshot))
 
 
 def cmd_demo(a) -> None:
@@ -136,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     rp = sub.add_parser("report", help="rebuild report.html of an audit directory")
     rp.add_argument("dir")
+    rp.add_argument("--screenshot", metavar="PNG", help="also render the page with headless Chromium to PNG")
     rp.set_defaults(func=cmd_report)
 
     dm = sub.add_parser("demo", help="the whole story offline on the embedded Gemma-3-270M")

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import html
 import io as _io
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 from adl_jax import io
@@ -21,6 +24,10 @@ th{background:#f4f4f4} .tok{font-family:monospace;background:#eef;border-radius:
 .hit{background:#cfc} .note{color:#666;font-size:.9em} .verdict{background:#fffbe6;border:1px solid #f0e0a0;padding:.8em 1em}
 .pair{display:grid;grid-template-columns:1fr 1fr;gap:1em} .sample{background:#f8f8f8;padding:.5em;white-space:pre-wrap;font-size:.85em;margin:.3em 0}
 """
+
+
+_JUDGES = {"offline": " (no LLM grader configured: coherence from the model's own loss, relevance as overlap "
+                      "with the finetuning data's frequent tokens)"}
 
 
 def _svg(fig) -> str:
@@ -110,20 +117,23 @@ def write_report(run: str | Path) -> Path:
         "predict, the <i>patchscope</i> inserts delta into a prompt that makes the model say what a vector "
         "means, and <i>steering</i> adds delta while the model writes. Tokens highlighted in green are among the "
         "most frequent words of the finetuning data.</p>"
-        f"<p class='note'>Judges: {html.escape(summary['judges'])} (no LLM grader configured: coherence from the "
-        "model's own loss, relevance as overlap with the finetuning data's frequent tokens).</p>"
+        f"<p class='note'>Judges: {html.escape(summary['judges'])}{_JUDGES.get(summary['judges'], '')}.</p>"
     )  # fmt: skip
     if rel:
         parts.append("<h2>Relevance per position</h2>" + _relevance_plot(rel))
+    else:
+        parts.append("<p class='note'>No description or finetuning data was given, so token relevance and steering "
+                     "similarity were skipped.</p>")
     if sim:
         parts.append("<h2>Steered text vs finetuning data</h2>" + _similarity_plot(sim))
     parts.append("<h2>Tokens per position</h2>")
     for p in lenses.positions:
         s = p["patchscope_scale"]
         parts.append(f"<h3>Position {p['position']} (|delta| = {p['delta_norm']:.1f}, patchscope scale {s})</h3><table>")
-        rows = [("logit lens of delta", p["logit_lens"]["delta"]), ("logit lens of -delta", p["logit_lens"]["neg_delta"]),
-                (f"patchscope @ {s}", p["patchscope"][str(s)]),
-                ("baseline: base mean", p["logit_lens"]["base_mean"])]  # fmt: skip
+        rows = [("logit lens of delta", p["logit_lens"]["delta"]), ("logit lens of -delta", p["logit_lens"]["neg_delta"])]
+        rows += [(f"patchscope @ {k}" + (" (chosen)" if k == str(s) else ""), p["patchscope"][k])
+                 for k in _neighbours(list(p["patchscope"]), str(s))]
+        rows.append(("baseline: base mean", p["logit_lens"]["base_mean"]))
         for label, ts in rows:
             parts.append(f"<tr><th>{label}</th><td>{_tokens(ts.tokens[:20], hits)}</td></tr>")
         parts.append("</table>")
@@ -143,6 +153,13 @@ def write_report(run: str | Path) -> Path:
     return run / "report.html"
 
 
+def _neighbours(scales: list[str], chosen: str) -> list[str]:
+    """The chosen patchscope scale with the one below and above it (scales sorted numerically)."""
+    ordered = sorted(scales, key=float)
+    i = ordered.index(chosen)
+    return ordered[max(i - 1, 0) : i + 2]
+
+
 def _verdict(summary, lenses: LensResult, rel, sim) -> str:
     lines = []
     if rel:
@@ -153,10 +170,32 @@ def _verdict(summary, lenses: LensResult, rel, sim) -> str:
     if sim:
         best = max(sim, key=lambda p: sim[p]["steered_vs_finetune"]["similarity"])
         s, u = sim[best]["steered_vs_finetune"], sim[best]["unsteered_vs_finetune"]
-        lines.append(f"Steered with delta (position {best}), the model writes text more like the finetuning data: "
+        closer = "more" if s["similarity"] > u["similarity"] else "no more"
+        lines.append(f"Steered with delta (position {best}), the model writes text {closer} like the finetuning data: "
                      f"similarity {s['similarity']:.3f} ± {s.get('std', 0):.3f} vs {u['similarity']:.3f} ± "
                      f"{u.get('std', 0):.3f} unsteered.")  # fmt: skip
     top = max(lenses.positions, key=lambda p: p["delta_norm"])
     words = ", ".join(t.strip() for t in top["patchscope"][str(top["patchscope_scale"])].tokens[:10])
     lines.append(f"Patchscope tokens at position {top['position']}: {html.escape(words)}.")
     return "<div class='verdict'><b>Finding.</b> " + " ".join(lines) + "</div>"
+
+
+BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+
+
+def screenshot(page: str | Path, png: str | Path, *, width: int = 1200, height: int = 4000) -> Path:
+    """A PNG of `page` as headless Chromium renders it: the way to look at a report on a machine without a
+    display (`adl report DIR --screenshot report.png`)."""
+    browser = next((b for b in map(shutil.which, BROWSERS) if b), None)
+    if browser is None:
+        raise FileNotFoundError("no Chromium found for the screenshot: install it (e.g. `apt-get install chromium`)")
+    png = Path(png).resolve()
+    with tempfile.TemporaryDirectory() as profile:  # a throwaway profile: nothing read from or left in $HOME
+        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+               "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
+               f"--user-data-dir={profile}", f"--window-size={width},{height}", f"--screenshot={png}",
+               Path(page).resolve().as_uri()]  # fmt: skip
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    if done.returncode != 0 or not png.exists():
+        raise RuntimeError(f"Chromium could not render {page}: {done.stderr[-2000:]}")
+    return png

@@ -1,5 +1,9 @@
 """`audit` end to end on a tiny pair: every stage's file, resumable stages, and a report that renders."""
 
+import shutil
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 
 from adl_jax import io
@@ -14,12 +18,19 @@ TINY = AuditSettings(
 )  # fmt: skip
 
 
-def test_audit_writes_every_stage_and_resumes(tmp_path, rng, monkeypatch):
-    (base, ft), _ = tiny_pair(tmp_path)
-    texts = random_texts(rng, 100, vocab_size=100)  # words w3..w99
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """One offline audit of a tiny pair, shared by the tests below."""
+    root = tmp_path_factory.mktemp("audit")
+    (base, ft), _ = tiny_pair(root)
+    texts = random_texts(np.random.RandomState(0), 100, vocab_size=100)  # words w3..w99
     ft_texts = ["w110 w111 w112 w110 w111"] * 20  # a 'narrow' dataset of words the corpus never uses
-    summary = audit(base, ft, tmp_path / "run", texts=texts, settings=TINY, finetune_texts=ft_texts, progress=False)
-    run = tmp_path / "run"
+    summary = audit(base, ft, root / "run", texts=texts, settings=TINY, finetune_texts=ft_texts, progress=False)
+    return SimpleNamespace(base=base, ft=ft, run=root / "run", texts=texts, ft_texts=ft_texts, summary=summary)
+
+
+def test_audit_writes_every_stage(audited):
+    run, summary = audited.run, audited.summary
     for name in ("delta.safetensors", "lens.json", "steering_references.json", "generations_unsteered.json",
                  "steering_pos1.json", "relevance.json", "summary.json", "report.html"):  # fmt: skip
         assert (run / name).exists(), name
@@ -30,14 +41,39 @@ def test_audit_writes_every_stage_and_resumes(tmp_path, rng, monkeypatch):
     steer = io.read_json(run / "steering_pos1.json")
     assert len(steer["search"]["paths"]) == 3 and set(steer["steered"]) == set(TINY.final_prompts)
     page = (run / "report.html").read_text()
-    assert page.count("<svg") >= 2 and "Position 4" in page and "steered" in page
+    assert page.count("<svg") >= 2 and "Position 4" in page and "steered" in page and "(chosen)" in page
 
-    # Finished stages are reused: a second audit does no steering at all.
+
+def test_finished_stages_are_reused(audited, monkeypatch):
     import adl_jax.audit as audit_mod
 
     monkeypatch.setattr(audit_mod, "find_alpha", lambda *a, **k: pytest.fail("steering stage was recomputed"))
-    again = audit(base, ft, run, texts=texts, settings=TINY, finetune_texts=ft_texts, progress=False)
-    assert again["alphas"] == summary["alphas"]
+    again = audit(audited.base, audited.ft, audited.run, texts=audited.texts, settings=TINY,
+                  finetune_texts=audited.ft_texts, progress=False)  # fmt: skip
+    assert again["alphas"] == audited.summary["alphas"]
+
+
+def test_report_renders_in_headless_chromium(audited, tmp_path):
+    """The page as a person sees it: Chromium's screenshot shows the plots' coloured bars and lines and the
+    highlighted token cells, not just text (an unrendered or broken SVG leaves none of those colours)."""
+    from matplotlib.image import imread
+
+    from adl_jax.report import BROWSERS, screenshot
+
+    if not any(map(shutil.which, BROWSERS)):
+        pytest.skip("no Chromium installed (.ci/run installs it)")
+    png = imread(screenshot(audited.run / "report.html", tmp_path / "report.png", height=3000))
+    rgb = (png[..., :3] * 255).round().astype(int).reshape(-1, 3)
+    assert png.shape[:2] == (3000, 1200)
+    ink = (rgb.max(axis=1) < 200).mean()  # text, table borders, axes
+    assert 0.005 < ink < 0.5, ink
+
+    def share(color, tol=12):
+        return (np.abs(rgb - np.array(color)).max(axis=1) <= tol).mean()
+
+    assert share((31, 119, 180)) > 1e-4  # matplotlib C0: the relevance plot's logit-lens bars
+    assert share((255, 127, 14)) > 1e-4  # C1: its patchscope bars / the alpha path
+    assert share((0xEE, 0xEE, 0xFF), tol=3) > 1e-3  # token cells of the tables
 
 
 def test_graded_audit_over_real_http(tmp_path, rng):
