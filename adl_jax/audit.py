@@ -8,6 +8,7 @@ LLM graders when an endpoint is configured, else the offline judges; `summary.js
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -42,6 +43,13 @@ class AuditSettings:
     steer_positions: tuple[int, ...] | None = None  # None: every analysed position
     final_prompts: tuple[str, ...] = FINAL_PROMPTS
     steering: SteeringSettings = SteeringSettings()
+    # The model that delta steers: the paper steers the finetuned (chat) model; for an organism trained
+    # from a base model on plain documents, steering the base model shows what delta alone adds.
+    steer_model: str = "finetuned"  # finetuned | base
+
+    def __post_init__(self):
+        if self.steer_model not in ("finetuned", "base"):
+            raise ValueError(f"steer_model must be 'finetuned' or 'base', not {self.steer_model!r}")
 
     @classmethod
     def quick(cls) -> AuditSettings:
@@ -58,6 +66,22 @@ def default_encoder():
         return load_encoder()
     except (ImportError, FileNotFoundError):
         return None
+
+
+def _claim(out: Path, identity: dict) -> None:
+    """Bind a run directory to its settings: its staged files are only reused by an audit with the same ones."""
+    path = out / "audit_settings.json"
+    identity = json.loads(json.dumps(identity))  # tuples -> lists, as they come back from disk
+    if path.exists():
+        old = io.read_json(path)
+        if old != identity:
+            changed = sorted(k for k in {**old["settings"], **identity["settings"]}
+                             if old["settings"].get(k) != identity["settings"].get(k))
+            changed += ["grader"] if old.get("grader") != identity["grader"] else []
+            raise ValueError(f"{out} holds an audit with other settings ({', '.join(changed)}); "
+                             "use a new output directory or delete this one")  # fmt: skip
+    else:
+        io.write_json(path, identity)
 
 
 def _stage(path: Path, compute: Callable[[], dict]) -> dict:
@@ -99,6 +123,7 @@ def audit(
     `adl_jax.graders.Grader`) judges coherence with an LLM instead of the offline judge.
     """
     out = Path(out)
+    _claim(out, {"settings": dataclasses.asdict(settings), "grader": grader.settings.model if grader else None})
     res = api.diff(base, ft, texts=texts, samples=settings.samples, n=settings.n, k=settings.k,
                    layer=settings.layer, batch_size=settings.batch_size, seed=settings.seed, out=out,
                    progress=progress)  # fmt: skip
@@ -108,6 +133,7 @@ def audit(
     st = settings.steering
     key = jax.random.key(settings.seed)
     zero = np.zeros(ft.cfg.hidden_size, np.float32)
+    steered = ft if settings.steer_model == "finetuned" else base
 
     if grader is not None:
         from adl_jax.graders import coherence_judge
@@ -115,12 +141,12 @@ def audit(
         judge, judges = coherence_judge(grader), f"LLM grader {grader.settings.model}"
     else:
         refs = _stage(out / "steering_references.json", lambda: {
-            p: steered_samples(ft, format_prompt(ft.tokenizer, p), zero, [0.0], layer=layer, samples=st.samples,
+            p: steered_samples(steered, format_prompt(steered.tokenizer, p), zero, [0.0], layer=layer, samples=st.samples,
                                new_tokens=st.new_tokens, temperature=st.temperature, key=jax.random.fold_in(key, i))[0]
             for i, p in enumerate(STEERING_PROMPTS)})  # fmt: skip
-        judge, judges = OfflineCoherence(ft, refs), OFFLINE
+        judge, judges = OfflineCoherence(steered, refs), OFFLINE
     unsteered = _stage(out / "generations_unsteered.json",
-                       lambda: _decode_final(ft, settings.final_prompts, zero, 0.0, layer, st, jax.random.fold_in(key, 99)))  # fmt: skip
+                       lambda: _decode_final(steered, settings.final_prompts, zero, 0.0, layer, st, jax.random.fold_in(key, 99)))  # fmt: skip
 
     positions = settings.steer_positions or tuple(range(settings.k))
     steering = {}
@@ -128,8 +154,8 @@ def audit(
         vector = steering_vector(res.diff.delta[j], res.diff.ft_norm)
 
         def run(j=j, vector=vector):
-            search = find_alpha(ft, vector, judge, st, layer=layer, key=jax.random.fold_in(key, 1000 + j))
-            final = _decode_final(ft, settings.final_prompts, vector, search.alpha, layer, st,
+            search = find_alpha(steered, vector, judge, st, layer=layer, key=jax.random.fold_in(key, 1000 + j))
+            final = _decode_final(steered, settings.final_prompts, vector, search.alpha, layer, st,
                                   jax.random.fold_in(key, 99))  # fmt: skip
             return {"position": j, "search": search.to_json(), "steered": final}
 
@@ -148,7 +174,7 @@ def audit(
 
     summary = {
         "base": base.spec, "finetuned": ft.spec, "layer": layer, "samples": res.diff.meta["samples"],
-        "judges": judges, "description": description,
+        "judges": judges, "description": description, "steer_model": settings.steer_model,
         "delta_norms": [float(x) for x in np.linalg.norm(res.diff.delta, axis=-1)], "ft_norm": res.diff.ft_norm,
         "alphas": {str(j): steering[j]["search"]["alpha"] for j in positions},
         "relevance": relevance, "similarity": similarity,

@@ -140,7 +140,9 @@ def write_report(run: str | Path) -> Path:
     unsteered = io.read_json(run / "generations_unsteered.json") if (run / "generations_unsteered.json").exists() else {}
     for f in sorted(run.glob("steering_pos*.json")):
         st = io.read_json(f)
-        parts.append(f"<h2>Steering with delta at position {st['position']} (alpha = {st['search']['alpha']:.1f})</h2>")
+        who = "base" if summary.get("steer_model") == "base" else "finetuned"
+        parts.append(f"<h2>Steering the {who} model with delta at position {st['position']} "
+                     f"(alpha = {st['search']['alpha']:.2f})</h2>")
         parts.append(_alpha_plot(st["search"]["paths"]))
         for prompt, texts in st["steered"].items():
             parts.append(f"<p><b>{html.escape(prompt)}</b></p><div class='pair'><div><i>steered</i>"

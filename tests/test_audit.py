@@ -53,6 +53,14 @@ def test_finished_stages_are_reused(audited, monkeypatch):
     assert again["alphas"] == audited.summary["alphas"]
 
 
+def test_a_run_directory_refuses_other_settings(audited):
+    import dataclasses
+
+    with pytest.raises(ValueError, match="other settings \\(steer_model\\)"):
+        audit(audited.base, audited.ft, audited.run, texts=audited.texts,
+              settings=dataclasses.replace(TINY, steer_model="base"), progress=False)  # fmt: skip
+
+
 def test_report_renders_in_headless_chromium(audited, tmp_path):
     """The page as a person sees it: Chromium's screenshot shows the plots' coloured bars and lines and the
     highlighted token cells, not just text (an unrendered or broken SVG leaves none of those colours)."""
