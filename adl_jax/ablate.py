@@ -175,3 +175,70 @@ def ablation_table(result: dict, subset: str = "all") -> str:
             lines.append(f"  p={p}: {v:+7.2f}%   random {min(r):+6.2f}..{max(r):+6.2f}   "
                          f"act-diff {min(a):+6.2f}..{max(a):+6.2f}   ({outside} the controls)")  # fmt: skip
     return "\n".join(lines)
+
+
+def rows_from(examples, tokenizer, count: int, seq_len: int):
+    """Up to `count` examples ({'text'} or {'messages'}, or plain strings) as loss-masked rows."""
+    from finetune.data import encode, pad_rows
+
+    examples = [{"text": e} if isinstance(e, str) else e for e in list(examples)[:count]]
+    if not examples:
+        raise ValueError("an ablation dataset is empty")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return pad_rows([encode(e, tokenizer) for e in examples], seq_len, pad)
+
+
+def run_ablation(base, ft, out, *, corpus: list[str], finetune: list, chat: list | None = None,
+                 settings: AblationSettings = AblationSettings(), texts: int = 1000, seq_len: int = 1024,
+                 delta_samples: int = 10_000, progress: bool = True) -> dict:  # fmt: skip
+    """`adl ablate`: delta (k = max position + 1) over `corpus`, then the ablation on the finetuning data,
+    the pretraining corpus and optional chat data; writes ablation.json and ablation.html to `out`."""
+    from pathlib import Path
+
+    from adl_jax import api, io
+
+    out = Path(out)
+    if (out / "ablation.json").exists():
+        return io.read_json(out / "ablation.json")
+    res = api.diff(base, ft, texts=corpus, samples=delta_samples, k=max(settings.positions) + 1, out=out / "diff",
+                   allow_fewer=True, progress=progress)  # fmt: skip
+    datasets = {"finetune": rows_from(finetune, ft.tokenizer, texts, seq_len),
+                "pretrain": rows_from(corpus, ft.tokenizer, texts, seq_len)}  # fmt: skip
+    if chat:
+        datasets["chat"] = rows_from(chat, ft.tokenizer, texts, seq_len)
+    result = ablate(base, ft, res.diff.delta, res.diff.meta["layer"], datasets, settings, progress=progress)
+    result.update(base=base.spec, finetuned=ft.spec)
+    io.write_json(out / "ablation.json", result)
+    io.write_text(out / "ablation.html", ablation_page(result))
+    return result
+
+
+def ablation_page(result: dict, subset: str = "all") -> str:
+    """A small self-contained page: one panel per dataset, % CE change per position against the controls."""
+    import html
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from adl_jax.report import _svg
+
+    names = list(result["datasets"])
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        d, ps = result["datasets"][name], result["positions"]
+        for family, color in (("random", "0.75"), ("activation_diff", "0.5")):
+            lo = [min(d[family][str(p)][subset]) for p in ps]
+            hi = [max(d[family][str(p)][subset]) for p in ps]
+            ax.fill_between(ps, lo, hi, color=color, alpha=0.5, label=f"{family.replace('_', ' ')} controls")
+        ax.bar(ps, [d["delta"][str(p)][subset] for p in ps], color="C3", width=0.6, label="delta_p ablated")
+        ax.axhline(0, color="k", lw=0.6)
+        ax.set(title=f"{name} (CE {d['ce']:.2f})", xlabel="position p of delta_p", ylabel="% change in CE")
+    axes[0][0].legend(fontsize=7)
+    body = (f"<h1>Causal ablation of delta</h1><p>{html.escape(result.get('finetuned', ''))} vs its base "
+            f"{html.escape(result.get('base', ''))}, layer {result['layer']}, mode {result['mode']}: the component "
+            "of the finetuned model's residual along delta_p is set to the base model's (or removed) at every "
+            "position. Grey bands: the same edit along control directions.</p>"
+            f"{_svg(fig)}<pre>{html.escape(ablation_table(result, subset))}</pre>")  # fmt: skip
+    return f"<!doctype html><html><head><meta charset='utf-8'><title>ADL ablation</title></head><body>{body}</body></html>"

@@ -52,27 +52,55 @@ def cmd_audit(a) -> None:
     from pathlib import Path
 
     from adl_jax.audit import AuditSettings, audit, default_encoder
-    from adl_jax.graders import Grader, GraderSettings
     from adl_jax.corpus import local_texts
-    from adl_jax.models.load import cache_root, load_model
-    from adl_jax.samples import sample_texts
+    from adl_jax.graders import Grader, GraderSettings
+    from adl_jax.models.load import load_model
 
     base, ft = load_model(a.base, dtype=_dtype(a.dtype)), load_model(a.finetuned, dtype=_dtype(a.dtype))
     settings = AuditSettings.quick() if a.quick else AuditSettings()
     if a.samples:
         settings = dataclasses.replace(settings, samples=a.samples)
-    if a.corpus == "base-samples":
-        texts = sample_texts(base, settings.samples, cache_root() / "corpus")
-    else:
-        from adl_jax.api import corpus_texts
-
-        texts = list(itertools.islice(corpus_texts(a.corpus, a.column), 4 * settings.samples))  # room for drops
+    texts = _corpus(a, base, settings.samples)
     ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else None
     description = Path(a.description).read_text() if a.description and Path(a.description).is_file() else a.description
     grader_settings = GraderSettings.from_env()
     audit(base, ft, a.out, texts=texts, settings=settings, description=description, finetune_texts=ft_texts,
           encoder=default_encoder() if ft_texts else None, grader=grader_settings and Grader(grader_settings))
     print(f"report: {Path(a.out) / 'report.html'}")
+
+
+def _corpus(a, base, count: int) -> list[str]:
+    """The pretraining-like texts of --corpus: a corpus spec, or base-samples (sampled offline from `base`)."""
+    from adl_jax.api import corpus_texts
+    from adl_jax.models.load import cache_root
+    from adl_jax.samples import sample_texts
+
+    if a.corpus == "base-samples":
+        return sample_texts(base, count, cache_root() / "corpus")
+    return list(itertools.islice(corpus_texts(a.corpus, a.column), 4 * count))  # room for too-short texts
+
+
+def _examples(path: str) -> list:
+    """A JSONL of {'text'} / {'messages'} examples, or a plain corpus file of texts."""
+    from adl_jax.corpus import local_texts
+    from finetune.data import read_jsonl
+
+    return read_jsonl(path) if str(path).endswith(".jsonl") else local_texts(path)
+
+
+def cmd_ablate(a) -> None:
+    from adl_jax.ablate import AblationSettings, ablation_table, run_ablation
+    from adl_jax.models.load import load_model
+
+    base, ft = load_model(a.base, dtype=_dtype(a.dtype)), load_model(a.finetuned, dtype=_dtype(a.dtype))
+    lo, _, hi = a.positions.partition("-")
+    settings = AblationSettings(positions=tuple(range(int(lo), int(hi or lo) + 1)), mode=a.mode,
+                                random_controls=a.controls, activation_controls=a.controls)  # fmt: skip
+    result = run_ablation(base, ft, a.out, corpus=_corpus(a, base, a.delta_samples), finetune=_examples(a.finetune_data),
+                          chat=_examples(a.chat_data) if a.chat_data else None, settings=settings, texts=a.texts,
+                          seq_len=a.max_tokens, delta_samples=a.delta_samples)  # fmt: skip
+    print(ablation_table(result))
+    print(f"plot: {a.out}/ablation.html")
 
 
 def cmd_report(a) -> None:
@@ -136,6 +164,24 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     au.add_argument("--out", default="runs/audit")
     au.set_defaults(func=cmd_audit)
+
+    ab = sub.add_parser("ablate", help="causal ablation of delta: CE change on finetuning and pretraining data")
+    ab.add_argument("--base", required=True)
+    ab.add_argument("--finetuned", required=True)
+    ab.add_argument("--finetune-data", required=True, help="the organism's finetuning data (.jsonl of text/messages)")
+    ab.add_argument("--chat-data", default=None, help="optional chat data (.jsonl of messages)")
+    ab.add_argument("--corpus", default="base-samples", help="pretraining corpus spec, or base-samples (offline)")
+    ab.add_argument("--column", default="text")
+    ab.add_argument("--positions", default="0-8", help="delta positions ablated one at a time (paper: 0-8)")
+    ab.add_argument("--mode", choices=("base", "project"), default="base",
+                    help="base: set the component to the base model's (paper); project: remove it")
+    ab.add_argument("--controls", type=int, default=64, help="random and activation-difference directions each")
+    ab.add_argument("--texts", type=int, default=1000, help="texts per dataset (paper: 1000)")
+    ab.add_argument("--max-tokens", type=int, default=1024, help="tokens per text (paper: 1024)")
+    ab.add_argument("--delta-samples", type=int, default=10_000, help="corpus texts for delta")
+    ab.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    ab.add_argument("--out", default="runs/ablate")
+    ab.set_defaults(func=cmd_ablate)
 
     rp = sub.add_parser("report", help="rebuild report.html of an audit directory")
     rp.add_argument("dir")

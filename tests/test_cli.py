@@ -65,3 +65,19 @@ def test_adl_audit_quick(tiny_dirs, tmp_path, monkeypatch, capsys):
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["judges"] == "offline"
     assert main(["report", str(out)]) == 0
+
+
+def test_adl_ablate(tiny_dirs, tmp_path, capsys):
+    root, corpus = tiny_dirs
+    ft_data = tmp_path / "ft.jsonl"
+    ft_data.write_text("".join(json.dumps({"text": "w110 w111 w112 w110 w111"}) + "\n" for _ in range(6)))
+    out = tmp_path / "ablate"
+    argv = ["ablate", "--base", str(root / "base"), "--finetuned", str(root / "ft"), "--corpus", str(corpus),
+            "--finetune-data", str(ft_data), "--positions", "0-2", "--controls", "3", "--texts", "6",
+            "--max-tokens", "24", "--delta-samples", "32", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "p=2" in printed and "finetune (CE" in printed and "pretrain (CE" in printed
+    result = json.loads((out / "ablation.json").read_text())
+    assert result["positions"] == [0, 1, 2] and len(result["datasets"]["finetune"]["random"]["1"]["all"]) == 3
+    assert "<svg" in (out / "ablation.html").read_text()
