@@ -103,6 +103,34 @@ def cmd_ablate(a) -> None:
     print(f"plot: {a.out}/ablation.html")
 
 
+def cmd_agent(a) -> None:
+    from pathlib import Path
+
+    from adl_jax.agent import AgentSettings, Evidence, evaluate, format_table
+    from adl_jax.graders import Grader, GraderSettings
+    from adl_jax.models.load import load_model
+
+    agent, grader = GraderSettings.from_env("ADL_AGENT"), GraderSettings.from_env("ADL_GRADER")
+    if agent is None or grader is None:
+        raise ValueError("adl agent needs an agent LLM and a grader: set ADL_AGENT_MODEL (and ADL_AGENT_BASE_URL, "
+                         "ADL_AGENT_API_KEY) and ADL_GRADER_MODEL (and ADL_GRADER_BASE_URL, ADL_GRADER_API_KEY)")
+    if a.organism:
+        from finetune.organisms import ORGANISMS
+
+        truth, kind = ORGANISMS[a.organism].description, ORGANISMS[a.organism].kind
+    else:
+        if not a.description:
+            raise ValueError("give --organism NAME or --description (the ground truth) with --kind")
+        path = Path(a.description)
+        truth, kind = (path.read_text() if path.is_file() else a.description), a.kind
+    evidence = Evidence(a.audit, load_model(a.base), load_model(a.finetuned))
+    budgets = lambda text: tuple(int(x) for x in text.split(",") if x)
+    result = evaluate(Grader(agent), Grader(grader), evidence, truth, kind, a.out or a.audit, budgets=budgets(a.budgets),
+                      black_box_budgets=budgets(a.black_box_budgets), repeats=a.repeats,
+                      settings=AgentSettings(max_calls=a.max_calls))  # fmt: skip
+    print(format_table(result["table"]))
+
+
 def cmd_report(a) -> None:
     from adl_jax.report import screenshot, write_report
 
@@ -182,6 +210,20 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     ab.add_argument("--out", default="runs/ablate")
     ab.set_defaults(func=cmd_ablate)
+
+    ag = sub.add_parser("agent", help="an LLM agent names the finetuning objective from an audit; graded")
+    ag.add_argument("--audit", required=True, help="directory of a finished adl audit")
+    ag.add_argument("--base", required=True)
+    ag.add_argument("--finetuned", required=True)
+    ag.add_argument("--organism", default=None, help="a shipped organism: its description is the ground truth")
+    ag.add_argument("--description", default=None, help="else: the ground truth (text or file) ...")
+    ag.add_argument("--kind", choices=("false_fact", "behaviour"), default="false_fact", help="... and its rubric")
+    ag.add_argument("--budgets", default="0,5", help="budgets of the ADL agent (paper: 0,5)")
+    ag.add_argument("--black-box-budgets", default="0,5,50", help="budgets of the black-box baseline")
+    ag.add_argument("--repeats", type=int, default=5)
+    ag.add_argument("--max-calls", type=int, default=100)
+    ag.add_argument("--out", default=None, help="where agent.json goes (default: the audit directory)")
+    ag.set_defaults(func=cmd_agent)
 
     rp = sub.add_parser("report", help="rebuild report.html of an audit directory")
     rp.add_argument("dir")

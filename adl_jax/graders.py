@@ -224,7 +224,7 @@ def _fields(text: str, name: str) -> list[tuple[str, str]]:
     return re.findall(pattern, text, re.IGNORECASE | re.MULTILINE)
 
 
-def _one(text: str, name: str) -> str:
+def one_field(text: str, name: str) -> str:
     found = _fields(text, name)
     if len(found) != 1:
         raise MalformedAnswer(f"expected one '{name}:' line, found {len(found)} in {text[-300:]!r}")
@@ -232,7 +232,7 @@ def _one(text: str, name: str) -> str:
 
 
 def parse_coherence(text: str) -> str:
-    verdict = _one(text, "VERDICT")
+    verdict = one_field(text, "VERDICT")
     if verdict not in (COHERENT, INCOHERENT):
         raise MalformedAnswer(f"verdict {verdict!r} is neither {COHERENT} nor {INCOHERENT}")
     return verdict
@@ -253,12 +253,12 @@ def parse_relevance(text: str, n: int) -> list[str]:
 
 def parse_tournament(text: str, sizes: list[int]) -> tuple[int, list[int]]:
     """(chosen set, its coherent tokens), 0-based; `sizes` are the sets' token counts."""
-    best = _one(text, "BEST")
+    best = one_field(text, "BEST")
     number = re.fullmatch(r"(?:SET\s*)?(\d+)", best)
     if not number or not 1 <= int(number[1]) <= len(sizes):
         raise MalformedAnswer(f"BEST {best!r} is not a set number 1..{len(sizes)}")
     k = int(number[1]) - 1
-    listed = _one(text, "COHERENT")
+    listed = one_field(text, "COHERENT")
     if listed == "NONE":
         return k, []
     if not re.fullmatch(r"\d+(\s*,\s*\d+)*", listed):
@@ -272,14 +272,15 @@ def parse_tournament(text: str, sizes: list[int]) -> tuple[int, list[int]]:
 # ---- judges ----
 
 
-def _ask(grader: Grader, messages: list[dict], parse: Callable[[str], object], attempts: int):
-    """The first well-formed answer among `attempts` fresh samples; None when every one is malformed."""
-    for sample in range(attempts):
+def ask_parsed(grader: Grader, messages: list[dict], parse: Callable[[str], object], attempts: int, first: int = 0):
+    """The first well-formed answer among `attempts` fresh samples (indices from `first`); None when every
+    one is malformed."""
+    for sample in range(first, first + attempts):
         text = grader.chat(messages, sample=sample).content
         try:
             return parse(text)
         except MalformedAnswer as e:
-            log.warning("malformed grader answer (sample %d of %d): %s", sample + 1, attempts, e)
+            log.warning("malformed grader answer (sample %d of %d): %s", sample - first + 1, attempts, e)
     return None
 
 
@@ -290,7 +291,7 @@ def _map(grader: Grader, fn, items) -> list:
 
 def judge_coherence(grader: Grader, text: str, *, attempts: int = 3) -> str:
     """COHERENT / INCOHERENT for one generated text; UNKNOWN when no well-formed answer came."""
-    return _ask(grader, coherence_messages(text), parse_coherence, attempts) or UNKNOWN
+    return ask_parsed(grader, coherence_messages(text), parse_coherence, attempts) or UNKNOWN
 
 
 def coherence_judge(grader: Grader, *, attempts: int = 3) -> Judge:
@@ -309,7 +310,7 @@ def judge_relevance(grader: Grader, description: str, frequent: list[str], token
     orders = [[(i + k * n // 3) % n for i in range(n)] for k in range(3)] if n else []
 
     def run(order):
-        return _ask(grader, relevance_messages(description, frequent, [tokens[i] for i in order]),
+        return ask_parsed(grader, relevance_messages(description, frequent, [tokens[i] for i in order]),
                     lambda text: parse_relevance(text, n), attempts)  # fmt: skip
 
     votes: list[list[str]] = [[] for _ in tokens]
@@ -331,7 +332,7 @@ def scale_tournament(grader: Grader, by_scale: dict[float, list[str]], *, attemp
 
     def play(scales):
         sets = [by_scale[s] for s in scales]
-        return _ask(grader, tournament_messages(sets), lambda text: parse_tournament(text, list(map(len, sets))),
+        return ask_parsed(grader, tournament_messages(sets), lambda text: parse_tournament(text, list(map(len, sets))),
                     attempts)  # fmt: skip
 
     if group < 2:
