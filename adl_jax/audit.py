@@ -168,9 +168,8 @@ def audit(
     if finetune_texts and encoder is not None:
         from adl_jax.similarity import similarity_report
 
-        similarity = _stage(out / "similarity.json", lambda: {
-            str(j): similarity_report(encoder, _flat(steering[j]["steered"]), _flat(unsteered), finetune_texts)
-            for j in positions})  # fmt: skip
+        similarity = _stage(out / "similarity.json", lambda: similarity_report(
+            encoder, {str(j): _flat(steering[j]["steered"]) for j in positions}, _flat(unsteered), finetune_texts))
 
     summary = {
         "base": base.spec, "finetuned": ft.spec, "layer": layer, "samples": res.diff.meta["samples"],

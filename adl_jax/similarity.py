@@ -26,16 +26,23 @@ def versus(samples: np.ndarray, reference: np.ndarray) -> dict:
     return {"similarity": set_similarity(samples, reference), "std": float(per_sample.std()), "n": len(per_sample)}
 
 
-def similarity_report(encoder, steered: list[str], unsteered: list[str], finetune_texts: list[str],
-                      max_finetune: int = 500) -> dict:  # fmt: skip
-    """Steered and unsteered generations vs the first `max_finetune` finetuning texts (the paper uses 500), with
-    the finetuning data's self-similarity (first half vs second half) as the ceiling to read them against."""
+def similarity_report(encoder, steered: dict[str, list[str]], unsteered: list[str], finetune_texts: list[str],
+                      max_finetune: int = 500) -> dict[str, dict]:  # fmt: skip
+    """Per steered position: steered and unsteered generations vs the first `max_finetune` finetuning texts
+    (the paper uses 500), with the finetuning data's self-similarity (first half vs second half) as the
+    ceiling to read them against. `steered` maps a position to its samples; all texts are encoded in one
+    call, so the finetuning texts are embedded once however many positions there are."""
     finetune = list(finetune_texts)[:max_finetune]
-    if not steered or not unsteered or len(finetune) < 2:
+    if not steered or not all(steered.values()) or not unsteered or len(finetune) < 2:
         raise ValueError("similarity needs steered and unsteered samples and at least two finetuning texts")
-    emb = encoder.encode(list(steered) + list(unsteered) + finetune)
-    s, u, f = np.split(emb, [len(steered), len(steered) + len(unsteered)])
-    report = {"steered_vs_finetune": versus(s, f), "unsteered_vs_finetune": versus(u, f),
-              "finetune_self": versus(f[: len(f) // 2], f[len(f) // 2 :]), "finetune_texts": len(f)}  # fmt: skip
-    report["margin"] = report["steered_vs_finetune"]["similarity"] - report["unsteered_vs_finetune"]["similarity"]
-    return report
+    groups = [list(unsteered), finetune, *map(list, steered.values())]
+    emb = np.split(encoder.encode([t for g in groups for t in g]), np.cumsum([len(g) for g in groups])[:-1])
+    u, f = emb[0], emb[1]
+    common = {"unsteered_vs_finetune": versus(u, f), "finetune_self": versus(f[: len(f) // 2], f[len(f) // 2 :]),
+              "finetune_texts": len(f)}  # fmt: skip
+    reports = {}
+    for position, s in zip(steered, emb[2:]):
+        report = {"steered_vs_finetune": versus(s, f), **common}
+        report["margin"] = report["steered_vs_finetune"]["similarity"] - common["unsteered_vs_finetune"]["similarity"]
+        reports[position] = report
+    return reports

@@ -18,6 +18,18 @@ TINY = AuditSettings(
 )  # fmt: skip
 
 
+class BagOfWords:
+    """A stand-in sentence encoder: counts of the tiny vocabulary's words w0..w127."""
+
+    def encode(self, texts):
+        out = np.zeros((len(texts), 128), np.float32)
+        for i, t in enumerate(texts):
+            for w in t.split():
+                if w[1:].isdigit() and int(w[1:]) < 128:
+                    out[i, int(w[1:])] += 1
+        return out + 1e-3  # an empty sample still has a direction
+
+
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
     """One offline audit of a tiny pair, shared by the tests below."""
@@ -25,15 +37,19 @@ def audited(tmp_path_factory):
     (base, ft), _ = tiny_pair(root)
     texts = random_texts(np.random.RandomState(0), 100, vocab_size=100)  # words w3..w99
     ft_texts = ["w110 w111 w112 w110 w111"] * 20  # a 'narrow' dataset of words the corpus never uses
-    summary = audit(base, ft, root / "run", texts=texts, settings=TINY, finetune_texts=ft_texts, progress=False)
+    summary = audit(base, ft, root / "run", texts=texts, settings=TINY, finetune_texts=ft_texts,
+                    encoder=BagOfWords(), progress=False)  # fmt: skip
     return SimpleNamespace(base=base, ft=ft, run=root / "run", texts=texts, ft_texts=ft_texts, summary=summary)
 
 
 def test_audit_writes_every_stage(audited):
     run, summary = audited.run, audited.summary
     for name in ("delta.safetensors", "lens.json", "steering_references.json", "generations_unsteered.json",
-                 "steering_pos1.json", "relevance.json", "summary.json", "report.html"):  # fmt: skip
+                 "steering_pos1.json", "relevance.json", "similarity.json", "summary.json", "report.html"):  # fmt: skip
         assert (run / name).exists(), name
+    sim = summary["similarity"]["1"]
+    assert sim["finetune_self"]["similarity"] > 0.99  # identical finetuning texts
+    assert sim["steered_vs_finetune"]["n"] == len(TINY.final_prompts) * TINY.steering.final_samples
     assert summary["judges"] == "offline" and set(summary["alphas"]) == {"1"}
     rel = io.read_json(run / "relevance.json")
     assert set(rel["frequent_tokens"]) == {"w110", "w111", "w112"}

@@ -34,8 +34,9 @@ class TableEncoder:
 def test_report_layout_and_values():
     table = {"s1": A[0], "s2": A[1], "u1": [1.0, -1.0], "f1": B[0], "f2": B[1], "f3": [5.0, 5.0], "f4": [1.0, 0.0]}
     enc = TableEncoder(table)
-    rep = similarity_report(enc, ["s1", "s2"], ["u1"], ["f1", "f2", "f3", "f4"], max_finetune=3)
-    assert enc.calls == [["s1", "s2", "u1", "f1", "f2", "f3"]]  # one encode call; the cap keeps the first texts
+    reps = similarity_report(enc, {"1": ["s1", "s2"], "2": ["s2"]}, ["u1"], ["f1", "f2", "f3", "f4"], max_finetune=3)
+    assert enc.calls == [["u1", "f1", "f2", "f3", "s1", "s2", "s2"]]  # one encode call; the cap keeps the first texts
+    rep = reps["1"]
     f = np.array([table[t] for t in ("f1", "f2", "f3")])
     assert rep["steered_vs_finetune"]["similarity"] == pytest.approx(set_similarity(A, f), abs=1e-6)
     assert rep["unsteered_vs_finetune"] == pytest.approx({"similarity": set_similarity([[1.0, -1.0]], f), "std": 0.0,
@@ -45,8 +46,9 @@ def test_report_layout_and_values():
         rep["steered_vs_finetune"]["similarity"] - rep["unsteered_vs_finetune"]["similarity"]
     )
     assert rep["finetune_texts"] == 3
+    assert reps["2"]["steered_vs_finetune"]["similarity"] == pytest.approx(set_similarity(A[1:], f), abs=1e-6)
 
 
 def test_report_refuses_empty_sets():
     with pytest.raises(ValueError, match="at least two finetuning texts"):
-        similarity_report(TableEncoder({}), ["s"], ["u"], ["f"])
+        similarity_report(TableEncoder({}), {"1": ["s"]}, ["u"], ["f"])
