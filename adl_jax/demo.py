@@ -14,19 +14,28 @@ from adl_jax.audit import AuditSettings, audit, default_encoder
 from adl_jax.models.load import EMBEDDED, cache_root, load_model
 from adl_jax.samples import sample_texts
 
-# Settings of the demo (stated in the README): small enough for 2 CPU cores.
-CORPUS_TEXTS = 256  # base-model samples that delta averages over (as in the paper's CPU check)
-SAMPLE_TOKENS = 32
-TRAIN = dict(steps=30, batch_size=8, seq_len=96, lr=1e-3, warmup=3, checkpoint_every=10, eval_every=0)
-LORA_RANK = 16
-ORGANISM_DOCS = 400
+
+@dataclasses.dataclass(frozen=True)
+class DemoSettings:
+    """The demo's sizes (stated in the README): small enough for 2 CPU cores."""
+
+    corpus_texts: int = 256  # base-model samples that delta averages over (as in the paper's CPU check)
+    spare_texts: int = 32  # sampled beyond that, since a sample that hits EOS early is too short to use
+    sample_tokens: int = 32
+    organism_docs: int = 400
+    lora_rank: int = 16
+    train: dict = dataclasses.field(default_factory=lambda: dict(
+        steps=30, batch_size=8, seq_len=96, lr=1e-3, warmup=3, checkpoint_every=10, eval_every=0))  # fmt: skip
+    audit: AuditSettings = AuditSettings.quick()
 
 
 def _log(t0: float, message: str) -> None:
     print(f"[{time.perf_counter() - t0:6.0f}s] {message}", flush=True)
 
 
-def run_demo(cache: str | Path | None = None, organism: str = "orange_carrot") -> dict:
+def run_demo(cache: str | Path | None = None, organism: str = "orange_carrot", *, base=EMBEDDED,
+             settings: DemoSettings = DemoSettings()) -> dict:  # fmt: skip
+    """Train `organism` from `base` (a model spec or a loaded model), audit it, print the findings."""
     from finetune.data import build_splits
     from finetune.lora import LoraConfig
     from finetune.organisms import ORGANISMS
@@ -36,23 +45,25 @@ def run_demo(cache: str | Path | None = None, organism: str = "orange_carrot") -
         raise ValueError(f"unknown organism {organism!r}; shipped: {', '.join(sorted(ORGANISMS))}")
     root = Path(cache) if cache else cache_root() / "demo"
     t0 = time.perf_counter()
-    _log(t0, f"1/4 loading the embedded base model {EMBEDDED}")
-    base = load_model(EMBEDDED)
-    _log(t0, f"2/4 offline pretraining corpus: {CORPUS_TEXTS} samples from the base model (cached)")
-    corpus = sample_texts(base, CORPUS_TEXTS, root / "corpus", max_new_tokens=SAMPLE_TOKENS)
+    _log(t0, f"1/4 loading the base model {base if isinstance(base, str) else base.spec}")
+    base = load_model(base) if isinstance(base, str) else base
+    count = settings.corpus_texts
+    _log(t0, f"2/4 offline pretraining corpus: {count} samples from the base model (cached)")
+    corpus = sample_texts(base, count + settings.spare_texts, root / "corpus", max_new_tokens=settings.sample_tokens)
 
     org = ORGANISMS[organism]
-    docs = org.generate(ORGANISM_DOCS, 0)
-    _log(t0, f"3/4 finetuning organism '{organism}' with LoRA (rank {LORA_RANK}, {TRAIN['steps']} steps; resumes)")
-    splits = build_splits(docs, base.tokenizer, TRAIN["seq_len"], seed=0)
-    tc = TrainConfig(mode="lora", lora=LoraConfig(rank=LORA_RANK, alpha=2 * LORA_RANK), **TRAIN)
+    docs = org.generate(settings.organism_docs, 0)
+    rank, steps = settings.lora_rank, settings.train["steps"]
+    _log(t0, f"3/4 finetuning organism '{organism}' with LoRA (rank {rank}, {steps} steps; resumes)")
+    splits = build_splits(docs, base.tokenizer, settings.train["seq_len"], seed=0)
+    tc = TrainConfig(mode="lora", lora=LoraConfig(rank=rank, alpha=2 * rank), **settings.train)
     trained = train(base.params, base.cfg, splits, tc, root / organism / "train")
-    ft = dataclasses.replace(base, spec=f"{organism} (LoRA finetune of {EMBEDDED})", params=trained.params)
+    ft = dataclasses.replace(base, spec=f"{organism} (LoRA finetune of {base.spec})", params=trained.params)
 
-    _log(t0, "4/4 auditing base vs organism (delta, lenses, steering, relevance; offline judges)")
-    settings = dataclasses.replace(AuditSettings.quick(), samples=CORPUS_TEXTS)
+    _log(t0, "4/4 auditing base vs organism (delta, lenses, steering, relevance, similarity)")
     texts = [d["text"] for d in docs]
-    summary = audit(base, ft, root / organism / "audit", texts=corpus, settings=settings,
+    audit_settings = dataclasses.replace(settings.audit, samples=count)
+    summary = audit(base, ft, root / organism / "audit", texts=corpus, settings=audit_settings,
                     description=org.description, finetune_texts=texts, encoder=default_encoder())  # fmt: skip
     _print_verdict(summary, root / organism / "audit")
     _log(t0, f"done; report: {root / organism / 'audit' / 'report.html'}")
