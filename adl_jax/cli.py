@@ -18,14 +18,21 @@ def _dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
+def _mesh(a, batch_size: int):
+    """Join the multi-process run if this is one (`init_distributed`), then the --mesh mesh."""
+    from adl_jax.sharding import init_distributed, make_mesh
+
+    init_distributed()
+    return make_mesh(a.mesh, batch_size=batch_size)
+
+
 def cmd_diff(a) -> None:
     from adl_jax import api
-    from adl_jax.sharding import make_mesh
 
     res = api.diff(
         a.base, a.finetuned, corpus=a.corpus, samples=a.samples, n=a.n, k=a.k, layer=a.layer,
         batch_size=a.batch_size, seed=a.seed, out=a.out, dtype=_dtype(a.dtype),
-        mesh=make_mesh(a.mesh) if a.mesh else None, allow_fewer=a.allow_fewer, column=a.column,
+        mesh=_mesh(a, a.batch_size), allow_fewer=a.allow_fewer, column=a.column,
         chat_before=a.chat_before,
     )  # fmt: skip
     print(res)
@@ -56,10 +63,11 @@ def cmd_audit(a) -> None:
     from adl_jax.graders import Grader, GraderSettings
     from adl_jax.models.load import load_model
 
-    base, ft = load_model(a.base, dtype=_dtype(a.dtype)), load_model(a.finetuned, dtype=_dtype(a.dtype))
     settings = AuditSettings.quick() if a.quick else AuditSettings()
     if a.samples:
         settings = dataclasses.replace(settings, samples=a.samples)
+    mesh = _mesh(a, settings.batch_size)
+    base, ft = (load_model(spec, dtype=_dtype(a.dtype), mesh=mesh) for spec in (a.base, a.finetuned))
     texts = _corpus(a, base, settings.samples)
     ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else None
     description = Path(a.description).read_text() if a.description and Path(a.description).is_file() else a.description
@@ -146,6 +154,9 @@ def cmd_demo(a) -> None:
     run_demo(cache=a.cache, organism=a.organism)
 
 
+MESH_HELP = "e.g. data=2,fsdp=4,model=2 (default: all devices, on data as far as they divide the batch, rest on model)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="adl", description="Activation Difference Lens: what was this model finetuned on?")
     sub = p.add_subparsers(dest="command", required=True)
@@ -162,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--seed", type=int, default=42, help="corpus shuffling seed (paper: 42)")
     d.add_argument("--out", default="runs/diff", help="run directory (resumes if it holds the same run)")
-    d.add_argument("--mesh", default=None, help="e.g. data=2,model=4 (default: all devices on data)")
+    d.add_argument("--mesh", default=None, help=MESH_HELP)
     d.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     d.add_argument("--allow-fewer", action="store_true", help="continue when the corpus has fewer usable texts")
     d.add_argument("--chat-before", type=int, default=None, help="chat variant: the corpus holds conversations "
@@ -190,6 +201,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--description", default=None, help="the finetuning objective (text or a file)")
     au.add_argument("--quick", action="store_true", help="CPU preset: 512 texts, 2 steered positions, short samples")
     au.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    au.add_argument("--mesh", default=None, help=MESH_HELP)
     au.add_argument("--out", default="runs/audit")
     au.set_defaults(func=cmd_audit)
 
