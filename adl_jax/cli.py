@@ -148,6 +148,23 @@ def cmd_report(a) -> None:
         print(screenshot(page, a.screenshot))
 
 
+def cmd_plan(a) -> None:
+    from adl_jax import plan as pl
+
+    cfg = pl.model_config(a.model)
+    run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len)
+    p = pl.plan(cfg, a.devices, a.mesh, run, model=a.model)
+    print(p.table())
+    if a.task == "audit":
+        secs = pl.audit_seconds(cfg, p)
+        price = pl.DEVICES[p.kind].usd_per_hour
+        cost = f", ${sum(secs.values()) / 3600 * p.n_devices * price:.2f} on demand" if price else ""
+        print("audit time, estimated: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items())
+              + f"; total {sum(secs.values()) / 3600:.2f} h{cost}")
+    pl.check(p, cfg)
+    print("fits")
+
+
 def cmd_demo(a) -> None:
     from adl_jax.demo import run_demo
 
@@ -241,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("dir")
     rp.add_argument("--screenshot", metavar="PNG", help="also render the page with headless Chromium to PNG")
     rp.set_defaults(func=cmd_report)
+
+    pl = sub.add_parser("plan", help="per-device memory of an audit or finetuning run on a slice, from the config")
+    pl.add_argument("--model", required=True, help="a shipped config (configs/models, e.g. Qwen3-32B or its hub id), "
+                    "an HF directory, a config.json, a .gguf file or a hub id")
+    pl.add_argument("--devices", required=True, help="e.g. v5e-16, v4-32 (TensorCores), v5p-8, v6e-8, h100-8")
+    pl.add_argument("--mesh", default=None, help=MESH_HELP)
+    pl.add_argument("--task", choices=("audit", "finetune"), default="audit")
+    pl.add_argument("--mode", choices=("lora", "full"), default="lora", help="finetuning: LoRA (default) or full")
+    pl.add_argument("--dtype", choices=("bfloat16", "bf16", "float32", "f32"), default="bfloat16")
+    pl.add_argument("--batch-size", type=int, default=None, help="rows per batch (default: audit 32, finetune 8)")
+    pl.add_argument("--seq-len", type=int, default=None, help="finetuning tokens per row (default 256)")
+    pl.set_defaults(func=cmd_plan)
 
     dm = sub.add_parser("demo", help="the whole story offline on the embedded Gemma-3-270M")
     dm.add_argument("--cache", default=None, help="cache directory (default $ADL_CACHE/demo or ~/.cache/adl-jax/demo)")

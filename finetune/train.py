@@ -168,14 +168,17 @@ def _eval_nll(trainable, base, tokens, valid, targets, *, cfg: ModelConfig, tc: 
     return token_nll(model_params(trainable, base, tc), cfg, tokens, valid, targets)
 
 
-def _adapter_shardings(weight_shardings: Params, adapters) -> dict:
+def adapter_specs(weight: PartitionSpec) -> tuple[PartitionSpec, PartitionSpec]:
     """A (L, in, r) is split like its weight's input axis, B (L, r, out) like its output axis."""
+    layer, d_in, d_out = tuple(weight) + (None,) * (3 - len(weight))
+    return PartitionSpec(layer, d_in, None), PartitionSpec(layer, None, d_out)
+
+
+def _adapter_shardings(weight_shardings: Params, adapters) -> dict:
     out = {}
     for name in adapters:
         w = weight_shardings["layers"][name]
-        layer, d_in, d_out = tuple(w.spec) + (None,) * (3 - len(w.spec))
-        out[name] = (NamedSharding(w.mesh, PartitionSpec(layer, d_in, None)),
-                     NamedSharding(w.mesh, PartitionSpec(layer, None, d_out)))
+        out[name] = tuple(NamedSharding(w.mesh, spec) for spec in adapter_specs(w.spec))
     return out
 
 
