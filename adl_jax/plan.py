@@ -276,13 +276,18 @@ def _finetune(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
 
 
 def suggest(cfg: ModelConfig, kind: str, run: Run = Run()) -> Plan | None:
-    """The smallest slice of `kind` with a mesh that fits, most data parallelism first, then fsdp; or None."""
+    """The smallest slice of `kind` with a mesh that fits, or None. Finetuning: most data parallelism, then
+    fsdp (least communication). Audit: fewest bytes per device, then most fsdp: steering decodes with rows
+    replicated, so only sharding shortens its memory-bound steps (XLA keeps the weight shards in place and
+    all-reduces the small activations instead, in the HLO of a sharded decode step)."""
     for n in DEVICES[kind].sizes:
         g = math.gcd(run.batch, n)  # data x fsdp must divide the batch and the slice
         meshes = [f"data={d},fsdp={dp // d},model={n // dp}"
                   for dp in range(1, g + 1) if g % dp == 0 for d in range(1, dp + 1) if dp % d == 0]  # fmt: skip
         fitting = [p for mesh in meshes if (p := plan(cfg, slice_name(kind, n), mesh, run)).fits]
         if fitting:
+            if run.task == "audit":
+                return max(fitting, key=lambda p: (-p.total, p.sizes["fsdp"]))
             return max(fitting, key=lambda p: (p.sizes["data"], p.sizes["fsdp"]))
     return None
 
