@@ -155,14 +155,14 @@ def cmd_plan(a) -> None:
     run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len)
     p = pl.plan(cfg, a.devices, a.mesh, run, model=a.model)
     print(p.table())
+    pl.check(p, cfg)
+    print("fits")
     if a.task == "audit":
         secs = pl.audit_seconds(cfg, p)
         price = pl.DEVICES[p.kind].usd_per_hour
         cost = f", ${sum(secs.values()) / 3600 * p.n_devices * price:.2f} on demand" if price else ""
         print("audit time, estimated: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items())
               + f"; total {sum(secs.values()) / 3600:.2f} h{cost}")
-    pl.check(p, cfg)
-    print("fits")
 
 
 def cmd_demo(a) -> None:
