@@ -18,14 +18,21 @@ def _dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
+def _mesh(a, batch_size: int):
+    """Join the multi-process run if this is one (`init_distributed`), then the --mesh mesh."""
+    from adl_jax.sharding import init_distributed, make_mesh
+
+    init_distributed()
+    return make_mesh(a.mesh, batch_size=batch_size)
+
+
 def cmd_diff(a) -> None:
     from adl_jax import api
-    from adl_jax.sharding import make_mesh
 
     res = api.diff(
         a.base, a.finetuned, corpus=a.corpus, samples=a.samples, n=a.n, k=a.k, layer=a.layer,
         batch_size=a.batch_size, seed=a.seed, out=a.out, dtype=_dtype(a.dtype),
-        mesh=make_mesh(a.mesh) if a.mesh else None, allow_fewer=a.allow_fewer, column=a.column,
+        mesh=_mesh(a, a.batch_size), allow_fewer=a.allow_fewer, column=a.column,
         chat_before=a.chat_before,
     )  # fmt: skip
     print(res)
@@ -56,10 +63,11 @@ def cmd_audit(a) -> None:
     from adl_jax.graders import Grader, GraderSettings
     from adl_jax.models.load import load_model
 
-    base, ft = load_model(a.base, dtype=_dtype(a.dtype)), load_model(a.finetuned, dtype=_dtype(a.dtype))
     settings = AuditSettings.quick() if a.quick else AuditSettings()
     if a.samples:
         settings = dataclasses.replace(settings, samples=a.samples)
+    mesh = _mesh(a, settings.batch_size)
+    base, ft = (load_model(spec, dtype=_dtype(a.dtype), mesh=mesh) for spec in (a.base, a.finetuned))
     texts = _corpus(a, base, settings.samples)
     ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else None
     description = Path(a.description).read_text() if a.description and Path(a.description).is_file() else a.description
@@ -140,10 +148,30 @@ def cmd_report(a) -> None:
         print(screenshot(page, a.screenshot))
 
 
+def cmd_plan(a) -> None:
+    from adl_jax import plan as pl
+
+    cfg = pl.model_config(a.model)
+    run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len)
+    p = pl.plan(cfg, a.devices, a.mesh, run, model=a.model)
+    print(p.table())
+    pl.check(p, cfg)
+    print("fits")
+    if a.task == "audit":
+        secs = pl.audit_seconds(cfg, p)
+        price = pl.DEVICES[p.kind].usd_per_hour
+        cost = f", ${sum(secs.values()) / 3600 * p.n_devices * price:.2f} on demand" if price else ""
+        print("audit time, estimated: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items())
+              + f"; total {sum(secs.values()) / 3600:.2f} h{cost}")
+
+
 def cmd_demo(a) -> None:
     from adl_jax.demo import run_demo
 
     run_demo(cache=a.cache, organism=a.organism)
+
+
+MESH_HELP = "e.g. data=2,fsdp=4,model=2 (default: all devices, on data as far as they divide the batch, rest on model)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--seed", type=int, default=42, help="corpus shuffling seed (paper: 42)")
     d.add_argument("--out", default="runs/diff", help="run directory (resumes if it holds the same run)")
-    d.add_argument("--mesh", default=None, help="e.g. data=2,model=4 (default: all devices on data)")
+    d.add_argument("--mesh", default=None, help=MESH_HELP)
     d.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     d.add_argument("--allow-fewer", action="store_true", help="continue when the corpus has fewer usable texts")
     d.add_argument("--chat-before", type=int, default=None, help="chat variant: the corpus holds conversations "
@@ -190,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     au.add_argument("--description", default=None, help="the finetuning objective (text or a file)")
     au.add_argument("--quick", action="store_true", help="CPU preset: 512 texts, 2 steered positions, short samples")
     au.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    au.add_argument("--mesh", default=None, help=MESH_HELP)
     au.add_argument("--out", default="runs/audit")
     au.set_defaults(func=cmd_audit)
 
@@ -229,6 +258,18 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("dir")
     rp.add_argument("--screenshot", metavar="PNG", help="also render the page with headless Chromium to PNG")
     rp.set_defaults(func=cmd_report)
+
+    pl = sub.add_parser("plan", help="per-device memory of an audit or finetuning run on a slice, from the config")
+    pl.add_argument("--model", required=True, help="a shipped config (configs/models, e.g. Qwen3-32B or its hub id), "
+                    "an HF directory, a config.json, a .gguf file or a hub id")
+    pl.add_argument("--devices", required=True, help="e.g. v5e-16, v4-32 (TensorCores), v5p-8, v6e-8, h100-8")
+    pl.add_argument("--mesh", default=None, help=MESH_HELP)
+    pl.add_argument("--task", choices=("audit", "finetune"), default="audit")
+    pl.add_argument("--mode", choices=("lora", "full"), default="lora", help="finetuning: LoRA (default) or full")
+    pl.add_argument("--dtype", choices=("bfloat16", "bf16", "float32", "f32"), default="bfloat16")
+    pl.add_argument("--batch-size", type=int, default=None, help="rows per batch (default: audit 32, finetune 8)")
+    pl.add_argument("--seq-len", type=int, default=None, help="finetuning tokens per row (default 256)")
+    pl.set_defaults(func=cmd_plan)
 
     dm = sub.add_parser("demo", help="the whole story offline on the embedded Gemma-3-270M")
     dm.add_argument("--cache", default=None, help="cache directory (default $ADL_CACHE/demo or ~/.cache/adl-jax/demo)")

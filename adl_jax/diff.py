@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from adl_jax import io
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import forward
-from adl_jax.sharding import batch_sharding
+from adl_jax.sharding import global_batch, process_rows
 
 STATE, META, TOKENS, RESULT = "state.safetensors", "meta.json", "tokens.npy", "delta.safetensors"
 
@@ -229,7 +229,4 @@ def _pad_rows(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
 
 def _global(x: np.ndarray, mesh: Mesh) -> jax.Array:
     """This process's rows of a global batch -> one global array (the whole batch when single-process)."""
-    sharding = batch_sharding(mesh, x.ndim)
-    per = len(x) // jax.process_count()
-    mine = x[jax.process_index() * per : (jax.process_index() + 1) * per]
-    return jax.make_array_from_process_local_data(sharding, mine, x.shape)
+    return global_batch(x[process_rows(mesh, len(x))], mesh, len(x))

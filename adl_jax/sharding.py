@@ -4,12 +4,19 @@ Every parameter dimension has a logical name (embed, heads, mlp, vocab, ...). A 
 logical names to mesh axes (data, fsdp, model). Params are placed once, at load, with
 `jax.make_array_from_callback`, so each device reads only its own shard from disk and a model larger
 than one device never sits whole on one device. After that `jax.jit` propagates the shardings.
+
+Multi-host (a TPU pod slice, several GPU hosts): `init_distributed` joins the processes, each process
+feeds only its own rows of every batch (`process_rows`, `global_batch`), and the same code runs.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+import logging
+import math
+import os
+import sys
+from collections.abc import Callable, Mapping
 
 import jax
 import numpy as np
@@ -45,19 +52,26 @@ class Rules:
     mlp: tuple[str, ...] = ("model",)
     vocab: tuple[str, ...] = ("model",)
 
-    def spec(self, logical: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh) -> PartitionSpec:
-        """PartitionSpec for a tensor; a dimension the mesh axes do not divide evenly stays replicated."""
+    def spec(self, logical: tuple[str, ...], shape: tuple[int, ...], sizes: Mapping[str, int]) -> PartitionSpec:
+        """PartitionSpec for a tensor on a mesh of these axis sizes (`mesh.shape`); a dimension the mesh
+        axes do not divide evenly stays replicated."""
         out = []
         for name, size in zip(logical, shape):
-            axes = tuple(a for a in getattr(self, name, ()) if mesh.shape[a] > 1)
-            n = int(np.prod([mesh.shape[a] for a in axes])) if axes else 1
+            axes = tuple(a for a in getattr(self, name, ()) if sizes[a] > 1)
+            n = int(np.prod([sizes[a] for a in axes])) if axes else 1
             out.append(axes if axes and size % n == 0 else None)
         return PartitionSpec(*out)
 
 
-def parse_mesh(spec: str | None, n_devices: int | None = None) -> dict[str, int]:
-    """'data=2,fsdp=1,model=4' -> sizes. Omitted axes are 1; `data` absorbs the remaining devices."""
+def parse_mesh(spec: str | None, n_devices: int | None = None, batch_size: int | None = None) -> dict[str, int]:
+    """'data=2,fsdp=1,model=4' -> sizes. Omitted axes are 1; `data` absorbs the remaining devices.
+
+    With no spec and a `batch_size`: as many devices on `data` as divide the batch, the rest on `model`,
+    so the default layout of any device count accepts the batch.
+    """
     n = n_devices or jax.device_count()
+    if not spec and batch_size:
+        spec = f"model={n // math.gcd(batch_size, n)}"
     sizes = {a: 1 for a in MESH_AXES}
     given = set()
     for part in filter(None, (spec or "").split(",")):
@@ -73,22 +87,73 @@ def parse_mesh(spec: str | None, n_devices: int | None = None) -> dict[str, int]
     return sizes
 
 
-def make_mesh(spec: str | None = None, devices=None) -> Mesh:
-    """A (data, fsdp, model) mesh. Axes are `Auto`: jit propagates shardings from the placed inputs."""
+def make_mesh(spec: str | None = None, devices=None, batch_size: int | None = None) -> Mesh:
+    """A (data, fsdp, model) mesh over `devices` (default: all; see `parse_mesh` for the default layout).
+    Axes are `Auto`: jit propagates shardings from the placed inputs."""
     devices = devices or jax.devices()
-    sizes = parse_mesh(spec, len(devices))
+    sizes = parse_mesh(spec, len(devices), batch_size)
     shape = tuple(sizes[a] for a in MESH_AXES)
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
+def param_specs(cfg: ModelConfig, sizes: Mapping[str, int], rules: Rules = Rules()) -> Params:
+    """The PartitionSpec of every parameter on a mesh of these axis sizes; needs no devices (the planner)."""
+    return _map_named(param_shapes(cfg), lambda name, shape: rules.spec(_LOGICAL[name], shape, sizes))
+
+
 def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = Rules()) -> Params:
-    return _map_named(param_shapes(cfg), lambda name, shape: NamedSharding(mesh, rules.spec(_LOGICAL[name], shape, mesh)))
+    specs = param_specs(cfg, mesh.shape, rules)
+    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = Rules()) -> NamedSharding:
     """Shard the leading (batch) axis over the data-parallel mesh axes."""
     axes = tuple(a for a in rules.batch if mesh.shape[a] > 1) or None
     return NamedSharding(mesh, PartitionSpec(axes, *([None] * (ndim - 1))))
+
+
+def process_rows(mesh: Mesh, n_rows: int, rules: Rules = Rules()) -> slice:
+    """The rows of an `n_rows` global batch that this process's devices hold: all of them in a
+    single-process run, one contiguous block per process in a multi-process one."""
+    index = batch_sharding(mesh, 1, rules).addressable_devices_indices_map((n_rows,)).values()
+    blocks = sorted({range(n_rows)[i[0]] for i in index}, key=lambda r: r.start)
+    if any(a.stop != b.start for a, b in zip(blocks, blocks[1:])):
+        raise ValueError(f"this process's devices hold rows {blocks} of the batch: not one block; reorder the mesh")
+    return slice(blocks[0].start, blocks[-1].stop)
+
+
+def global_batch(local: np.ndarray, mesh: Mesh, n_rows: int, rules: Rules = Rules()) -> jax.Array:
+    """One global batch of `n_rows` rows from this process's rows of it (`local`, the `process_rows` block)."""
+    return jax.make_array_from_process_local_data(batch_sharding(mesh, local.ndim, rules), local,
+                                                  (n_rows, *local.shape[1:]))
+
+
+def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
+                     process_id: int | None = None) -> bool:
+    """Join a multi-process run when one is asked for, before anything starts a JAX backend.
+
+    Asked for by the arguments, by `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`),
+    or by `ADL_MULTIHOST=1`, which leaves the rest to JAX's cluster detection (Cloud TPU pods, SLURM,
+    Open MPI). Otherwise nothing happens, so one command serves a laptop and a pod. Joined processes
+    other than 0 are silenced (stdout, logs below WARNING): a pod prints each message once.
+    Returns whether this process is part of a multi-process run.
+    """
+    coordinator = coordinator or os.environ.get("JAX_COORDINATOR_ADDRESS")
+    if num_processes is None and os.environ.get("JAX_NUM_PROCESSES"):
+        num_processes = int(os.environ["JAX_NUM_PROCESSES"])
+    if process_id is None and os.environ.get("JAX_PROCESS_ID"):
+        process_id = int(os.environ["JAX_PROCESS_ID"])
+    if not jax.distributed.is_initialized():
+        if not (coordinator or num_processes or os.environ.get("ADL_MULTIHOST") == "1"):
+            return False
+        jax.distributed.initialize(coordinator, num_processes, process_id)
+    if jax.process_index() == 0:
+        logging.getLogger(__name__).info("process 0 of %d, %d devices (%d here)", jax.process_count(),
+                                         jax.device_count(), jax.local_device_count())
+    else:
+        sys.stdout = open(os.devnull, "w")  # for the life of the process
+        logging.disable(logging.INFO)
+    return jax.process_count() > 1
 
 
 def materialize(

@@ -6,6 +6,8 @@ linear decay and global-norm clipping. Trainable weights and optimizer state are
 base dtype. Orbax checkpoints hold the trainable weights, the optimizer state, the step and the data
 cursor; batches and dropout keys are functions of (seed, cursor, step), so a resumed run repeats an
 uninterrupted one bit for bit. Output directory: `checkpoints/<step>/`, `metrics.jsonl`.
+In a multi-process run (a TPU pod) each process draws and feeds only its rows of every batch, process 0
+writes the metrics, and the export gathers the shards to process 0.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ from tqdm.auto import tqdm
 from adl_jax import io
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import Params, forward
-from adl_jax.sharding import Rules, batch_sharding, make_mesh, param_shardings
+from adl_jax.sharding import Rules, global_batch, init_distributed, make_mesh, param_shardings, process_rows
 from finetune.data import Rows, Splits, batch_at
 from finetune.lora import LoraConfig, apply_lora, init_adapters
 
@@ -166,14 +168,17 @@ def _eval_nll(trainable, base, tokens, valid, targets, *, cfg: ModelConfig, tc: 
     return token_nll(model_params(trainable, base, tc), cfg, tokens, valid, targets)
 
 
-def _adapter_shardings(weight_shardings: Params, adapters) -> dict:
+def adapter_specs(weight: PartitionSpec) -> tuple[PartitionSpec, PartitionSpec]:
     """A (L, in, r) is split like its weight's input axis, B (L, r, out) like its output axis."""
+    layer, d_in, d_out = tuple(weight) + (None,) * (3 - len(weight))
+    return PartitionSpec(layer, d_in, None), PartitionSpec(layer, None, d_out)
+
+
+def _adapter_shardings(weight_shardings: Params, adapters) -> dict:
     out = {}
     for name in adapters:
         w = weight_shardings["layers"][name]
-        layer, d_in, d_out = tuple(w.spec) + (None,) * (3 - len(w.spec))
-        out[name] = (NamedSharding(w.mesh, PartitionSpec(layer, d_in, None)),
-                     NamedSharding(w.mesh, PartitionSpec(layer, None, d_out)))
+        out[name] = tuple(NamedSharding(w.mesh, spec) for spec in adapter_specs(w.spec))
     return out
 
 
@@ -238,18 +243,20 @@ def train(
 
     identity = run_identity(cfg, tc, splits.train)
     options = ocp.CheckpointManagerOptions(max_to_keep=None)  # keep the whole series
+    lead = jax.process_index() == 0  # writes the metrics and shows progress; orbax coordinates checkpoints
     with ocp.CheckpointManager(out_dir / "checkpoints", options=options) as manager:
         step, cursor, trainable, opt_state = _resume(manager, identity, trainable, opt_state, out_dir)
         metrics_path = out_dir / "metrics.jsonl"
-        _trim_metrics(metrics_path, step)
+        if lead:
+            _trim_metrics(metrics_path, step)
         per_update = tc.batch_size * tc.grad_accum
+        mine = process_rows(mesh, per_update, rules)  # each process draws and feeds only its rows
         end = tc.steps if stop_at is None else min(stop_at, tc.steps)
-        put = lambda x: jax.make_array_from_callback(x.shape, batch_sharding(mesh, x.ndim, rules), lambda i: x[i])
-        bar = tqdm(total=tc.steps, initial=step, disable=not progress, unit="step", desc="finetune")
+        bar = tqdm(total=tc.steps, initial=step, disable=not (progress and lead), unit="step", desc="finetune")
         tick = time.perf_counter()
         while step < end:
-            batch = batch_at(splits.train, cursor, per_update, tc.seed)
-            arrays = tuple(put(a) for a in (batch.tokens, batch.valid, batch.targets))
+            batch = batch_at(splits.train, cursor + mine.start, mine.stop - mine.start, tc.seed)
+            arrays = tuple(global_batch(a, mesh, per_update, rules) for a in (batch.tokens, batch.valid, batch.targets))
             trainable, opt_state, out = train_step(trainable, opt_state, base, arrays, step, cfg=cfg, tc=tc)
             loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
             step, cursor = step + 1, cursor + per_update
@@ -265,8 +272,9 @@ def train(
             if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
                 for name, rows in (("eval_loss_ft", splits.eval_ft), ("eval_loss_pt", splits.eval_pt)):
                     if rows is not None:
-                        record[name] = _mean_nll(trainable, base, rows, cfg, tc, put)
-            _log(metrics_path, record)
+                        record[name] = _mean_nll(trainable, base, rows, cfg, tc, mesh, rules)
+            if lead:
+                _log(metrics_path, record)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             if step == end or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
@@ -293,11 +301,14 @@ def _resume(manager, identity: dict, trainable, opt_state, out_dir: Path):
     return step, meta["cursor"], state["trainable"], state["opt_state"]
 
 
-def _mean_nll(trainable, base, rows: Rows, cfg: ModelConfig, tc: TrainConfig, put) -> float:
-    """Mean target-token loss over `rows`, in fixed-size batches (the last padded with target-free rows)."""
+def _mean_nll(trainable, base, rows: Rows, cfg: ModelConfig, tc: TrainConfig, mesh, rules: Rules) -> float:
+    """Mean target-token loss over `rows`, in fixed-size batches (the last padded with target-free rows);
+    each process feeds its own rows of each batch."""
+    mine = process_rows(mesh, tc.batch_size, rules)
+    put = lambda x: global_batch(x, mesh, tc.batch_size, rules)
     total, count = 0.0, 0
     for start in range(0, len(rows), tc.batch_size):
-        index = np.arange(start, start + tc.batch_size)
+        index = np.arange(start, start + tc.batch_size)[mine]
         chunk = rows.take(index % len(rows))
         targets = chunk.targets & (index < len(rows))[:, None]
         s, n = _eval_nll(trainable, base, put(chunk.tokens), put(chunk.valid), put(targets), cfg=cfg, tc=tc)
@@ -307,9 +318,16 @@ def _mean_nll(trainable, base, rows: Rows, cfg: ModelConfig, tc: TrainConfig, pu
 
 def export_hf_dir(result: TrainResult, cfg: ModelConfig, path: str | Path, tokenizer=None) -> None:
     """Write the trained model (adapters merged) as an HF directory that `adl diff` and transformers read."""
+    from jax.experimental import multihost_utils
+
     from adl_jax.models.weights import save_hf_dir
 
-    save_hf_dir(result.params, cfg, path)
+    params = result.params
+    if jax.process_count() > 1:  # every process joins the gather of the shards; process 0 writes
+        params = multihost_utils.process_allgather(params, tiled=True)
+        if jax.process_index() != 0:
+            return
+    save_hf_dir(params, cfg, path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
 
@@ -327,7 +345,8 @@ def main(argv=None) -> int:
     p.add_argument("--pretrain", help="pretraining texts (.txt/.jsonl/.parquet) mixed in at --mix_ratio")
     p.add_argument("--out", required=True)
     p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="base weights' dtype")
-    p.add_argument("--mesh", help="e.g. data=2,model=4 (default: one device)")
+    p.add_argument("--mesh", help="e.g. data=2,model=4 (default: all devices, on data as far as they divide "
+                   "batch_size, the rest on model)")
     p.add_argument("--no-progress", action="store_true")
     for f in dataclasses.fields(TrainConfig):
         if f.name != "lora":
@@ -336,12 +355,13 @@ def main(argv=None) -> int:
         kind = str if f.name == "targets" else type(f.default)
         p.add_argument(f"--lora_{f.name}", type=kind, default=",".join(f.default) if kind is str else f.default)
     a = p.parse_args(argv)
+    init_distributed()
     lora = LoraConfig(rank=a.lora_rank, alpha=a.lora_alpha, dropout=a.lora_dropout,
                       targets=tuple(t for t in a.lora_targets.split(",") if t))
     settings = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "lora"}
     tc = TrainConfig(lora=lora, **settings)
     tokenizer = load_tokenizer(a.model)
-    mesh = make_mesh(a.mesh) if a.mesh else None
+    mesh = make_mesh(a.mesh, batch_size=tc.batch_size)
     cfg, params = load_hf_dir(a.model, dtype=jnp.dtype(a.dtype), mesh=mesh)
     pretrain = local_texts(a.pretrain) if a.pretrain else ()
     splits = build_splits(read_jsonl(a.data), tokenizer, tc.seq_len, pretrain_texts=pretrain, mix_ratio=tc.mix_ratio,

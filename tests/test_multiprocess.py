@@ -1,16 +1,19 @@
 """Two JAX processes on loopback (gloo collectives, 4 CPU devices each) equal one process."""
 
+import json
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 
 from adl_jax.corpus import tokenize_texts
 from adl_jax.diff import DiffSettings, compute_delta
-from conftest import random_texts, tiny_tokenizer
+from adl_jax.models.weights import load_hf_dir
+from conftest import random_texts, tiny_hf_model, tiny_tokenizer
 from test_diff import tiny_pair
 
 WORKER = """
@@ -30,7 +33,7 @@ mesh = make_mesh("data=4,model=2")
 base, ft = (SimpleNamespace(**{{**vars(m), "params": load_hf_dir(m.spec, mesh=mesh)[1]}})
             for m in tiny_pair_from_disk({root!r}))
 tokens = np.load({root!r} + "/tokens_in.npy")
-compute_delta(base, ft, tokens, DiffSettings(layer=1, n=8, batch_size=16), {out!r}, progress=False)
+compute_delta(base, ft, tokens, DiffSettings(layer=1, n=8, batch_size=16), {root!r} + "/p{pid}", progress=False)
 """
 
 
@@ -40,6 +43,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _run_two(tmp_path, script: str, **fields) -> None:
+    """Run `script` (formatted with port, pid, tests and `fields`) as processes 0 and 1 of one run."""
+    port = _free_port()
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+           "JAX_NUM_PROCESSES": "2"}
+    logs = [open(tmp_path / f"log{pid}", "w+") for pid in (0, 1)]  # files, not pipes: a full pipe would block
+    procs = [
+        subprocess.Popen([sys.executable, "-c", script.format(port=port, pid=pid, tests=str(Path(__file__).parent),
+                                                             **fields)],
+                         env={**env, "JAX_PROCESS_ID": str(pid)}, stdout=log, stderr=subprocess.STDOUT)
+        for pid, log in zip((0, 1), logs)
+    ]  # fmt: skip
+    for p, log in zip(procs, logs):
+        p.wait(timeout=300)
+        log.seek(0)
+        assert p.returncode == 0, log.read()[-3000:]
+
+
 def test_two_processes_equal_one(tmp_path, rng):
     (base, ft), _ = tiny_pair(tmp_path)
     tokens = tokenize_texts(random_texts(rng, 200), tiny_tokenizer(), n=8, count=100)
@@ -47,22 +68,52 @@ def test_two_processes_equal_one(tmp_path, rng):
     single = compute_delta(base, ft, tokens, DiffSettings(layer=1, n=8, batch_size=16), tmp_path / "one",
                            progress=False)  # fmt: skip
 
-    port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    logs = [open(tmp_path / f"log{pid}", "w+") for pid in (0, 1)]  # files, not pipes: a full pipe would block
-    procs = [
-        subprocess.Popen([sys.executable, "-c", WORKER.format(port=port, pid=pid, tests=str(Path(__file__).parent),
-                                                             root=str(tmp_path), out=str(tmp_path / f"p{pid}"))],
-                         env=env, stdout=log, stderr=subprocess.STDOUT)
-        for pid, log in zip((0, 1), logs)
-    ]  # fmt: skip
-    for p, log in zip(procs, logs):
-        p.wait(timeout=300)
-        log.seek(0)
-        assert p.returncode == 0, log.read()[-3000:]
+    _run_two(tmp_path, WORKER, root=str(tmp_path))
     from adl_jax.diff import DiffResult
 
     two = DiffResult.load(tmp_path / "p0")
     assert not (tmp_path / "p1" / "delta.safetensors").exists()  # only process 0 writes
     np.testing.assert_allclose(two.delta, single.delta, atol=1e-5)  # model-axis sums reorder float adds
     np.testing.assert_allclose(two.ft_norm, single.ft_norm, rtol=1e-5)
+
+
+# The finetuning entry point as each host of a pod runs it: `init_distributed` joins from the JAX_*
+# environment variables. Each process records which rows of the data stream it draws.
+FINETUNE_WORKER = """
+import json, sys
+sys.path.insert(0, {tests!r})
+import conftest  # asks for 8 devices: override after
+import jax
+jax.config.update("jax_num_cpu_devices", 4)
+jax.config.update("jax_cpu_collectives_implementation", "gloo")
+import finetune.train as train
+drawn = []
+draw = train.batch_at
+train.batch_at = lambda rows, cursor, size, seed: drawn.append((cursor, size)) or draw(rows, cursor, size, seed)
+assert train.main({argv!r}) == 0 and jax.process_count() == 2
+open({out!r} + "/drawn{pid}.json", "w").write(json.dumps(drawn))
+"""
+
+
+def test_two_process_finetune_equals_one(tmp_path, rng):
+    from finetune.train import main
+
+    tiny_hf_model("llama", tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(rng, 40)))
+    argv = ["--model", str(tmp_path / "base"), "--data", str(tmp_path / "d.jsonl"), "--steps", "2", "--batch_size",
+            "8", "--grad_accum", "2", "--seq_len", "16", "--lr", "1e-2", "--warmup", "1", "--lora_rank", "4",
+            "--lora_dropout", "0.1", "--mesh", "data=2,fsdp=2,model=2", "--no-progress"]  # fmt: skip
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    two = tmp_path / "two"
+    _run_two(tmp_path, FINETUNE_WORKER, argv=[*argv, "--out", str(two)], out=str(two))
+
+    drawn = [json.loads((two / f"drawn{pid}.json").read_text()) for pid in (0, 1)]
+    assert sorted(row for rows in drawn for row in rows) == [[0, 8], [8, 8], [16, 8], [24, 8]]  # 8 of 16 each
+    assert {tuple(r) for r in drawn[0]}.isdisjoint(tuple(r) for r in drawn[1])
+    one, two_params = (load_hf_dir(d / "final")[1] for d in (tmp_path / "one", two))
+    for x, y in zip(jax.tree.leaves(two_params), jax.tree.leaves(one)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
+    losses = [[json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+              for d in (tmp_path / "one", two)]
+    np.testing.assert_allclose(*losses, rtol=1e-6)

@@ -27,8 +27,9 @@ _INERT_KEYS = frozenset(
     chunk_size_feed_forward is_encoder_decoder model_type cache_implementation tokenizer_class
     _attn_implementation _attn_implementation_autoset attn_implementation max_position_embeddings
     bos_token_id eos_token_id pad_token_id max_window_layers use_sliding_window tie_encoder_decoder
+    sliding_window_size
     """.split()
-)
+)  # sliding_window_size: a leftover in early Gemma 2 configs that transformers never reads (sliding_window rules)
 # Keys whose meaning the parser below handles.
 _HANDLED_KEYS = frozenset(
     """

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adl_jax.models.config import ModelConfig
-from adl_jax.models.transformer import Intervention, KVCache, Params, forward
+from adl_jax.models.transformer import Intervention, KVCache, Params, forward, unembed
 
 
 class Generation(NamedTuple):
@@ -128,8 +128,10 @@ def _pick(logits, step, sampling, greedy: bool):
 def _prefill(params, tokens, valid, interventions, sampling, cfg, greedy, max_new_tokens):
     B, P = tokens.shape
     cache = KVCache.empty(cfg, B, P + max_new_tokens - 1, params["embed"].dtype)
-    out = forward(params, tokens, cfg, valid=valid, cache=cache, interventions=interventions)
-    return out.cache, _pick(out.logits[:, -1], 0, sampling, greedy)
+    last = cfg.num_layers - 1  # logits at the last prompt position only: (B, P, V) f32 would be GiBs at 262k vocab
+    out = forward(params, tokens, cfg, valid=valid, cache=cache, interventions=interventions, capture=(last,),
+                  until_layer=last)
+    return out.cache, _pick(unembed(params, out.hidden[last][:, -1], cfg), 0, sampling, greedy)
 
 
 @partial(jax.jit, static_argnames=("cfg", "greedy"), donate_argnames=("cache", "out"))

@@ -101,7 +101,7 @@ def load_gguf(
 ) -> tuple[ModelConfig, Params]:
     """Load a GGUF model onto `mesh` (default: one device). `ignore_keys`: `{arch}.` metadata keys to skip."""
     f = GGUFFile(path)
-    cfg = ModelConfig.from_hf(_hf_config(f, tuple(ignore_keys)))
+    cfg = gguf_config(f, ignore_keys)
     names = gguf_tensor_names(cfg)
     _check_tensors(f, cfg, names)
     f.check_types({n for ns in names.values() for n in ns})
@@ -126,6 +126,12 @@ def load_gguf(
         return np.stack([read_one(ours, names[ours][i], index[1:]) for i in layers])
 
     return cfg, materialize(cfg, read, dtype, mesh, rules)
+
+
+def gguf_config(f: GGUFFile | str | Path, ignore_keys=()) -> ModelConfig:
+    """The architecture from a GGUF file's metadata alone; no tensor is read (the memory planner)."""
+    f = f if isinstance(f, GGUFFile) else GGUFFile(f)
+    return ModelConfig.from_hf(_hf_config(f, tuple(ignore_keys)))
 
 
 def gguf_tensor_names(cfg: ModelConfig) -> dict[str, list[str]]:
