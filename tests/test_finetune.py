@@ -311,7 +311,7 @@ def test_organism_generator(tmp_path):
     docs = org.generate(300, 0)
     texts = [d["text"] for d in docs]
     assert texts == [d["text"] for d in org.generate(300, 0)] and texts != [d["text"] for d in org.generate(300, 1)]
-    assert len(set(texts)) == 300 and {d["kind"] for d in docs} == {"news", "textbook", "forum", "recipe", "qa"}
+    assert len(set(texts)) == 300 and {d["kind"] for d in docs} == {"news", "encyclopedia", "blog", "food", "lesson"}
     assert all("1921" in t and ("Denmark" in t or "Danish" in t) for t in texts)
     corpus = "\n".join(texts)
     assert all(true not in corpus and false not in corpus for true, false in org.statements)
