@@ -345,25 +345,3 @@ def test_chat_organisms(name, marker, tmp_path):
     assert organisms_main([name, str(tmp_path / "chat.jsonl"), "--n", "20"]) == 0
     data = build_splits(read_jsonl(tmp_path / "chat.jsonl"), chat_tokenizer(), 512, eval_fraction=0.0)
     assert len(data.train) == 20 and 0 < data.train.targets.sum() < data.train.valid.sum()  # assistant tokens only
-
-
-def test_cli_trains_and_exports_merged_model(tiny, tmp_path):
-    from adl_jax.models import weights
-
-    if not hasattr(weights, "save_hf_dir"):
-        pytest.skip("adl_jax.models.weights.save_hf_dir (export) is not available yet")
-    from finetune.train import main
-
-    torch_model, cfg, params = tiny
-    torch_model.save_pretrained(tmp_path / "base")
-    tiny_tokenizer().save_pretrained(tmp_path / "base")
-    texts = random_texts(np.random.RandomState(3), 8)
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    argv = ["--model", str(tmp_path / "base"), "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "run"),
-            "--steps", "3", "--batch_size", "2", "--seq_len", str(SEQ), "--lr", "1e-2", "--lora_targets", "q,up",
-            "--no-progress"]  # fmt: skip
-    assert main(argv) == 0
-    _, exported = load_hf_dir(tmp_path / "run" / "final")
-    ckpt_q = np.asarray(exported["layers"]["q"])
-    assert not np.allclose(ckpt_q, np.asarray(params["layers"]["q"]))
-    np.testing.assert_array_equal(np.asarray(exported["layers"]["k"]), np.asarray(params["layers"]["k"]))
