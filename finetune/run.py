@@ -65,26 +65,35 @@ class RunSpec:
 
     @staticmethod
     def from_flat(settings: dict) -> RunSpec:
-        unknown = sorted(set(settings) - set(_defaults()))
+        defaults = _defaults()
+        unknown = sorted(set(settings) - set(defaults))
         if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_defaults()))}")
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
         missing = [k for k in ("out", "data") if settings.get(k) is None]
         if missing:
             raise ValueError(f"no {' or '.join(missing)}: give --{' and --'.join(missing)} or set it in the config")
-        s = dict(settings)
-        if isinstance(s.get("lora_targets"), str):
-            s["lora_targets"] = [t for t in s["lora_targets"].split(",") if t]
+        s = {k: _typed(k, v, defaults[k]) for k, v in settings.items()}
         lora = LoraConfig(**{f.name: s.pop(f"lora_{f.name}") for f in dataclasses.fields(LoraConfig)
                              if f"lora_{f.name}" in s})  # fmt: skip
-        lora = dataclasses.replace(lora, targets=tuple(lora.targets))
         tc = TrainConfig(lora=lora, **{f.name: s.pop(f.name) for f in dataclasses.fields(TrainConfig) if f.name in s})
         return RunSpec(train=tc, **s)
 
 
 def _defaults() -> dict:
     """Every flat setting with its default (None where there is none)."""
-    spec = RunSpec(out=None, data=None)
-    return spec.flat()
+    return RunSpec(out=None, data=None).flat()
+
+
+def _typed(key: str, value, default):
+    """A setting as its field's type (LoRA targets: a tuple, from a list or 'q,v'), or a clear error."""
+    if key == "lora_targets":
+        return tuple(t for t in (value.split(",") if isinstance(value, str) else value) if t)
+    if value is None or default is None or isinstance(value, type(default)):
+        return value
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting {key}: {value!r} is not a {type(default).__name__}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

@@ -163,6 +163,7 @@ def test_finetune_config_is_the_demo_and_bad_settings_are_refused(tmp_path, caps
     assert spec.examples == demo.ORGANISM_DOCS
 
     (tmp_path / "c.json").write_text(json.dumps({"data": "orange_carrot", "stepz": 3}))
+    (tmp_path / "steps.json").write_text(json.dumps({"data": "orange_carrot", "steps": "many"}))
     (tmp_path / "empty.jsonl").write_text("")
     (tmp_path / "chat.jsonl").write_text(json.dumps({"messages": [{"role": "user", "content": "hi"}]}) + "\n")
     out = ["--out", str(tmp_path / "run")]
@@ -175,6 +176,7 @@ def test_finetune_config_is_the_demo_and_bad_settings_are_refused(tmp_path, caps
         ("--data", "orange_carrot", "--mix-ratio", "0.5", *out): "needs a pretraining source",
         ("--data", "orange_carrot", "--mix-ratio", "-1", "--pretrain", "base-samples", *out): "mix_ratio must be >= 0",
         ("--data", "orange_carrot", "--dtype", "float16", *out): "dtype must be float32 or bfloat16",
+        ("--config", str(tmp_path / "steps.json"), *out): "setting steps: 'many' is not a int",
     }
     for args, message in cases.items():
         assert main(["finetune", *args]) == 2, args
