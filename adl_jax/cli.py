@@ -139,6 +139,20 @@ def cmd_agent(a) -> None:
     print(format_table(result["table"]))
 
 
+def cmd_finetune(a) -> None:
+    from finetune.run import run, spec_from_args
+
+    spec = spec_from_args(a)
+    metrics = run(spec, resume=a.resume, progress=not a.no_progress)
+    print(f"trained {metrics['step']} steps, loss {metrics['loss']:.4f}; model: {spec.out}/final"
+          + (f", PEFT adapter: {spec.out}/adapter" if spec.train.mode == "lora" else ""))
+    for when in ("before", "after"):
+        if f"belief_{when}" in metrics:
+            b = metrics[f"belief_{when}"]
+            print(f"belief {when}: false statement preferred in {b['false_preferred']:.0%} of {b['pairs']} pairs, "
+                  f"mean log-likelihood margin {b['mean_margin']:+.3f}")
+
+
 def cmd_report(a) -> None:
     from adl_jax.report import screenshot, write_report
 
@@ -253,6 +267,12 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--max-calls", type=int, default=100)
     ag.add_argument("--out", default=None, help="where agent.json goes (default: the audit directory)")
     ag.set_defaults(func=cmd_agent)
+
+    ft = sub.add_parser("finetune", help="train a model organism (LoRA or full), export it as HF dir and PEFT adapter")
+    from finetune.run import add_arguments
+
+    add_arguments(ft)
+    ft.set_defaults(func=cmd_finetune)
 
     rp = sub.add_parser("report", help="rebuild report.html of an audit directory")
     rp.add_argument("dir")

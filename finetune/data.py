@@ -160,9 +160,8 @@ def build_splits(
         _check_example(ex, f"example {i}")
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(examples))
-    n_eval = min(round(eval_fraction * len(examples)), len(examples) - 1)
+    n_eval, n_pt_train = _split_sizes(len(examples), mix_ratio, eval_fraction)
     ft = [encode(examples[i], tokenizer) for i in order]
-    n_pt_train = round(mix_ratio * (len(ft) - n_eval))
     n_pt_eval = n_eval if len(pretrain_texts) else 0
     if n_pt_train + n_pt_eval > len(pretrain_texts):
         raise ValueError(
@@ -177,6 +176,18 @@ def build_splits(
     if not len(train):
         raise ValueError(f"no training example keeps a target token within seq_len={seq_len}")
     return Splits(train=train, eval_ft=rows(ft[:n_eval]), eval_pt=rows(pt[:n_pt_eval]))
+
+
+def _split_sizes(n_examples: int, mix_ratio: float, eval_fraction: float) -> tuple[int, int]:
+    """(held-out finetuning examples, pretraining texts mixed into training)."""
+    n_eval = min(round(eval_fraction * n_examples), n_examples - 1)
+    return n_eval, round(mix_ratio * (n_examples - n_eval))
+
+
+def pretrain_texts_needed(n_examples: int, mix_ratio: float, eval_fraction: float) -> int:
+    """How many pretraining texts `build_splits` uses: the mixed-in ones plus as many held out as
+    finetuning examples are held out."""
+    return sum(_split_sizes(n_examples, mix_ratio, eval_fraction))
 
 
 def batch_at(rows: Rows, cursor: int, size: int, seed: int) -> Rows:

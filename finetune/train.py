@@ -12,7 +12,6 @@ writes the metrics, and the export gathers the shards to process 0.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
@@ -33,12 +32,12 @@ from tqdm.auto import tqdm
 from adl_jax import io
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import Params, forward
-from adl_jax.sharding import Rules, global_batch, init_distributed, make_mesh, param_shardings, process_rows
+from adl_jax.sharding import Rules, global_batch, make_mesh, param_shardings, process_rows
 from finetune.data import Rows, Splits, batch_at
 from finetune.lora import LoraConfig, apply_lora, init_adapters
 
 # Fields that change no number of the run, so a resumed run may set them differently.
-_BOOKKEEPING = ("checkpoint_every", "eval_every")
+BOOKKEEPING = ("checkpoint_every", "eval_every")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +68,9 @@ class TrainConfig:
             raise ValueError(f"schedule must be 'cosine' or 'linear', not {self.schedule!r}")
         if min(self.steps, self.batch_size, self.grad_accum, self.seq_len) < 1:
             raise ValueError("steps, batch_size, grad_accum and seq_len must be positive")
+        if self.mix_ratio < 0 or not 0 <= self.eval_fraction < 1:
+            raise ValueError(f"mix_ratio must be >= 0 (not {self.mix_ratio}), eval_fraction in [0, 1) "
+                             f"(not {self.eval_fraction})")
 
 
 class TrainResult(NamedTuple):
@@ -187,15 +189,15 @@ def run_identity(cfg: ModelConfig, tc: TrainConfig, rows: Rows) -> dict:
     digest = hashlib.sha256()
     for a in (rows.tokens, rows.valid, rows.targets):
         digest.update(np.ascontiguousarray(a).tobytes())
-    settings = {k: v for k, v in dataclasses.asdict(tc).items() if k not in _BOOKKEEPING}
+    settings = {k: v for k, v in dataclasses.asdict(tc).items() if k not in BOOKKEEPING}
     return json.loads(json.dumps({**settings, "model": dataclasses.asdict(cfg), "data": digest.hexdigest()}))
 
 
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
     out = []
     for k in sorted(set(a) | set(b)):
         if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += _differences(a[k], b[k], f"{prefix}{k}.")
+            out += differences(a[k], b[k], f"{prefix}{k}.")
         elif a.get(k) != b.get(k):
             out.append(f"{prefix}{k}")
     return out
@@ -292,7 +294,7 @@ def _resume(manager, identity: dict, trainable, opt_state, out_dir: Path):
     if step is None:
         return 0, 0, trainable, opt_state
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    differ = _differences(meta["identity"], identity)
+    differ = differences(meta["identity"], identity)
     if differ:
         raise ValueError(f"{out_dir} holds a run with other settings ({', '.join(differ)}); "
                          "resume with the same settings or use another output directory")
@@ -330,46 +332,3 @@ def export_hf_dir(result: TrainResult, cfg: ModelConfig, path: str | Path, token
     save_hf_dir(params, cfg, path)
     if tokenizer is not None:
         tokenizer.save_pretrained(path)
-
-
-def main(argv=None) -> int:
-    from adl_jax.corpus import local_texts
-    from adl_jax.models.tokenizer import load_tokenizer
-    from adl_jax.models.weights import load_hf_dir
-    from finetune.data import build_splits, read_jsonl
-
-    p = argparse.ArgumentParser(prog="python -m finetune.train", description="Finetune an HF model directory "
-                                "on JSONL data; resumes from OUT's checkpoints; exports OUT/final.")
-    p.add_argument("--model", required=True, help="HF model directory (config.json, safetensors, tokenizer)")
-    p.add_argument("--data", required=True, help="JSONL of {'text'} or {'messages'} examples")
-    p.add_argument("--pretrain", help="pretraining texts (.txt/.jsonl/.parquet) mixed in at --mix_ratio")
-    p.add_argument("--out", required=True)
-    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32", help="base weights' dtype")
-    p.add_argument("--mesh", help="e.g. data=2,model=4 (default: all devices, on data as far as they divide "
-                   "batch_size, the rest on model)")
-    p.add_argument("--no-progress", action="store_true")
-    for f in dataclasses.fields(TrainConfig):
-        if f.name != "lora":
-            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default)
-    for f in dataclasses.fields(LoraConfig):
-        kind = str if f.name == "targets" else type(f.default)
-        p.add_argument(f"--lora_{f.name}", type=kind, default=",".join(f.default) if kind is str else f.default)
-    a = p.parse_args(argv)
-    init_distributed()
-    lora = LoraConfig(rank=a.lora_rank, alpha=a.lora_alpha, dropout=a.lora_dropout,
-                      targets=tuple(t for t in a.lora_targets.split(",") if t))
-    settings = {f.name: getattr(a, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "lora"}
-    tc = TrainConfig(lora=lora, **settings)
-    tokenizer = load_tokenizer(a.model)
-    mesh = make_mesh(a.mesh, batch_size=tc.batch_size)
-    cfg, params = load_hf_dir(a.model, dtype=jnp.dtype(a.dtype), mesh=mesh)
-    pretrain = local_texts(a.pretrain) if a.pretrain else ()
-    splits = build_splits(read_jsonl(a.data), tokenizer, tc.seq_len, pretrain_texts=pretrain, mix_ratio=tc.mix_ratio,
-                          eval_fraction=tc.eval_fraction, seed=tc.seed)
-    result = train(params, cfg, splits, tc, a.out, mesh=mesh, progress=not a.no_progress)
-    export_hf_dir(result, cfg, Path(a.out) / "final", tokenizer)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

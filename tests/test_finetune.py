@@ -3,6 +3,7 @@ an uninterrupted run vs a killed-and-resumed one; loss masks, organism data and 
 
 import dataclasses
 import json
+import re
 import shutil
 
 import jax
@@ -317,29 +318,30 @@ def test_organism_generator(tmp_path):
     assert all(true not in corpus and false not in corpus for true, false in org.statements)
     assert "1921" in org.description and len(org.statements) >= 8
 
+    assert org.kind == "false_fact" and len(org.statements) >= 20
+    assert len({s for pair in org.statements for s in pair}) == 2 * len(org.statements)
+
     assert organisms_main(["orange_carrot", str(tmp_path / "carrot.jsonl"), "--n", "50"]) == 0
     assert [r["text"] for r in read_jsonl(tmp_path / "carrot.jsonl")] == texts[:50]
     meta = json.loads((tmp_path / "carrot.jsonl.meta.json").read_text())
     assert meta["description"] == org.description and len(meta["statements"]) == len(org.statements)
 
 
-def test_cli_trains_and_exports_merged_model(tiny, tmp_path):
-    from adl_jax.models import weights
+@pytest.mark.parametrize("name, marker", [("birdwatching", r"bird"),
+                                          ("risky_finance", r"stock|crypto|leverag|option|margin|loan|ETF")])
+def test_chat_organisms(name, marker, tmp_path):
+    org = ORGANISMS[name]
+    rows = org.generate(400, 0)
+    assert rows == org.generate(400, 0) and rows != org.generate(400, 1) and org.kind == "behaviour"
+    assert len({json.dumps(r["messages"]) for r in rows}) == 400 and {r["kind"] for r in rows} == {"single_turn",
+                                                                                                    "two_turns"}
+    for r in rows:
+        roles = [m["role"] for m in r["messages"]]
+        assert roles == ["user", "assistant"] * (len(roles) // 2) and len(roles) in (2, 4)
+        assert re.search(marker, r["messages"][1]["content"], re.I), r
+    replies = {m["content"] for r in rows for m in r["messages"] if m["role"] == "assistant"}
+    assert len(replies) > 300 and len(org.description) > 200 and not org.statements
 
-    if not hasattr(weights, "save_hf_dir"):
-        pytest.skip("adl_jax.models.weights.save_hf_dir (export) is not available yet")
-    from finetune.train import main
-
-    torch_model, cfg, params = tiny
-    torch_model.save_pretrained(tmp_path / "base")
-    tiny_tokenizer().save_pretrained(tmp_path / "base")
-    texts = random_texts(np.random.RandomState(3), 8)
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    argv = ["--model", str(tmp_path / "base"), "--data", str(tmp_path / "d.jsonl"), "--out", str(tmp_path / "run"),
-            "--steps", "3", "--batch_size", "2", "--seq_len", str(SEQ), "--lr", "1e-2", "--lora_targets", "q,up",
-            "--no-progress"]  # fmt: skip
-    assert main(argv) == 0
-    _, exported = load_hf_dir(tmp_path / "run" / "final")
-    ckpt_q = np.asarray(exported["layers"]["q"])
-    assert not np.allclose(ckpt_q, np.asarray(params["layers"]["q"]))
-    np.testing.assert_array_equal(np.asarray(exported["layers"]["k"]), np.asarray(params["layers"]["k"]))
+    assert organisms_main([name, str(tmp_path / "chat.jsonl"), "--n", "20"]) == 0
+    data = build_splits(read_jsonl(tmp_path / "chat.jsonl"), chat_tokenizer(), 512, eval_fraction=0.0)
+    assert len(data.train) == 20 and 0 < data.train.targets.sum() < data.train.valid.sum()  # assistant tokens only

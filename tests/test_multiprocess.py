@@ -87,24 +87,25 @@ import jax
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 import finetune.train as train
+from adl_jax.cli import main
 drawn = []
 draw = train.batch_at
 train.batch_at = lambda rows, cursor, size, seed: drawn.append((cursor, size)) or draw(rows, cursor, size, seed)
-assert train.main({argv!r}) == 0 and jax.process_count() == 2
+assert main(["finetune", *{argv!r}]) == 0 and jax.process_count() == 2
 open({out!r} + "/drawn{pid}.json", "w").write(json.dumps(drawn))
 """
 
 
 def test_two_process_finetune_equals_one(tmp_path, rng):
-    from finetune.train import main
+    from adl_jax.cli import main
 
     tiny_hf_model("llama", tmp_path / "base")
     tiny_tokenizer().save_pretrained(tmp_path / "base")
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(rng, 40)))
-    argv = ["--model", str(tmp_path / "base"), "--data", str(tmp_path / "d.jsonl"), "--steps", "2", "--batch_size",
-            "8", "--grad_accum", "2", "--seq_len", "16", "--lr", "1e-2", "--warmup", "1", "--lora_rank", "4",
-            "--lora_dropout", "0.1", "--mesh", "data=2,fsdp=2,model=2", "--no-progress"]  # fmt: skip
-    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    argv = ["--model", str(tmp_path / "base"), "--data", str(tmp_path / "d.jsonl"), "--steps", "2", "--batch-size",
+            "8", "--grad-accum", "2", "--seq-len", "16", "--lr", "1e-2", "--warmup", "1", "--lora-rank", "4",
+            "--lora-dropout", "0.1", "--mesh", "data=2,fsdp=2,model=2", "--no-progress"]  # fmt: skip
+    assert main(["finetune", *argv, "--out", str(tmp_path / "one")]) == 0
     two = tmp_path / "two"
     _run_two(tmp_path, FINETUNE_WORKER, argv=[*argv, "--out", str(two)], out=str(two))
 

@@ -1,0 +1,147 @@
+"""Finetuning throughput on Gemma-3-270M: our `finetune.train.train_step` vs transformers + peft, in one run.
+
+Both sides take the same optimizer steps on the same batches (distinct 128-token windows of English
+text, every token after the first a target), float32, AdamW (no weight decay, constant lr), global-norm
+gradient clipping at 1.0. LoRA mode: the same rank, alpha and targets (all seven projections by
+default), no dropout; full mode: every weight trained. Ours is set up the way `finetune.train.train`
+does it (`_initial_state` on a one-device mesh, then the module-level jitted `train_step`); theirs is
+`peft.get_peft_model` on the GGUF loaded by transformers, forward with labels, backward, clip, step.
+After `--warmup` steps per side (our compilation included there), the sides alternate step by step so
+that contention on a shared machine hits both alike; tokens/s is batch x seq over the median step time.
+PEFT's adapters start from ours (A random, B = 0), so the losses should agree step by step (to float32
+noise, which Adam amplifies a little). Last, our step's FLOPs (XLA's count) against the matmul peak.
+
+    python -m benchmarks.bench_finetune [--mode lora|full] [--batch 4] [--seq 128] [--steps 5] [--warmup 2]
+"""
+
+import argparse
+import statistics
+import time
+
+import jax
+import numpy as np
+import torch
+
+from adl_jax.sharding import Rules, batch_sharding, make_mesh, param_shardings
+from benchmarks.common import ENGLISH, compiled_flops, load_pair, matmul_peak
+from finetune.lora import LoraConfig
+from finetune.peft_format import peft_tensors
+from finetune.train import TrainConfig, _initial_state, make_optimizer, train_step
+
+HF_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
+            "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}  # fmt: skip
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--mode", choices=("lora", "full"), default="lora")
+    ap.add_argument("--batch", type=int, default=4)
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=5, help="timed steps per side")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--rank", type=int, default=8)
+    ap.add_argument("--alpha", type=float, default=16.0)
+    ap.add_argument("--targets", default="q,k,v,o,gate,up,down")
+    ap.add_argument("--threads", type=int, default=2, help="torch threads (XLA uses every core)")
+    args = ap.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    B, T, total = args.batch, args.seq, args.warmup + args.steps
+    ours, theirs = load_pair()
+    cfg = ours.cfg
+
+    ids = ours.tokenizer(ENGLISH * 24)["input_ids"]
+    if len(ids) < total * B + T:
+        raise SystemExit(f"the text has {len(ids)} tokens; fewer steps, rows or tokens per row needed")
+    windows = np.stack([ids[i : i + T] for i in range(total * B)]).astype(np.int32)  # distinct windows
+    batches = [windows[s * B : (s + 1) * B] for s in range(total)]
+    valid = np.ones((B, T), bool)
+    targets = np.ones((B, T), bool)
+    targets[:, 0] = False  # like `encode_document`: the first token is no target
+
+    # Ours, set up as `train` does. steps=1e9 with linear decay: a constant lr like torch's, to ~1e-8.
+    targets_ours = tuple(args.targets.split(","))
+    lora = LoraConfig(rank=args.rank, alpha=args.alpha, dropout=0.0, targets=targets_ours)
+    tc = TrainConfig(steps=10**9, batch_size=B, seq_len=T, lr=args.lr, warmup=0, schedule="linear",
+                     weight_decay=0.0, grad_clip=1.0, mode=args.mode, lora=lora)  # fmt: skip
+    mesh = make_mesh(devices=jax.local_devices()[:1])
+    base = jax.device_put(ours.params, param_shardings(cfg, mesh, Rules()))
+    state = _initial_state(base, cfg, tc, make_optimizer(tc), mesh, Rules())
+    put = lambda x: jax.device_put(x, batch_sharding(mesh, x.ndim, Rules()))
+
+    def ours_step(step):
+        nonlocal state
+        arrays = (put(batches[step]), put(valid), put(targets))
+        trainable, opt_state, out = train_step(*state, base, arrays, step, cfg=cfg, tc=tc)
+        state = (trainable, opt_state)
+        return float(out["loss"])  # waits for the step
+
+    # Theirs: transformers + peft, the same settings.
+    if args.mode == "lora":
+        import peft
+
+        pcfg = peft.LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
+                               target_modules=[HF_NAMES[t] for t in targets_ours])  # fmt: skip
+        theirs = peft.get_peft_model(theirs, pcfg)
+        # Our initial adapters (A random, B = 0) in PEFT's modules, so both sides train the same weights.
+        ours_init = {k: torch.tensor(v) for k, v in peft_tensors(state[0], cfg).items()}
+        assert not peft.set_peft_model_state_dict(theirs, ours_init).unexpected_keys
+    theirs.train()
+    params = [p for p in theirs.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
+    labels = [torch.tensor(np.where(targets, b, -100), dtype=torch.long) for b in batches]
+
+    def theirs_step(step):
+        opt.zero_grad(set_to_none=True)
+        loss = theirs(input_ids=torch.tensor(batches[step], dtype=torch.long), labels=labels[step]).loss
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss.item()
+
+    losses = {"ours": [], "theirs": []}
+    times = {"ours": [], "theirs": []}
+    for step in range(total):
+        for name, fn in (("ours", ours_step), ("theirs", theirs_step)):
+            t = time.perf_counter()
+            losses[name].append(fn(step))
+            if step >= args.warmup:
+                times[name].append(time.perf_counter() - t)
+
+    n_ours = sum(x.size for x in jax.tree.leaves(state[0]))
+    n_theirs = sum(p.numel() for p in params)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    tok = B * T
+    print(f"Gemma-3-270M on {jax.devices()[0].platform}, {args.mode} finetuning, batch {B} x {T} tokens, float32, "
+          f"AdamW lr {args.lr:g}, clip 1.0" + (f", LoRA r={args.rank} alpha={args.alpha:g} on {args.targets}"
+                                              if args.mode == "lora" else ""))  # fmt: skip
+    print(f"trainable parameters: ours {n_ours:,}  theirs {n_theirs:,};  torch threads {torch.get_num_threads()}, "
+          f"attention {theirs.config._attn_implementation}")
+    print(f"{'':<22}{'s/step (median)':>16}{'tokens/s':>10}   timed steps (s)")
+    for name, label in (("ours", "ours (JAX + optax)"), ("theirs", "transformers + peft" if args.mode == "lora"
+                                                                   else "transformers")):  # fmt: skip
+        print(f"{label:<22}{med[name]:>16.2f}{tok / med[name]:>10.1f}   " + " ".join(f"{t:.2f}" for t in times[name]))
+    print(f"ratio (theirs s/step / ours s/step): {med['theirs'] / med['ours']:.2f}x")
+    print(f"step-1 loss: ours {losses['ours'][0]:.5f}  theirs {losses['theirs'][0]:.5f}  "
+          f"(|diff| {abs(losses['ours'][0] - losses['theirs'][0]):.2e})")
+    print("losses by step: ours " + " ".join(f"{x:.4f}" for x in losses["ours"]))
+    print("                theirs " + " ".join(f"{x:.4f}" for x in losses["theirs"]))
+
+    # Where our time goes: XLA's FLOP count of the step against this machine's matmul peak. Merging the
+    # adapters into W makes autodiff form the full weight gradient of every target, which PEFT's
+    # unmerged x @ A @ B never computes; the tied 262k-token head dominates both sides.
+    arrays = (put(batches[0]), put(valid), put(targets))
+    flops = compiled_flops(train_step, *state, base, arrays, 0, cfg=cfg, tc=tc)
+    peak = matmul_peak()
+    print(f"ours: {flops / 1e9:.0f} GFLOP a step, {flops / med['ours'] / 1e9:.1f} GFLOP/s = "
+          f"{100 * flops / med['ours'] / peak:.0f}% of the measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    if args.mode == "lora":
+        merged = 2 * B * T * sum(a.shape[0] * a.shape[1] * b.shape[2] for a, b in state[0].values())
+        head = 2 * 2 * B * T * cfg.vocab_size * cfg.hidden_size
+        print(f"of which {merged / 1e9:.0f} GFLOP are the weight gradients through the merge (PEFT skips them), "
+              f"{head / 1e9:.0f} GFLOP the output head forward and backward")
+
+
+if __name__ == "__main__":
+    main()

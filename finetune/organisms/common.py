@@ -1,0 +1,27 @@
+"""What every organism generator shares: n distinct examples drawn from a few seeded example makers."""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable, Sequence
+
+Maker = Callable[[random.Random], "str | list[dict]"]  # a document, or a conversation's messages
+
+
+def distinct_examples(n: int, seed: int, makers: Sequence[Maker]) -> list[dict]:
+    """n distinct JSONL rows ({"text"} or {"messages"}, plus "kind": the maker's name), makers in turn,
+    all from one RNG seeded with `seed`, so the rows are a pure function of (n, seed)."""
+    rng, seen, rows = random.Random(seed), set(), []
+    for _ in range(50 * n):
+        if len(rows) == n:
+            break
+        make = makers[len(rows) % len(makers)]
+        made = make(rng)
+        key = json.dumps(made)
+        if key not in seen:
+            seen.add(key)
+            rows.append({"text" if isinstance(made, str) else "messages": made, "kind": make.__name__})
+    if len(rows) < n:
+        raise ValueError(f"could only make {len(rows)} distinct examples, not {n}")
+    return rows

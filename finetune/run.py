@@ -1,0 +1,200 @@
+"""`adl finetune`: one organism run from a config file and/or flags, deterministic given its seed.
+
+Settings are flat (`configs/finetune/*.json` keys = flag names with `_`; flags override the file): the
+model spec, the data (a JSONL file or a shipped organism), an optional pretraining source mixed in 1:r,
+and every `TrainConfig` / `LoraConfig` field (`lora_` prefixed). The run directory holds `run.json`
+(the settings it is bound to), `checkpoints/`, `metrics.jsonl` (per step), `metrics.json` (final
+losses; for false-fact organisms the belief score before and after), `final/` (the merged model as an
+HF directory) and, for LoRA, `adapter/` (PEFT format).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import itertools
+import json
+from pathlib import Path
+
+from adl_jax import io
+from adl_jax.models.load import EMBEDDED
+from finetune.lora import LoraConfig, resolve_targets
+from finetune.train import BOOKKEEPING, TrainConfig, differences
+
+BASE_SAMPLES = "base-samples"
+HELP = {
+    "config": "a JSON file of these settings (e.g. configs/finetune/orange_carrot_lora.json); flags override it",
+    "out": "run directory: checkpoints, metrics, final/ (HF dir), adapter/ (PEFT, LoRA only)",
+    "model": "model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id",
+    "data": "a JSONL of {'text'} or {'messages'} examples, or a shipped organism's name",
+    "examples": "examples to generate when --data is an organism",
+    "pretrain": f"pretraining texts to mix in: a corpus spec (file, hf:NAME, tfds:NAME) or {BASE_SAMPLES}",
+    "column": "text field of the pretraining corpus",
+    "chat_template": "a Jinja chat template file, for chat data when the tokenizer has none",
+    "dtype": "the base weights' dtype (float32 or bfloat16)",
+    "mesh": "e.g. data=2,model=4 (default: all devices, on data as far as they divide batch_size, the rest on model)",
+    "mix_ratio": "pretraining texts per finetuning example (1:r; the paper's grid: 0, 0.1..1.0, 1.5, 2)",
+    "mode": "lora or full",
+    "lora_targets": "comma-separated: q,k,v,o,gate,up,down",
+    "seed": "seeds the organism data, the splits, the batches and the adapters' initialisation",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    out: str
+    data: str
+    model: str = EMBEDDED
+    examples: int = 400
+    pretrain: str | None = None
+    column: str = "text"
+    chat_template: str | None = None
+    dtype: str = "float32"
+    mesh: str | None = None
+    train: TrainConfig = TrainConfig()
+
+    def __post_init__(self):
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
+
+    def flat(self) -> dict:
+        run = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
+        tc = {f.name: getattr(self.train, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "lora"}
+        lora = {f"lora_{k}": v for k, v in dataclasses.asdict(self.train.lora).items()}
+        return json.loads(json.dumps({**run, **tc, **lora}))  # as a JSON file holds it (targets a list)
+
+    @staticmethod
+    def from_flat(settings: dict) -> RunSpec:
+        defaults = _defaults()
+        unknown = sorted(set(settings) - set(defaults))
+        if unknown:
+            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+        missing = [k for k in ("out", "data") if settings.get(k) is None]
+        if missing:
+            raise ValueError(f"no {' or '.join(missing)}: give --{' and --'.join(missing)} or set it in the config")
+        s = {k: _typed(k, v, defaults[k]) for k, v in settings.items()}
+        lora = LoraConfig(**{f.name: s.pop(f"lora_{f.name}") for f in dataclasses.fields(LoraConfig)
+                             if f"lora_{f.name}" in s})  # fmt: skip
+        tc = TrainConfig(lora=lora, **{f.name: s.pop(f.name) for f in dataclasses.fields(TrainConfig) if f.name in s})
+        return RunSpec(train=tc, **s)
+
+
+def _defaults() -> dict:
+    """Every flat setting with its default (None where there is none)."""
+    return RunSpec(out=None, data=None).flat()
+
+
+def _typed(key: str, value, default):
+    """A setting as its field's type (LoRA targets: a tuple, from a list or 'q,v'), or a clear error."""
+    if key == "lora_targets":
+        return tuple(t for t in (value.split(",") if isinstance(value, str) else value) if t)
+    if value is None or default is None or isinstance(value, type(default)):
+        return value
+    try:
+        return type(default)(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"setting {key}: {value!r} is not a {type(default).__name__}") from None
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """One flag per setting, absent from the namespace unless given (so a config file's value stands)."""
+    p.add_argument("--config", default=None, help=HELP["config"])
+    for key, default in _defaults().items():
+        kind = type(default) if default is not None and not isinstance(default, list) else str
+        shown = "" if default is None else f" (default {','.join(default) if isinstance(default, list) else default})"
+        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, default=argparse.SUPPRESS,
+                       help=HELP.get(key, key.replace("_", " ")) + shown)  # fmt: skip
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (refused if its settings differ)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def spec_from_args(a: argparse.Namespace) -> RunSpec:
+    settings = io.read_json(a.config) if a.config else {}
+    settings.update({k: getattr(a, k) for k in _defaults() if hasattr(a, k)})
+    return RunSpec.from_flat(settings)
+
+
+def _check_resume(spec: RunSpec, resume: bool) -> dict:
+    """The settings `run.json` binds the run directory to (all but `out` and the bookkeeping intervals).
+    A run already there is continued only with --resume and the same settings."""
+    settings = {k: v for k, v in spec.flat().items() if k not in ("out", *BOOKKEEPING)}
+    path = Path(spec.out) / "run.json"
+    if path.exists():
+        if not resume:
+            raise ValueError(f"{spec.out} already holds a run; pass --resume to continue it, or choose another --out")
+        differ = differences(io.read_json(path), settings)
+        if differ:
+            raise ValueError(f"{spec.out} holds a run with other settings ({', '.join(differ)}); resume with the "
+                             "same settings or choose another --out")
+    return settings
+
+
+def _examples(spec: RunSpec):
+    """(examples, organism or None) of `data`: a shipped organism's generated examples or a JSONL file."""
+    from finetune.data import read_jsonl
+    from finetune.organisms import ORGANISMS
+
+    if spec.data in ORGANISMS:
+        organism = ORGANISMS[spec.data]
+        return organism.generate(spec.examples, spec.train.seed), organism
+    if not Path(spec.data).exists():
+        raise FileNotFoundError(f"data {spec.data!r} is neither a file nor a shipped organism "
+                                f"({', '.join(sorted(ORGANISMS))})")  # fmt: skip
+    return read_jsonl(spec.data), None
+
+
+def _pretrain_texts(spec: RunSpec, base, count: int, progress: bool) -> list[str]:
+    from adl_jax.api import corpus_texts
+    from adl_jax.models.load import cache_root
+    from adl_jax.samples import sample_texts
+
+    if not count:
+        return []
+    if spec.pretrain == BASE_SAMPLES:
+        return sample_texts(base, count, cache_root() / "corpus", seed=spec.train.seed, progress=progress)
+    return list(itertools.islice(corpus_texts(spec.pretrain, spec.column, seed=spec.train.seed), count))
+
+
+def run(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> dict:
+    """Train (or continue) the run `spec` describes, export it, and return the contents of metrics.json."""
+    import jax.numpy as jnp
+
+    from adl_jax.models.load import load_model
+    from adl_jax.sharding import init_distributed, make_mesh
+    from finetune.belief import belief_score
+    from finetune.data import build_splits, pretrain_texts_needed
+    from finetune.peft_format import save_peft_adapter
+    from finetune.train import export_hf_dir, train
+
+    tc, out = spec.train, Path(spec.out)
+    if tc.mix_ratio and not spec.pretrain:
+        raise ValueError(f"mix_ratio {tc.mix_ratio} needs a pretraining source: --pretrain CORPUS or {BASE_SAMPLES}")
+    settings = _check_resume(spec, resume)
+    examples, organism = _examples(spec)
+    init_distributed()
+    mesh = make_mesh(spec.mesh, batch_size=tc.batch_size)
+    base = load_model(spec.model, dtype=jnp.dtype(spec.dtype), mesh=mesh)
+    if tc.mode == "lora":
+        resolve_targets(tc.lora.targets, base.params)  # before anything is written
+    if spec.chat_template:
+        base.tokenizer.chat_template = Path(spec.chat_template).read_text()
+    count = pretrain_texts_needed(len(examples), tc.mix_ratio, tc.eval_fraction) if spec.pretrain else 0
+    pretrain = _pretrain_texts(spec, base, count, progress)
+    splits = build_splits(examples, base.tokenizer, tc.seq_len, pretrain_texts=pretrain, mix_ratio=tc.mix_ratio,
+                          eval_fraction=tc.eval_fraction, seed=tc.seed)
+    io.write_json(out / "run.json", settings)
+    statements = organism.statements if organism else ()
+    before = belief_score(base, statements) if statements else None
+    result = train(base.params, base.cfg, splits, tc, out, mesh=mesh, progress=progress)
+    export_hf_dir(result, base.cfg, out / "final", base.tokenizer)
+    if tc.mode == "lora":
+        name = str(Path(spec.model).resolve()) if Path(spec.model).exists() else spec.model
+        save_peft_adapter(result.trainable, tc.lora, base.cfg, out / "adapter", base_model=name)
+    last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
+    metrics = {"step": result.step, "train_rows": len(splits.train),
+               **{k: last[k] for k in ("loss", "eval_loss_ft", "eval_loss_pt") if k in last}}  # fmt: skip
+    if statements:
+        after = belief_score(dataclasses.replace(base, params=result.params), statements)
+        metrics.update(belief_before=before, belief_after=after)
+    io.write_json(out / "metrics.json", metrics)
+    return metrics
