@@ -1,10 +1,10 @@
-"""LoRA adapters, kept apart from the frozen base weights and merged into them for every forward.
+"""LoRA adapters, kept apart from the frozen base weights.
 
 Adapters are a pytree {target: (A, B)} with A (L, in, r) and B (L, r, out), stacked over layers like
 the base matrices they adapt. `apply_lora` returns the base params with W + scale * A @ B in place of
-each target, so the decoder itself needs no LoRA code, training sees exactly the weights that are
-exported, and the gradient reaches A and B through the merge. With bf16 base weights the merged
-weights are bf16 too: what is trained is what is exported.
+each target: merged into one matrix (evaluation, export), or unmerged as a `LowRankUpdate` that the
+decoder applies as x W + scale (x A) B, which training uses because its gradient never forms a full
+weight-sized matrix (the same numbers in float32; with bf16 base weights the merged export rounds once).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
-from adl_jax.models.transformer import Params
+from adl_jax.models.transformer import LowRankUpdate, Params
 
 TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 Adapters = dict  # {target: (A, B)}
@@ -51,8 +51,10 @@ def init_adapters(params: Params, lcfg: LoraConfig, key: jax.Array) -> Adapters:
     return adapters
 
 
-def apply_lora(params: Params, adapters: Adapters, scale: float, *, dropout: float = 0.0, key=None) -> Params:
-    """Base params with W + scale * A @ B for each adapted matrix, in W's dtype.
+def apply_lora(params: Params, adapters: Adapters, scale: float, *, dropout: float = 0.0, key=None,
+               merge: bool = True) -> Params:  # fmt: skip
+    """Base params with W + scale * A @ B for each adapted matrix: merged in W's dtype, or unmerged
+    (`merge=False`) as a `LowRankUpdate`.
 
     Dropout zeroes input features of A (rescaled by 1/(1-p)), one mask per layer and step shared by
     all tokens, which is what keeps the merge exact.
@@ -64,6 +66,9 @@ def apply_lora(params: Params, adapters: Adapters, scale: float, *, dropout: flo
             keep = jax.random.bernoulli(k, 1.0 - dropout, a.shape[:2])
             a = jnp.where(keep[..., None], a / (1.0 - dropout), 0.0)
         w = layers[name]
+        if not merge:
+            layers[name] = LowRankUpdate(w, a, b, scale)
+            continue
         delta = jnp.einsum("lir,lro->lio", a, b, preferred_element_type=jnp.float32)
         layers[name] = (w.astype(jnp.float32) + scale * delta).astype(w.dtype)
     return {**params, "layers": layers}

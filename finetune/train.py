@@ -103,10 +103,11 @@ def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
 
 
 def model_params(trainable, base: Params, tc: TrainConfig, key=None) -> Params:
-    """The weights the forward runs with; LoRA dropout only when a key is given (training)."""
+    """The weights the forward runs with. Training (a key given): LoRA dropout, adapters unmerged (no
+    gradient of a full matrix); otherwise adapters merged, as exported."""
     if tc.mode == "lora":
         dropout = tc.lora.dropout if key is not None else 0.0
-        return apply_lora(base, trainable, tc.lora.scale, dropout=dropout, key=key)
+        return apply_lora(base, trainable, tc.lora.scale, dropout=dropout, key=key, merge=key is None)
     return jax.tree.map(lambda t, b: t.astype(b.dtype), trainable, base)
 
 

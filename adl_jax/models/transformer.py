@@ -113,8 +113,23 @@ def _apply_rope(x, cos, sin):
     return x * cos + rotated * sin
 
 
+@flax.struct.dataclass
+class LowRankUpdate:
+    """A weight W + scale * A @ B used without forming it: x W + scale (x A) B. Training a LoRA this way
+    costs no gradient of the full matrix; stacked over layers like W (A (L, in, r), B (L, r, out))."""
+
+    w: jax.Array
+    a: jax.Array
+    b: jax.Array
+    scale: float = flax.struct.field(pytree_node=False)
+
+
 def _linear(x, w, b=None):
-    y = jnp.einsum("btd,df->btf", x, w)
+    if isinstance(w, LowRankUpdate):
+        low = jnp.einsum("btr,rf->btf", jnp.einsum("btd,dr->btr", x, w.a.astype(x.dtype)), w.b.astype(x.dtype))
+        y = jnp.einsum("btd,df->btf", x, w.w) + w.scale * low
+    else:
+        y = jnp.einsum("btd,df->btf", x, w)
     return y if b is None else y + b
 
 
