@@ -26,7 +26,9 @@ class DemoSettings:
     lora_rank: int = 16
     train: dict = dataclasses.field(default_factory=lambda: dict(
         steps=30, batch_size=8, seq_len=96, lr=1e-3, warmup=3, checkpoint_every=10, eval_every=0))  # fmt: skip
-    audit: AuditSettings = AuditSettings.quick()
+    # The organism is a document model, so its own unsteered answers are already about its data; steering
+    # the base model shows what delta alone carries.
+    audit: AuditSettings = dataclasses.replace(AuditSettings.quick(), steer_model="base")
 
 
 def _log(t0: float, message: str) -> None:
