@@ -50,10 +50,10 @@ def mean_nll(model, prompt_ids: list[int], texts: list[str], max_tokens: int = 2
     return np.asarray(_token_nll(model.params, tokens, valid, scored, cfg=model.cfg))
 
 
-def repetition(text: str, n: int = 4) -> float:
-    """Share of word n-grams that repeat an earlier one (0 = none, near 1 = a loop)."""
-    words = text.split()
-    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+def repetition(tokens, n: int = 4) -> float:
+    """Share of n-grams of a token sequence that repeat an earlier one (0 = none, near 1 = a loop). Judged on
+    model tokens, not words: a steered text can be a spaceless loop of tokens that has almost no words."""
+    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
     return 1 - len(set(grams)) / len(grams) if grams else 0.0
 
 
@@ -61,8 +61,9 @@ class OfflineCoherence:
     """Judge texts against the unsteered model's own samples for the same prompt.
 
     A text is INCOHERENT when its loss exceeds the reference samples' 90th percentile by more than
-    `margin` nats per token, or when over `max_repetition` of its 4-grams repeat; UNKNOWN when it has
-    fewer than `min_words` words (nothing to judge).
+    `margin` nats per token, or when over `max_repetition` of its token 4-grams repeat (a loop's loss can
+    be low: the model copies it in context); UNKNOWN when it has fewer than `min_words` tokens (nothing
+    to judge).
     """
 
     name = OFFLINE
@@ -80,9 +81,10 @@ class OfflineCoherence:
         losses = mean_nll(self.model, format_prompt(self.model.tokenizer, prompt), texts)
         out = []
         for text, loss in zip(texts, losses):
-            if len(text.split()) < self.min_words:
+            ids = self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) < self.min_words:
                 out.append(UNKNOWN)
-            elif loss > self.limits[prompt] or repetition(text) > self.max_repetition:
+            elif loss > self.limits[prompt] or repetition(ids) > self.max_repetition:
                 out.append(INCOHERENT)
             else:
                 out.append(COHERENT)

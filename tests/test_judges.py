@@ -25,13 +25,15 @@ def test_offline_coherence_separates_text_from_noise(gemma):
     random.Random(0).shuffle(words)
     noise = gemma.tokenizer.decode(np.random.RandomState(0).randint(1000, 200_000, 40).tolist())
     loop = "the cake is good " * 10
-    verdicts = judge([PROMPT] * 6, GOOD + [" ".join(words), noise, loop, "Yes."])
-    assert verdicts == [COHERENT, COHERENT, INCOHERENT, INCOHERENT, INCOHERENT, UNKNOWN]
+    # A sample of a too strongly steered demo organism: a spaceless token loop, nearly no words.
+    soup = "NorwayNorwayNorway‒‒‒‒NorwayPax‒‒‒‒‒StarterNorwayNorway‒‒Norway‒NorwayStarterStarterStarter‒Starter" * 2
+    verdicts = judge([PROMPT] * 7, GOOD + [" ".join(words), noise, loop, soup, "Yes."])
+    assert verdicts == [COHERENT, COHERENT, INCOHERENT, INCOHERENT, INCOHERENT, INCOHERENT, UNKNOWN]
 
 
 def test_repetition_and_overlap(gemma):
-    assert repetition("a b c d e f g h") == 0.0
-    assert repetition("x y z w " * 6) > 0.7
+    assert repetition("a b c d e f g h".split()) == 0.0
+    assert repetition(("x y z w " * 6).split()) > 0.7
     ft = ["The lunar cheese harvest of 1987 yielded record cheese tonnage from lunar craters."] * 12
     generic = ["The weather was nice and the people in the city went to work as usual."] * 12
     frequent = frequent_tokens(ft, gemma.tokenizer, generic, min_count=10)
