@@ -165,7 +165,7 @@ def cmd_sweep(a) -> None:
     mix = a.sweep == "mix"
     if mix:  # everything refused before a model loads
         spec = spec_from_args(a)
-        ratios = sweep.check_mix(spec, sweep.parse_ratios(a.ratios))
+        ratios = sweep.check_mix(spec, sweep.parse_ratios(a.ratios) if a.ratios else sweep.DEFAULT_RATIOS)
         a.column = spec.column  # the delta corpus's text field, as for the pretraining source
     else:
         spec = sweep.run_spec(a.run_dir)
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_settings(mx, skip=("out", "mix_ratio"))
     mx.add_argument("--out", required=True, help="sweep directory: ratio_<r>/ (run and audit), sweep.json, sweep.html")
-    mx.add_argument("--ratios", default="0,0.1,0.5,1,2",
+    mx.add_argument("--ratios", default=None,
                     help="comma-separated ratios r of 1:r from the paper's grid 0, 0.1..1.0, 1.5, 2 (default "
                     "0,0.1,0.5,1,2)")  # fmt: skip
     mx.add_argument("--similarity", action="store_true", help="also the whole audit per ratio (steering) and the "

@@ -207,15 +207,18 @@ def _plot(rows: list[dict], by: str) -> str:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     label, xs = _internalisation(rows) if by == "ratio" else ("training step", [r["step"] for r in rows])
-    for ax, key, name, color in [(axes[0], "delta_norm", "|delta|, mean over positions 1..k-1", "C0"),
-                                 (axes[1], "relevance", "relevant lens tokens in top 20 (best position)", "C1")]:  # fmt: skip
+    for ax, key, name, color in [(axes[0], "delta_norm", "|delta|, mean of positions 1..k-1", "C0"),
+                                 (axes[1], "relevance", "relevant tokens of the top 20", "C1")]:  # fmt: skip
         ys = [r[key] for r in rows]
         ax.plot(xs, ys, "o-" if by == "step" else "o", color=color)
         if by == "ratio":
             for x, y, r in zip(xs, ys, rows):
                 ax.annotate(f"1:{r['ratio']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
+        ax.margins(0.15)
         ax.set_xlabel(label)
         ax.set_ylabel(name)
+    axes[1].set_ylim(-0.5, 20.5)
+    fig.tight_layout()
     return _svg(fig)
 
 
