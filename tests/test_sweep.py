@@ -106,3 +106,27 @@ def test_sweep_refuses_bad_input_before_anything_is_written(tiny_setup, capsys):
         assert main(["sweep", *args, *measure]) == 2, args
         assert re.search(message, capsys.readouterr().err), message
     assert not (root / "sweep").exists()
+
+
+def test_sweep_mix_with_an_encoder_runs_the_audit_and_reports_the_similarity_margin(tiny_setup):
+    """With an encoder each ratio gets the whole audit (steering), and its row the best steered-minus-unsteered
+    similarity, read back from the audit's own summary."""
+    from adl_jax.models.load import load_model
+    from adl_jax.sweep import sweep_mix
+    from finetune.run import RunSpec
+    from test_audit import TINY, BagOfWords
+
+    root, train, _ = tiny_setup
+    flags = dict(zip(train[::2], train[1::2]))
+    spec = RunSpec.from_flat({k[2:].replace("-", "_"): v for k, v in flags.items()} | {"out": str(root / "unused")})
+    base = load_model(root / "base")
+    texts = [json.loads(line)["text"] for line in (root / "corpus.jsonl").read_text().splitlines()]
+    sweep = sweep_mix(spec, root / "sweep", base=base, texts=texts, ratios=(0.0,), settings=TINY, encoder=BagOfWords(),
+                      progress=False)  # fmt: skip
+    summary = io.read_json(root / "sweep" / "ratio_0" / "audit" / "summary.json")
+    (row,) = sweep["rows"]
+    margins = [s["steered_vs_finetune"]["similarity"] - s["unsteered_vs_finetune"]["similarity"]
+               for s in summary["similarity"].values()]  # fmt: skip
+    assert row["similarity_margin"] == max(margins) and set(summary["similarity"]) == {"1"}
+    assert row["delta_norms"] == pytest.approx(summary["delta_norms"])
+    assert f"<td>{row['similarity_margin']:+.3f}</td></tr>" in (root / "sweep" / "sweep.html").read_text()
