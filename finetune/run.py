@@ -97,15 +97,22 @@ def _typed(key: str, value, default):
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """One flag per setting, absent from the namespace unless given (so a config file's value stands)."""
+    add_settings(p)
+    p.add_argument("--resume", action="store_true", help="continue the run in --out (refused if its settings differ)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def add_settings(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None:
+    """One flag per setting but those in `skip`, absent from the namespace unless given (so a config file's
+    value stands)."""
     p.add_argument("--config", default=None, help=HELP["config"])
     for key, default in _defaults().items():
+        if key in skip:
+            continue
         kind = type(default) if default is not None and not isinstance(default, list) else str
         shown = "" if default is None else f" (default {','.join(default) if isinstance(default, list) else default})"
         p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, default=argparse.SUPPRESS,
                        help=HELP.get(key, key.replace("_", " ")) + shown)  # fmt: skip
-    p.add_argument("--resume", action="store_true", help="continue the run in --out (refused if its settings differ)")
-    p.add_argument("--no-progress", action="store_true")
 
 
 def spec_from_args(a: argparse.Namespace) -> RunSpec:
@@ -129,7 +136,17 @@ def _check_resume(spec: RunSpec, resume: bool) -> dict:
     return settings
 
 
-def _examples(spec: RunSpec):
+def finished(spec: RunSpec) -> dict | None:
+    """metrics.json of the finished run in `spec.out`, None when no run has finished there; a run with other
+    settings is an error (as for --resume), so a finished run is only ever reused for the same settings."""
+    if not (Path(spec.out) / "run.json").exists():
+        return None
+    _check_resume(spec, resume=True)
+    path = Path(spec.out) / "metrics.json"
+    return io.read_json(path) if path.exists() else None
+
+
+def load_examples(spec: RunSpec):
     """(examples, organism or None) of `data`: a shipped organism's generated examples or a JSONL file."""
     from finetune.data import read_jsonl
     from finetune.organisms import ORGANISMS
@@ -170,7 +187,7 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> dict:
     if tc.mix_ratio and not spec.pretrain:
         raise ValueError(f"mix_ratio {tc.mix_ratio} needs a pretraining source: --pretrain CORPUS or {BASE_SAMPLES}")
     settings = _check_resume(spec, resume)
-    examples, organism = _examples(spec)
+    examples, organism = load_examples(spec)
     init_distributed()
     mesh = make_mesh(spec.mesh, batch_size=tc.batch_size)
     base = load_model(spec.model, dtype=jnp.dtype(spec.dtype), mesh=mesh)

@@ -299,9 +299,32 @@ def _resume(manager, identity: dict, trainable, opt_state, out_dir: Path):
     if differ:
         raise ValueError(f"{out_dir} holds a run with other settings ({', '.join(differ)}); "
                          "resume with the same settings or use another output directory")
+    return step, meta["cursor"], *_restore(manager, step, trainable, opt_state)
+
+
+def _restore(manager, step: int, trainable, opt_state):
+    """(trainable, optimizer state) of checkpoint `step`, placed like the given ones."""
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, {"trainable": trainable, "opt_state": opt_state})
     state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract)))["state"]
-    return step, meta["cursor"], state["trainable"], state["opt_state"]
+    return state["trainable"], state["opt_state"]
+
+
+def checkpoint_steps(out_dir: str | Path) -> list[int]:
+    """The steps of a run's saved checkpoints, in order."""
+    with ocp.CheckpointManager(Path(out_dir) / "checkpoints") as manager:
+        return sorted(manager.all_steps())
+
+
+def checkpoint_params(params: Params, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Path, step: int, *,
+                      mesh=None, rules: Rules = Rules()) -> Params:  # fmt: skip
+    """The model at checkpoint `step` of the run in `out_dir` (adapters merged, as `final/` is exported), so a
+    run's trace can be read at every saved step. `params`: the run's base model."""
+    mesh = mesh or make_mesh(devices=jax.local_devices()[:1])
+    base = jax.device_put(params, param_shardings(cfg, mesh, rules))
+    trainable, opt_state = _initial_state(base, cfg, tc, make_optimizer(tc), mesh, rules)
+    with ocp.CheckpointManager(Path(out_dir) / "checkpoints") as manager:
+        trainable, _ = _restore(manager, step, trainable, opt_state)
+    return model_params(trainable, base, tc)
 
 
 def _mean_nll(trainable, base, rows: Rows, cfg: ModelConfig, tc: TrainConfig, mesh, rules: Rules) -> float:

@@ -1,0 +1,132 @@
+"""`adl sweep` on a tiny random model: the mixing-ratio sweep end to end and reused, the trace at every
+checkpoint against the run's exported model (an independent reference), and refused input."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from adl_jax import api, io
+from adl_jax.cli import main
+from conftest import tiny_tokenizer
+from finetune.organisms import ORGANISMS
+from test_finetune import tiny  # noqa: F401  (fixture)
+from test_finetune_run import _fact_organism
+
+
+@pytest.fixture
+def tiny_setup(tiny, tmp_path, monkeypatch):  # noqa: F811
+    """A tiny base model directory, a corpus of words the organism's frequent words (w5 w6 w7) never occur in,
+    the tiny false-fact organism, and the finetuning and measuring flags of a sweep."""
+    tiny[0].save_pretrained(tmp_path / "base")
+    tiny_tokenizer().save_pretrained(tmp_path / "base")
+    rng = np.random.RandomState(4)
+    texts = [" ".join(f"w{w}" for w in rng.randint(20, 128, rng.randint(8, 20))) for _ in range(80)]
+    corpus = tmp_path / "corpus.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    monkeypatch.setitem(ORGANISMS, "tiny_fact", _fact_organism())
+    train = ["--model", str(tmp_path / "base"), "--data", "tiny_fact", "--examples", "24", "--pretrain", str(corpus),
+             "--steps", "2", "--batch-size", "4", "--seq-len", "16", "--lr", "2e-2", "--warmup", "1",
+             "--lora-rank", "4", "--lora-targets", "q,v,up", "--checkpoint-every", "1", "--eval-every", "0"]  # fmt: skip
+    measure = ["--corpus", str(corpus), "--samples", "24", "--n", "8"]
+    return tmp_path, train, measure
+
+
+def test_sweep_mix_two_ratios_end_to_end_and_reused(tiny_setup, capsys, monkeypatch):
+    root, train, measure = tiny_setup
+    out = root / "sweep"
+    argv = ["sweep", "mix", *train, *measure, "--ratios", "1,0", "--out", str(out)]
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "1:0 (1/2): training" in printed and "1:1 (2/2): training" in printed and "sweep.html" in printed
+    rows = io.read_json(out / "sweep.json")["rows"]
+    assert [r["ratio"] for r in rows] == [0.0, 1.0]
+    assert rows[1]["train_rows"] == 2 * rows[0]["train_rows"]  # the ratio reached the data: 22 + 22 rows at 1:1
+    for r in rows:
+        run = out / f"ratio_{r['ratio']:g}"
+        metrics = io.read_json(run / "metrics.json")
+        assert r["eval_loss_ft"] == metrics["eval_loss_ft"] and r["eval_loss_pt"] == metrics["eval_loss_pt"]
+        assert r["belief_after"]["mean_margin"] == metrics["belief_after"]["mean_margin"]
+        norms = np.linalg.norm(api.load(run / "audit").diff.delta, axis=-1)
+        np.testing.assert_allclose(r["delta_norms"], norms, rtol=1e-6)
+        assert r["delta_norm"] == pytest.approx(norms[1:].mean()) and r["delta_norm"] > 0
+        positions = io.read_json(run / "audit" / "relevance.json")["positions"]
+        assert r["relevance"] == max(max(p["logit_lens"]["relevant"], p["patchscope"]["relevant"]) for p in positions)
+    # one base model over one corpus: the base means agree bit for bit across ratios, the finetuned ones do not
+    first, second = (api.load(out / f"ratio_{r:g}" / "audit").diff for r in (0, 1))
+    np.testing.assert_array_equal(first.mean_base, second.mean_base)
+    assert not np.allclose(first.mean_ft, second.mean_ft)
+    page = (out / "sweep.html").read_text()
+    assert page.count("<tr>") == 3 and page.count("<svg") == 1
+    assert re.search(r"<td>1:0</td>.*<td>1:1</td>", page, re.S) and "belief after" in page
+
+    import finetune.train as train_mod
+
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: pytest.fail("a finished ratio was trained again"))
+    assert main(argv) == 0
+    assert "1:1 (2/2): trained before, reused" in capsys.readouterr().out
+    assert io.read_json(out / "sweep.json")["rows"] == rows
+
+
+def test_sweep_checkpoints_last_step_equals_the_exported_model(tiny_setup, capsys):
+    root, train, measure = tiny_setup
+    run, out = root / "run", root / "emergence"
+    assert main(["finetune", *train, "--steps", "3", "--out", str(run), "--no-progress"]) == 0
+    assert main(["sweep", "checkpoints", str(run), *measure, "--out", str(out), "--no-progress"]) == 0
+    assert "emergence.html" in capsys.readouterr().out
+    rows = io.read_json(out / "emergence.json")["rows"]
+    logged = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert [r["loss"] for r in rows] == [m["loss"] for m in logged]
+    assert rows[2]["eval_loss_ft"] == logged[2]["eval_loss_ft"]
+
+    # the reference: delta of the exported final/ model, loaded from disk by its spec
+    ref = api.diff(str(root / "base"), str(run / "final"), corpus=measure[1], samples=24, n=8, out=root / "ref",
+                   progress=False)  # fmt: skip
+    last, early = (api.load(out / f"step_{s}").diff.delta for s in (3, 1))
+    np.testing.assert_allclose(last, ref.diff.delta, atol=1e-6)
+    assert not np.allclose(early, last, atol=1e-4)  # each step reads its own checkpoint
+    assert rows[2]["delta_norms"] == pytest.approx(np.linalg.norm(ref.diff.delta, axis=-1).tolist(), rel=1e-5)
+    page = (out / "emergence.html").read_text()
+    assert page.count("<tr>") == 4 and page.count("<svg") == 1
+
+
+def test_sweep_refuses_bad_input_before_anything_is_written(tiny_setup, capsys):
+    root, train, measure = tiny_setup
+    no_pretrain = [a for i, a in enumerate(train) if "--pretrain" not in train[max(i - 1, 0) : i + 1]]
+    out = ["--out", str(root / "sweep")]
+    cases = {
+        ("mix", *train, "--ratios", "0,abc", *out): "ratio 'abc' is not a number",
+        ("mix", *train, "--ratios", "0,0.25,3", *out): r"ratio\(s\) 0.25, 3 not on the paper's grid \(0, 0.1, ",
+        ("mix", *no_pretrain, "--ratios", "0,0.5,1", *out): r"ratio\(s\) 0.5, 1 mix in pretraining text",
+        ("checkpoints", str(root / "nowhere"), *out): "not an adl finetune run directory",
+    }
+    for args, message in cases.items():
+        assert main(["sweep", *args, *measure]) == 2, args
+        assert re.search(message, capsys.readouterr().err), message
+    assert not (root / "sweep").exists()
+
+
+def test_sweep_mix_with_an_encoder_runs_the_audit_and_reports_the_similarity_margin(tiny_setup):
+    """With an encoder each ratio gets the whole audit (steering), and its row the best steered-minus-unsteered
+    similarity, read back from the audit's own summary."""
+    from adl_jax.models.load import load_model
+    from adl_jax.sweep import sweep_mix
+    from finetune.run import RunSpec
+    from test_audit import TINY, BagOfWords
+
+    root, train, _ = tiny_setup
+    flags = dict(zip(train[::2], train[1::2]))
+    spec = RunSpec.from_flat({k[2:].replace("-", "_"): v for k, v in flags.items()} | {"out": str(root / "unused")})
+    base = load_model(root / "base")
+    texts = [json.loads(line)["text"] for line in (root / "corpus.jsonl").read_text().splitlines()]
+    sweep = sweep_mix(spec, root / "sweep", base=base, texts=texts, ratios=(0.0,), settings=TINY, encoder=BagOfWords(),
+                      progress=False)  # fmt: skip
+    summary = io.read_json(root / "sweep" / "ratio_0" / "audit" / "summary.json")
+    (row,) = sweep["rows"]
+    margins = [s["steered_vs_finetune"]["similarity"] - s["unsteered_vs_finetune"]["similarity"]
+               for s in summary["similarity"].values()]  # fmt: skip
+    assert row["similarity_margin"] == max(margins) and set(summary["similarity"]) == {"1"}
+    assert row["delta_norms"] == pytest.approx(summary["delta_norms"])
+    assert f"<td>{row['similarity_margin']:+.3f}</td></tr>" in (root / "sweep" / "sweep.html").read_text()
