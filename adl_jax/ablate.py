@@ -222,7 +222,7 @@ def ablation_page(result: dict, subset: str = "all") -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from adl_jax.report import _svg
+    from adl_jax.report import svg
 
     names = list(result["datasets"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3), squeeze=False)
@@ -240,5 +240,5 @@ def ablation_page(result: dict, subset: str = "all") -> str:
             f"{html.escape(result.get('base', ''))}, layer {result['layer']}, mode {result['mode']}: the component "
             "of the finetuned model's residual along delta_p is set to the base model's (or removed) at every "
             "position. Grey bands: the same edit along control directions.</p>"
-            f"{_svg(fig)}<pre>{html.escape(ablation_table(result, subset))}</pre>")  # fmt: skip
+            f"{svg(fig)}<pre>{html.escape(ablation_table(result, subset))}</pre>")  # fmt: skip
     return f"<!doctype html><html><head><meta charset='utf-8'><title>ADL ablation</title></head><body>{body}</body></html>"

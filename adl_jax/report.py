@@ -16,7 +16,7 @@ from pathlib import Path
 from adl_jax import io
 from adl_jax.api import LENS, LensResult
 
-_CSS = """
+CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
 h1{font-size:1.6em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
 table{border-collapse:collapse;margin:.5em 0;font-size:.9em} td,th{border:1px solid #ddd;padding:.25em .5em;vertical-align:top}
@@ -30,7 +30,7 @@ _JUDGES = {"offline": " (no LLM grader configured: coherence from the model's ow
                       "with the finetuning data's frequent tokens)"}
 
 
-def _svg(fig) -> str:
+def svg(fig) -> str:
     buf = _io.StringIO()
     fig.savefig(buf, format="svg", bbox_inches="tight")
     import matplotlib.pyplot as plt
@@ -60,7 +60,7 @@ def _relevance_plot(rel: dict) -> str:
     ax.set_ylabel("finetuning-data tokens in top 20")
     ax.set_xticks(xs)
     ax.legend(fontsize=8)
-    return _svg(fig)
+    return svg(fig)
 
 
 def _similarity_plot(sim: dict) -> str:
@@ -79,7 +79,7 @@ def _similarity_plot(sim: dict) -> str:
     ax.bar(range(len(labels)), means, yerr=errs, color=["C3" if "un" not in l else "C7" for l in labels])
     ax.set_xticks(range(len(labels)), labels, rotation=30, fontsize=8)
     ax.set_ylabel("similarity to finetuning data")
-    return _svg(fig)
+    return svg(fig)
 
 
 def _alpha_plot(paths: dict) -> str:
@@ -96,7 +96,7 @@ def _alpha_plot(paths: dict) -> str:
     ax.set_xlabel("search step (green: coherent, red: not)")
     ax.set_ylabel("alpha")
     ax.legend(fontsize=7)
-    return _svg(fig)
+    return svg(fig)
 
 
 def write_report(run: str | Path) -> Path:
@@ -150,7 +150,7 @@ def write_report(run: str | Path) -> Path:
                          + "</div><div><i>unsteered</i>"
                          + "".join(f"<div class='sample'>{html.escape(t)}</div>" for t in unsteered.get(prompt, []))
                          + "</div></div>")  # fmt: skip
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>ADL report</title><style>{_CSS}</style></head><body>{''.join(parts)}</body></html>"
+    page = f"<!doctype html><html><head><meta charset='utf-8'><title>ADL report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     io.write_text(run / "report.html", page)
     return run / "report.html"
 

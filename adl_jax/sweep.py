@@ -20,7 +20,7 @@ import numpy as np
 
 from adl_jax import io
 from adl_jax.audit import AuditSettings, audit, measure
-from adl_jax.report import _CSS, _svg
+from adl_jax.report import CSS, svg
 
 GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0)  # the paper's mixing ratios
 DEFAULT_RATIOS = (0.0, 0.1, 0.5, 1.0, 2.0)
@@ -219,7 +219,7 @@ def _plot(rows: list[dict], by: str) -> str:
         ax.set_ylabel(name)
     axes[1].set_ylim(-0.5, 20.5)
     fig.tight_layout()
-    return _svg(fig)
+    return svg(fig)
 
 
 def write_html(path: Path, sweep: dict, by: str) -> None:
@@ -236,7 +236,7 @@ def write_html(path: Path, sweep: dict, by: str) -> None:
     note = ("Belief: share of held-out (true, false) pairs where the false statement is the likelier, and the mean "
             "log-likelihood margin. Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens (offline)."
             if by == "ratio" else "Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens (offline).")  # fmt: skip
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{_CSS}</style></head>"
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head>"
             f"<body><h1>{title}</h1><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>"
             f"{''.join(body)}</table><p class='note'>{note}</p>{_plot(rows, by)}</body></html>")  # fmt: skip
     io.write_text(path, page)
