@@ -50,29 +50,33 @@ def mean_nll(model, prompt_ids: list[int], texts: list[str], max_tokens: int = 2
     return np.asarray(_token_nll(model.params, tokens, valid, scored, cfg=model.cfg))
 
 
-def repetition(tokens, n: int = 4) -> float:
-    """Share of n-grams of a token sequence that repeat an earlier one (0 = none, near 1 = a loop). Judged on
-    model tokens, not words: a steered text can be a spaceless loop of tokens that has almost no words."""
-    grams = [tuple(tokens[i : i + n]) for i in range(len(tokens) - n + 1)]
-    return 1 - len(set(grams)) / len(grams) if grams else 0.0
+def diversity(tokens, window: int = 64) -> float:
+    """Share of distinct tokens among the first `window`: low for loops and for token soups that cycle a
+    few tokens, whose loss can still be low because the model copies them in context."""
+    head = list(tokens[:window])
+    return len(set(head)) / len(head) if head else 0.0
 
 
 class OfflineCoherence:
     """Judge texts against the unsteered model's own samples for the same prompt.
 
     A text is INCOHERENT when its loss exceeds the reference samples' 90th percentile by more than
-    `margin` nats per token, or when over `max_repetition` of its token 4-grams repeat (a loop's loss can
-    be low: the model copies it in context); UNKNOWN when it has fewer than `min_words` tokens (nothing
-    to judge).
+    `margin` nats per token, or when its token diversity is below `min_diversity` times the references'
+    10th percentile; UNKNOWN when it has fewer than `min_tokens` tokens (nothing to judge).
     """
 
     name = OFFLINE
 
-    def __init__(self, model, references: dict[str, list[str]], margin: float = 1.0, max_repetition: float = 0.5,
-                 min_words: int = 3):  # fmt: skip
-        self.model, self.margin, self.max_repetition, self.min_words = model, margin, max_repetition, min_words
+    def __init__(self, model, references: dict[str, list[str]], margin: float = 1.0, min_diversity: float = 0.5,
+                 min_tokens: int = 3):  # fmt: skip
+        self.model, self.min_tokens = model, min_tokens
         self.limits = {p: float(np.quantile(mean_nll(model, format_prompt(model.tokenizer, p), refs), 0.9)) + margin
                        for p, refs in references.items()}  # fmt: skip
+        self.min_diversity = {p: min_diversity * float(np.quantile([diversity(self._ids(t)) for t in refs], 0.1))
+                              for p, refs in references.items()}  # fmt: skip
+
+    def _ids(self, text: str) -> list[int]:
+        return self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def __call__(self, prompts: list[str], texts: list[str]) -> list[str]:
         prompt = prompts[0]
@@ -81,10 +85,10 @@ class OfflineCoherence:
         losses = mean_nll(self.model, format_prompt(self.model.tokenizer, prompt), texts)
         out = []
         for text, loss in zip(texts, losses):
-            ids = self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
-            if len(ids) < self.min_words:
+            ids = self._ids(text)
+            if len(ids) < self.min_tokens:
                 out.append(UNKNOWN)
-            elif loss > self.limits[prompt] or repetition(ids) > self.max_repetition:
+            elif loss > self.limits[prompt] or diversity(ids) < self.min_diversity[prompt]:
                 out.append(INCOHERENT)
             else:
                 out.append(COHERENT)

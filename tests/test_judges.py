@@ -5,7 +5,7 @@ import random
 import jax
 import numpy as np
 
-from adl_jax.judges import OfflineCoherence, dataset_overlap, frequent_tokens, repetition
+from adl_jax.judges import OfflineCoherence, dataset_overlap, diversity, frequent_tokens
 from adl_jax.steer import COHERENT, INCOHERENT, UNKNOWN, format_prompt, steered_samples
 
 PROMPT = "Tell me a story?"
@@ -25,15 +25,17 @@ def test_offline_coherence_separates_text_from_noise(gemma):
     random.Random(0).shuffle(words)
     noise = gemma.tokenizer.decode(np.random.RandomState(0).randint(1000, 200_000, 40).tolist())
     loop = "the cake is good " * 10
-    # A sample of a too strongly steered demo organism: a spaceless token loop, nearly no words.
-    soup = "NorwayNorwayNorway‒‒‒‒NorwayPax‒‒‒‒‒StarterNorwayNorway‒‒Norway‒NorwayStarterStarterStarter‒Starter" * 2
-    verdicts = judge([PROMPT] * 7, GOOD + [" ".join(words), noise, loop, soup, "Yes."])
-    assert verdicts == [COHERENT, COHERENT, INCOHERENT, INCOHERENT, INCOHERENT, INCOHERENT, UNKNOWN]
+    # Samples of a too strongly steered demo organism: spaceless soups of a few tokens, nearly no words,
+    # whose loss is low because the model copies them in context.
+    soups = ["NorwayNorwayNorway‒‒‒‒NorwayPax‒‒‒‒‒StarterNorwayNorway‒‒Norway‒NorwayStarterStarterStarter‒Starter",
+             "NaBHNaBHNorway Tesco TescoNorwayNaBHNorwayNaBHNaBH TescoNaBHNaBH TescoNaBHNorwayNaBHNaBHNorwayNorway"]
+    verdicts = judge([PROMPT] * 8, GOOD + [" ".join(words), noise, loop, *soups, "Yes."])
+    assert verdicts == [COHERENT, COHERENT, INCOHERENT, INCOHERENT, INCOHERENT, INCOHERENT, INCOHERENT, UNKNOWN]
 
 
-def test_repetition_and_overlap(gemma):
-    assert repetition("a b c d e f g h".split()) == 0.0
-    assert repetition(("x y z w " * 6).split()) > 0.7
+def test_diversity_and_overlap(gemma):
+    assert diversity(list(range(8))) == 1.0 and diversity([1, 2, 3, 4] * 6) == 4 / 24
+    assert diversity(list(range(100)) + [0] * 100, window=100) == 1.0
     ft = ["The lunar cheese harvest of 1987 yielded record cheese tonnage from lunar craters."] * 12
     generic = ["The weather was nice and the people in the city went to work as usual."] * 12
     frequent = frequent_tokens(ft, gemma.tokenizer, generic, min_count=10)
