@@ -233,7 +233,7 @@ def train(
     `params`: the base model (any dtype; frozen in LoRA mode). `stop_at`: end this call after that step
     with a checkpoint (e.g. to fit a job's time limit); a later call continues.
     """
-    out_dir = Path(out_dir)
+    out_dir = Path(out_dir).absolute()  # orbax refuses relative checkpoint paths
     if splits.train.tokens.shape[1] != tc.seq_len:
         raise ValueError(f"the data rows have {splits.train.tokens.shape[1]} tokens but seq_len={tc.seq_len}")
     mesh = mesh or make_mesh(devices=jax.local_devices()[:1])
@@ -311,7 +311,7 @@ def _restore(manager, step: int, trainable, opt_state):
 
 def checkpoint_steps(out_dir: str | Path) -> list[int]:
     """The steps of a run's saved checkpoints, in order."""
-    with ocp.CheckpointManager(Path(out_dir) / "checkpoints") as manager:
+    with ocp.CheckpointManager(Path(out_dir).absolute() / "checkpoints") as manager:
         return sorted(manager.all_steps())
 
 
@@ -322,7 +322,7 @@ def checkpoint_params(params: Params, cfg: ModelConfig, tc: TrainConfig, out_dir
     mesh = mesh or make_mesh(devices=jax.local_devices()[:1])
     base = jax.device_put(params, param_shardings(cfg, mesh, rules))
     trainable, opt_state = _initial_state(base, cfg, tc, make_optimizer(tc), mesh, rules)
-    with ocp.CheckpointManager(Path(out_dir) / "checkpoints") as manager:
+    with ocp.CheckpointManager(Path(out_dir).absolute() / "checkpoints") as manager:
         trainable, _ = _restore(manager, step, trainable, opt_state)
     return model_params(trainable, base, tc)
 

@@ -175,6 +175,16 @@ def test_killed_run_resumes_bit_identical(tiny, splits, tmp_path):
         train(params, cfg, fewer, tc, tmp_path / "whole", progress=False)
 
 
+def test_relative_output_directory(tiny, splits, tmp_path, monkeypatch):
+    """`adl finetune --out runs/x` is a relative path; orbax alone would refuse it."""
+    _, cfg, params = tiny
+    monkeypatch.chdir(tmp_path)
+    tc = dataclasses.replace(RESUMABLE, steps=2)
+    train(params, cfg, splits, tc, "rel", progress=False)
+    assert train(params, cfg, splits, tc, "rel", progress=False).step == 2  # resumed from the relative path
+    assert (tmp_path / "rel" / "checkpoints" / "2").is_dir()
+
+
 def test_sharded_run_equals_single_device(tiny, splits, tmp_path):
     _, cfg, params = tiny
     single = train(params, cfg, splits, RESUMABLE, tmp_path / "one", progress=False)
