@@ -83,8 +83,8 @@ def _corpus(a, base, count: int) -> list[str]:
     from adl_jax.models.load import cache_root
     from adl_jax.samples import sample_texts
 
-    if a.corpus == "base-samples":
-        return sample_texts(base, count, cache_root() / "corpus")
+    if a.corpus == "base-samples":  # room for samples that ended (EOS) before n tokens
+        return sample_texts(base, count + count // 8 + 1, cache_root() / "corpus")
     return list(itertools.islice(corpus_texts(a.corpus, a.column), 4 * count))  # room for too-short texts
 
 
