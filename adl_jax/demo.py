@@ -21,7 +21,7 @@ class DemoSettings:
 
     corpus_texts: int = 256  # base-model samples that delta averages over (as in the paper's CPU check)
     spare_texts: int = 32  # sampled beyond that, since a sample that hits EOS early is too short to use
-    sample_tokens: int = 32
+    sample_tokens: int = 64  # long enough that the generic-word filter of dataset-overlap relevance works
     organism_docs: int = 400
     lora_rank: int = 16
     train: dict = dataclasses.field(default_factory=lambda: dict(
