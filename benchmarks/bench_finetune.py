@@ -6,12 +6,14 @@ gradient clipping at 1.0. LoRA mode: the same rank, alpha and targets (all seven
 default), no dropout; full mode: every weight trained. Ours is set up the way `finetune.train.train`
 does it (`_initial_state` on a one-device mesh, then the module-level jitted `train_step`); theirs is
 `peft.get_peft_model` on the GGUF loaded by transformers, forward with labels, backward, clip, step.
-After `--warmup` steps per side (our compilation included there), the sides alternate step by step so
-that contention on a shared machine hits both alike; tokens/s is batch x seq over the median step time.
+Each side trains in blocks of `--warmup` untimed then `--steps` timed consecutive steps, as a training
+loop does, and the blocks alternate for `--rounds` rounds so that contention on a shared machine hits
+both alike; tokens/s is batch x seq over the median timed step. (Alternating single steps measures
+something else: our step right after a torch step took a second longer, as torch's threads wind down.)
 PEFT's adapters start from ours (A random, B = 0), so the losses should agree step by step (to float32
 noise, which Adam amplifies a little). Last, our step's FLOPs (XLA's count) against the matmul peak.
 
-    python -m benchmarks.bench_finetune [--mode lora|full] [--batch 4] [--seq 128] [--steps 5] [--warmup 2]
+    python -m benchmarks.bench_finetune [--mode lora|full] [--batch 4] [--seq 128] [--steps 4] [--warmup 2] [--rounds 2]
 """
 
 import argparse
@@ -37,8 +39,9 @@ def main():
     ap.add_argument("--mode", choices=("lora", "full"), default="lora")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
-    ap.add_argument("--steps", type=int, default=5, help="timed steps per side")
-    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per side first")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per side and round")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed steps per side and round, before the timed ones")
+    ap.add_argument("--rounds", type=int, default=2, help="blocks per side, alternating")
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--rank", type=int, default=8)
     ap.add_argument("--alpha", type=float, default=16.0)
@@ -47,7 +50,8 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    B, T, total = args.batch, args.seq, args.warmup + args.steps
+    B, T, block = args.batch, args.seq, args.warmup + args.steps
+    total = args.rounds * block
     ours, theirs = load_pair()
     cfg = ours.cfg
 
@@ -102,12 +106,13 @@ def main():
 
     losses = {"ours": [], "theirs": []}
     times = {"ours": [], "theirs": []}
-    for step in range(total):
+    for start in range(0, total, block):
         for name, fn in (("ours", ours_step), ("theirs", theirs_step)):
-            t = time.perf_counter()
-            losses[name].append(fn(step))
-            if step >= args.warmup:
-                times[name].append(time.perf_counter() - t)
+            for step in range(start, start + block):
+                t = time.perf_counter()
+                losses[name].append(fn(step))
+                if step - start >= args.warmup:
+                    times[name].append(time.perf_counter() - t)
 
     n_ours = sum(x.size for x in jax.tree.leaves(state[0]))
     n_theirs = sum(p.numel() for p in params)
