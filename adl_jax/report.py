@@ -176,9 +176,17 @@ def _verdict(summary, lenses: LensResult, rel, sim) -> str:
         lines.append(f"Steered with delta (position {best}), the model writes text {closer} like the finetuning data: "
                      f"similarity {s['similarity']:.3f} ± {s.get('std', 0):.3f} vs {u['similarity']:.3f} ± "
                      f"{u.get('std', 0):.3f} unsteered.")  # fmt: skip
-    top = max(lenses.positions, key=lambda p: p["delta_norm"])
-    words = ", ".join(t.strip() for t in top["patchscope"][str(top["patchscope_scale"])].tokens[:10])
-    lines.append(f"Patchscope tokens at position {top['position']}: {html.escape(words)}.")
+    # The position to quote: the most relevant one; without relevance the largest delta past position 0,
+    # whose tokens (BOS) are generic.
+    by_position = {p["position"]: p for p in lenses.positions}
+    if rel:
+        top, lens = by_position[b["position"]], "logit_lens" if b["logit_lens"]["relevant"] > b["patchscope"]["relevant"] else "patchscope"
+    else:
+        top, lens = max(lenses.positions[1:] or lenses.positions, key=lambda p: p["delta_norm"]), "patchscope"
+    scores = top["logit_lens"]["delta"] if lens == "logit_lens" else top["patchscope"][str(top["patchscope_scale"])]
+    words = ", ".join(t.strip() for t in scores.tokens[:10])
+    name = "Logit-lens" if lens == "logit_lens" else "Patchscope"
+    lines.append(f"{name} tokens at position {top['position']}: {html.escape(words)}.")
     return "<div class='verdict'><b>Finding.</b> " + " ".join(lines) + "</div>"
 
 

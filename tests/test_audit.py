@@ -1,12 +1,13 @@
 """`audit` end to end on a tiny pair: every stage's file, resumable stages, and a report that renders."""
 
+import html
 import shutil
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from adl_jax import io
+from adl_jax import api, io
 from adl_jax.audit import AuditSettings, audit
 from adl_jax.steer import SteeringSettings
 from conftest import random_texts
@@ -58,6 +59,13 @@ def test_audit_writes_every_stage(audited):
     assert len(steer["search"]["paths"]) == 3 and set(steer["steered"]) == set(TINY.final_prompts)
     page = (run / "report.html").read_text()
     assert page.count("<svg") >= 2 and "Position 4" in page and "steered" in page and "(chosen)" in page
+    # the finding quotes the most relevant position's tokens, of the lens with more relevant ones
+    best = rel["best"]
+    lens = "logit_lens" if best["logit_lens"]["relevant"] > best["patchscope"]["relevant"] else "patchscope"
+    p = api.load(run).lenses.positions[best["position"]]
+    scores = p["logit_lens"]["delta"] if lens == "logit_lens" else p["patchscope"][str(p["patchscope_scale"])]
+    quoted = ", ".join(t.strip() for t in scores.tokens[:10])
+    assert f"tokens at position {best['position']}: {html.escape(quoted)}." in page
 
 
 def test_finished_stages_are_reused(audited, monkeypatch):
