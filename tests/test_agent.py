@@ -113,3 +113,16 @@ def test_evaluate_tables_success_rates_and_resumes(evidence, tmp_path):
     assert rows[("adl", 0)]["grade_ge_4"] == 1.0 and rows[("black_box", 5)]["grade_ge_2"] == 0.0
     assert rows[("black_box", 0)]["runs"] == 2 and again["table"] == result["table"]
     assert "black_box" in format_table(result["table"])
+
+
+@pytest.mark.skipif(GraderSettings.from_env("ADL_AGENT") is None, reason="no real agent endpoint (set ADL_AGENT_MODEL, "
+                    "ADL_AGENT_BASE_URL, ADL_AGENT_API_KEY)")  # fmt: skip
+def test_agent_against_a_real_endpoint(evidence, tmp_path):
+    """The same loop against the endpoint of ADL_AGENT_*: a real model must use the tool protocol and end with
+    a description, which the grader (ADL_GRADER_*, else the agent's endpoint) scores 1..5."""
+    agent = Grader(GraderSettings.from_env("ADL_AGENT"), cache_dir=tmp_path / "cache")
+    grader = Grader(GraderSettings.from_env("ADL_GRADER") or agent.settings, cache_dir=tmp_path / "cache")
+    run = run_agent(agent, evidence, AgentSettings(budget=2, new_tokens=6, max_calls=8))
+    assert run.description.strip() and run.calls <= 8 and run.units_used <= 2
+    truth = "finetuned on texts made of the tiny vocabulary's words w5, w6 and w7"
+    assert 1 <= grade(grader, run.description, truth, "false_fact", runs=1) <= 5
