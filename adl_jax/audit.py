@@ -123,7 +123,7 @@ def audit(
     `adl_jax.graders.Grader`) judges coherence with an LLM instead of the offline judge.
     """
     out = Path(out)
-    res, relevance = measure(base, ft, out, texts=texts, settings=settings, description=description,
+    res, rel = measure(base, ft, out, texts=texts, settings=settings, description=description,
                              finetune_texts=finetune_texts, grader=grader, progress=progress)  # fmt: skip
     layer = res.diff.meta["layer"]
     st = settings.steering
@@ -169,7 +169,7 @@ def audit(
         "judges": judges, "description": description, "steer_model": settings.steer_model,
         "delta_norms": [float(x) for x in np.linalg.norm(res.diff.delta, axis=-1)], "ft_norm": res.diff.ft_norm,
         "alphas": {str(j): steering[j]["search"]["alpha"] for j in positions},
-        "relevance": relevance, "similarity": similarity,
+        "relevance": rel, "similarity": similarity,
     }  # fmt: skip
     io.write_json(out / "summary.json", summary)
     from adl_jax.report import write_report
@@ -191,10 +191,10 @@ def measure(base, ft, out: str | Path, *, texts, settings: AuditSettings = Audit
                    progress=progress)  # fmt: skip
     if grader is not None and not any("tournament" in p["patchscope_scale_rule"] for p in res.lenses.positions):
         _choose_scales_by_tournament(grader, res)
-    relevance = None
+    rel = None
     if finetune_texts:
-        relevance = _stage(out / "relevance.json", lambda: _relevance(ft, res, finetune_texts, texts, grader, description))
-    return res, relevance
+        rel = _stage(out / "relevance.json", lambda: relevance(ft, res, finetune_texts, texts, grader, description))
+    return res, rel
 
 
 def _choose_scales_by_tournament(grader, res: api.ADLResult) -> None:
@@ -217,7 +217,7 @@ def _flat(by_prompt: dict[str, list[str]]) -> list[str]:
     return [t for texts in by_prompt.values() for t in texts]
 
 
-def _relevance(ft, res: api.ADLResult, finetune_texts: list[str], generic_texts, grader, description) -> dict:
+def relevance(ft, res: api.ADLResult, finetune_texts: list[str], generic_texts, grader=None, description=None) -> dict:
     """Per position: how many of the top-20 lens tokens are relevant. Always the offline dataset overlap
     (`relevant`); with a grader and a description also the LLM's verdicts (`graded`, three rotations)."""
     generic = [t for _, t in zip(range(2000), generic_texts)]

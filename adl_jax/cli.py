@@ -162,6 +162,8 @@ def cmd_sweep(a) -> None:
     from finetune.run import spec_from_args
 
     settings = dataclasses.replace(AuditSettings.quick(), samples=a.samples, n=a.n, k=a.k)
+    if a.sweep == "bases":
+        return _sweep_bases(a, settings)
     mix = a.sweep == "mix"
     if mix:  # everything refused before a model loads
         spec = spec_from_args(a)
@@ -180,6 +182,30 @@ def cmd_sweep(a) -> None:
     else:
         sweep.sweep_checkpoints(spec, a.out, base=base, texts=texts, settings=settings, progress=not a.no_progress)
     print(f"table and plot: {a.out}/{'sweep' if mix else 'emergence'}.html")
+
+
+def _named(pairs: list[str], flag: str) -> dict[str, str]:
+    """['parent=SPEC', ...] -> {'parent': 'SPEC', ...}, refusing a pair without a name or a repeated name."""
+    named = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name or not value or name in named:
+            raise ValueError(f"{flag} {pair!r}: give NAME=VALUE with a name used once, e.g. {flag} parent=runs/chat/final")
+        named[name] = value
+    return named
+
+
+def _sweep_bases(a, settings) -> None:
+    from adl_jax import sweep
+    from adl_jax.models.load import load_model
+
+    bases, data = _named(a.base, "--base"), _named(a.data, "--data")
+    datasets = {name: sweep.finetune_texts(_examples(path)) for name, path in data.items()}
+    ft = load_model(a.finetuned, dtype=_dtype(a.dtype))
+    models = {name: load_model(spec, dtype=_dtype(a.dtype)) for name, spec in bases.items()}
+    texts = _corpus(a, next(iter(models.values())), settings.samples)
+    sweep.sweep_bases(ft, models, a.out, texts=texts, datasets=datasets, settings=settings, progress=not a.no_progress)
+    print(f"table: {a.out}/bases.html")
 
 
 def _sweep_flags(p: argparse.ArgumentParser) -> None:
@@ -313,7 +339,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(ft)
     ft.set_defaults(func=cmd_finetune)
 
-    sw = sub.add_parser("sweep", help="the trace across mixing ratios (mix) or a run's checkpoints (checkpoints)")
+    sw = sub.add_parser("sweep", help="the trace across mixing ratios (mix), a run's checkpoints (checkpoints) or "
+                        "base models (bases)")
     sws = sw.add_subparsers(dest="sweep", required=True)
     mx = sws.add_parser("mix", help="one organism per finetuning:pretraining ratio; trace strength vs learning")
     from finetune.run import add_settings
@@ -331,6 +358,17 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("--out", required=True, help="step_<n>/ per checkpoint, emergence.json, emergence.html")
     cp.add_argument("--column", default="text", help="text field of the corpus")
     _sweep_flags(cp)
+    bs = sws.add_parser("bases", help="one finetuned model against several base models (chat parent, pretrained)")
+    bs.add_argument("--finetuned", required=True, help="the organism's model spec")
+    bs.add_argument("--base", action="append", required=True, metavar="NAME=SPEC",
+                    help="a base model to diff against, repeatable (e.g. parent=... pretrained=...); with "
+                    "--corpus base-samples the first one samples the corpus")  # fmt: skip
+    bs.add_argument("--data", action="append", required=True, metavar="NAME=FILE",
+                    help="a dataset to read relevance against (.jsonl of text/messages, or a corpus file), repeatable")
+    bs.add_argument("--out", required=True, help="base_<name>/ per base model, bases.json, bases.html")
+    bs.add_argument("--column", default="text", help="text field of the corpus")
+    bs.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
+    _sweep_flags(bs)
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="rebuild report.html of an audit directory")

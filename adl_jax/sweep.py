@@ -4,8 +4,11 @@
 sets the strength of its trace (delta norm, dataset-overlap relevance of the lens tokens, steering
 similarity when an encoder is given) against how well it learnt its objective (eval losses, belief score):
 the paper finds that mixing weakens the trace at the cost of weaker learning. `checkpoints` measures the
-trace at every saved checkpoint of one run, to see when it emerges. Every ratio's run and every
-measurement is staged on disk and reused, so a sweep resumes where it stopped.
+trace at every saved checkpoint of one run, to see when it emerges. `bases` diffs one finetuned model
+against several base models (its chat parent, the pretrained model) and reads each delta's relevance
+to several datasets: the paper finds the late, narrow finetuning dominating even the diff against the
+pretrained model. Every run and every measurement is staged on disk and reused, so a sweep resumes
+where it stopped.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from adl_jax import io
-from adl_jax.audit import AuditSettings, audit, measure
+from adl_jax.audit import AuditSettings, audit, measure, relevance
 from adl_jax.report import CSS, svg
 
 GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0)  # the paper's mixing ratios
@@ -54,9 +57,14 @@ def ratio_dir(out: str | Path, ratio: float) -> Path:
     return Path(out) / f"ratio_{ratio:g}"
 
 
-def finetune_texts(examples: list[dict]) -> list[str]:
+def finetune_texts(examples: list[dict | str]) -> list[str]:
     """Finetuning examples as plain text, for relevance and similarity (a chat: its turns' contents)."""
-    return [ex["text"] if "text" in ex else "\n".join(m["content"] for m in ex["messages"]) for ex in examples]
+    def as_text(ex):
+        if isinstance(ex, str):
+            return ex
+        return ex["text"] if "text" in ex else "\n".join(m["content"] for m in ex["messages"])
+
+    return [as_text(ex) for ex in examples]
 
 
 def trace(base, ft, out: Path, *, texts: list[str], settings: AuditSettings, ft_texts: list[str], encoder=None,
@@ -64,12 +72,9 @@ def trace(base, ft, out: Path, *, texts: list[str], settings: AuditSettings, ft_
     """The trace's strength for one organism: delta norm per position and its mean over positions 1..k-1 (0
     is BOS), the best relevance over positions with its base-mean baseline, and with an `encoder` (the whole
     audit, steering included) the steering similarity margin, steered minus unsteered, best over positions."""
-    res, relevance = measure(base, ft, out, texts=texts, settings=settings, finetune_texts=ft_texts,
-                             progress=progress)  # fmt: skip
-    norms = np.linalg.norm(res.diff.delta, axis=-1)
-    best = relevance["best"]
-    row = {"delta_norms": [float(x) for x in norms], "delta_norm": float(norms[1:].mean()),
-           "ft_norm": res.diff.ft_norm, "relevance": max(best["logit_lens"]["relevant"], best["patchscope"]["relevant"]),
+    res, rel = measure(base, ft, out, texts=texts, settings=settings, finetune_texts=ft_texts, progress=progress)
+    best = rel["best"]
+    row = {**_norms(res), "relevance": max(best["logit_lens"]["relevant"], best["patchscope"]["relevant"]),
            "relevance_position": best["position"], "relevance_baseline": best["base_mean"]["relevant"]}  # fmt: skip
     if encoder is not None:
         summary = audit(base, ft, out, texts=texts, settings=settings, finetune_texts=ft_texts, encoder=encoder,
@@ -77,6 +82,11 @@ def trace(base, ft, out: Path, *, texts: list[str], settings: AuditSettings, ft_
         row["similarity_margin"] = max(s["steered_vs_finetune"]["similarity"] - s["unsteered_vs_finetune"]["similarity"]
                                        for s in summary["similarity"].values())  # fmt: skip
     return row
+
+
+def _norms(res) -> dict:
+    norms = np.linalg.norm(res.diff.delta, axis=-1)
+    return {"delta_norms": [float(x) for x in norms], "delta_norm": float(norms[1:].mean()), "ft_norm": res.diff.ft_norm}
 
 
 def _check_k(settings: AuditSettings) -> None:
@@ -171,6 +181,64 @@ def sweep_checkpoints(spec, out: str | Path, *, base, texts: list[str],
         io.write_json(out / "emergence.json", emergence)
     write_html(out / "emergence.html", emergence, "step")
     return emergence
+
+
+def sweep_bases(ft, bases: dict, out: str | Path, *, texts: list[str], datasets: dict[str, list[str]],
+                settings: AuditSettings = AuditSettings.quick(), progress: bool = True) -> dict:  # fmt: skip
+    """The trace of the finetuned model `ft` against each of `bases` (name -> loaded model), all over the
+    corpus `texts`, staged in `out/base_<name>/` and reused; per base the delta norms and, for each of
+    `datasets` (name -> texts, e.g. the organism's finetuning data and the parent's chat data), the best
+    relevance of the lens tokens over positions. Writes `out/bases.json` and `out/bases.html`."""
+    _check_k(settings)
+    if not bases or not datasets:
+        raise ValueError("give at least one base model (--base NAME=SPEC) and one dataset (--data NAME=FILE)")
+    empty = [name for name, t in datasets.items() if not t]
+    if empty:
+        raise ValueError(f"dataset(s) {', '.join(empty)} hold no text")
+    out = Path(out)
+    table = {"finetuned": str(ft.spec), "audit": json.loads(json.dumps(dataclasses.asdict(settings))), "rows": []}
+    for i, (name, base) in enumerate(bases.items(), 1):
+        _say(progress, f"against {name} ({i}/{len(bases)}): measuring the trace")
+        res, _ = measure(base, ft, out / f"base_{name}", texts=texts, settings=settings, progress=progress)
+        row = {"base": name, "spec": str(base.spec), **_norms(res), "relevance": {}}
+        for data, data_texts in datasets.items():
+            best = relevance(ft, res, data_texts, texts)["best"]
+            p = next(p for p in res.lenses.positions if p["position"] == best["position"])
+            row["relevance"][data] = {
+                "relevant": max(best["logit_lens"]["relevant"], best["patchscope"]["relevant"]),
+                "position": best["position"], "baseline": best["base_mean"]["relevant"],
+                "patchscope": p["patchscope"][str(p["patchscope_scale"])].tokens[:10],
+            }  # fmt: skip
+        table["rows"].append(row)
+        io.write_json(out / "bases.json", table)
+        _say(progress, f"against {name}: |delta| {row['delta_norm']:.3g}, relevance "
+                       + ", ".join(f"{d} {r['relevant']}/20" for d, r in row["relevance"].items()))  # fmt: skip
+    write_bases_html(out / "bases.html", table)
+    return table
+
+
+def write_bases_html(path: Path, table: dict) -> None:
+    """A row per base model: delta norms, and per dataset the best relevance with its position, the
+    base-mean baseline and that position's top patchscope tokens."""
+    datasets = list(table["rows"][0]["relevance"])
+    head = ["base", "spec", "|delta| (mean p1..)", "|delta| / ft norm"]
+    head += [h.format(d) for d in datasets for h in ("relevance to {} (best, /20)", "{}: position, base-mean baseline",
+                                                      "{}: top patchscope tokens there")]  # fmt: skip
+    body = []
+    for r in table["rows"]:
+        cells = [r["base"], r["spec"], f"{r['delta_norm']:.4g}", f"{r['delta_norm'] / r['ft_norm']:.4f}"]
+        for d in datasets:
+            rel = r["relevance"][d]
+            cells += [str(rel["relevant"]), f"{rel['position']}, {rel['baseline']}", " ".join(map(repr, rel["patchscope"]))]
+        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
+    title = f"The trace of {table['finetuned']} against each base model"
+    note = ("Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens with each dataset's frequent "
+            "words (offline), best over positions. The paper: late narrow finetuning dominates, so the organism's "
+            "data stays the most relevant even against the pretrained model.")  # fmt: skip
+    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
+            f"</head><body><h1>{html.escape(title)}</h1><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}"
+            f"</tr>{''.join(body)}</table><p class='note'>{note}</p></body></html>")  # fmt: skip
+    io.write_text(path, page)
 
 
 _COLUMNS = [("train rows", "train_rows", "{}"), ("steps", "step", "{}"), ("loss", "loss", "{:.4f}"),

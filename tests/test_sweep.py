@@ -130,3 +130,65 @@ def test_sweep_mix_with_an_encoder_runs_the_audit_and_reports_the_similarity_mar
     assert row["similarity_margin"] == max(margins) and set(summary["similarity"]) == {"1"}
     assert row["delta_norms"] == pytest.approx(summary["delta_norms"])
     assert f"<td>{row['similarity_margin']:+.3f}</td></tr>" in (root / "sweep" / "sweep.html").read_text()
+
+
+def _docs(path, words: str, n: int = 24):
+    rng = np.random.RandomState(len(words))
+    line = lambda: " ".join(rng.permutation(words.split() * 3)) + " " + " ".join(f"w{w}" for w in rng.randint(20, 128, 4))
+    path.write_text("".join(json.dumps({"text": line()}) + "\n" for _ in range(n)))
+    return path
+
+
+def test_sweep_bases_deltas_add_up_along_the_lineage(tiny_setup, capsys, monkeypatch):
+    """pretrained -> parent (finetuned on one dataset) -> organism (the parent finetuned on another): the delta
+    against the pretrained model must equal the delta against the parent plus the parent's own delta, all
+    over one corpus; each row reads relevance against both datasets, and a second run reuses every stage."""
+    root, train, measure = tiny_setup
+    flags = [x for k, v in zip(train[::2], train[1::2]) if k not in ("--model", "--data") for x in (k, v)]
+    parent_data, organism_data = _docs(root / "parent.jsonl", "w5 w6 w7"), _docs(root / "organism.jsonl", "w10 w11 w12")
+    parent, organism = root / "parent", root / "organism"
+    for model, data, out in ((root / "base", parent_data, parent), (parent / "final", organism_data, organism)):
+        argv = ["finetune", *flags, "--model", str(model), "--data", str(data), "--out", str(out), "--no-progress"]
+        assert main(argv) == 0
+    datasets = ["--data", f"organism={organism_data}", "--data", f"parent={parent_data}"]
+    argv = ["sweep", "bases", "--finetuned", str(organism / "final"), "--base", f"parent={parent / 'final'}",
+            "--base", f"pretrained={root / 'base'}", *datasets, *measure, "--out", str(root / "bases"), "--no-progress"]  # fmt: skip
+    assert main(argv) == 0 and "bases.html" in capsys.readouterr().out
+    lineage = ["sweep", "bases", "--finetuned", str(parent / "final"), "--base", f"pretrained={root / 'base'}",
+               *datasets, *measure, "--out", str(root / "parent_bases"), "--no-progress"]  # fmt: skip
+    assert main(lineage) == 0
+
+    against = {name: api.load(root / "bases" / f"base_{name}").diff.delta for name in ("parent", "pretrained")}
+    parent_delta = api.load(root / "parent_bases" / "base_pretrained").diff.delta
+    assert np.abs(against["parent"]).max() > 0 and np.abs(parent_delta).max() > 0
+    np.testing.assert_allclose(against["pretrained"], against["parent"] + parent_delta, rtol=1e-4, atol=1e-5)
+
+    table = io.read_json(root / "bases" / "bases.json")
+    assert [r["base"] for r in table["rows"]] == ["parent", "pretrained"]
+    for r in table["rows"]:
+        assert r["delta_norms"] == pytest.approx(np.linalg.norm(against[r["base"]], axis=-1).tolist())
+        assert set(r["relevance"]) == {"organism", "parent"}
+        assert all(0 <= v["relevant"] <= 20 and len(v["patchscope"]) == 10 for v in r["relevance"].values())
+    page = (root / "bases" / "bases.html").read_text()
+    assert page.count("<tr>") == 3 and "relevance to organism" in page and "relevance to parent" in page
+
+    import adl_jax.diff
+
+    monkeypatch.setattr(adl_jax.diff, "_batch_sums", lambda *a, **k: pytest.fail("a finished delta was recomputed"))
+    assert main(argv) == 0
+    assert io.read_json(root / "bases" / "bases.json")["rows"] == table["rows"]
+
+
+def test_sweep_bases_refuses_unnamed_models_and_empty_data(tiny_setup, capsys):
+    root, _, measure = tiny_setup
+    empty = root / "empty.jsonl"
+    empty.write_text("")
+    base = ["--finetuned", str(root / "base"), "--out", str(root / "bases"), *measure]
+    cases = {
+        ("--base", str(root / "base"), "--data", f"d={empty}"): r"--base '.*': give NAME=VALUE",
+        ("--base", "a=x", "--base", "a=y", "--data", "d=z"): r"--base 'a=y': give NAME=VALUE with a name used once",
+    }
+    for args, message in cases.items():
+        assert main(["sweep", "bases", *base, *args]) == 2, args
+        assert re.search(message, capsys.readouterr().err), message
+    assert not (root / "bases").exists()
