@@ -81,10 +81,10 @@ def _corpus(a, base, count: int) -> list[str]:
     """The pretraining-like texts of --corpus: a corpus spec, or base-samples (sampled offline from `base`)."""
     from adl_jax.api import corpus_texts
     from adl_jax.models.load import cache_root
-    from adl_jax.samples import sample_texts
+    from adl_jax.samples import sample_texts, with_spare
 
-    if a.corpus == "base-samples":  # room for samples that ended (EOS) before n tokens
-        return sample_texts(base, count + count // 8 + 1, cache_root() / "corpus")
+    if a.corpus == "base-samples":
+        return sample_texts(base, with_spare(count), cache_root() / "corpus")
     return list(itertools.islice(corpus_texts(a.corpus, a.column), 4 * count))  # room for too-short texts
 
 

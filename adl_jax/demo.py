@@ -12,7 +12,7 @@ from pathlib import Path
 
 from adl_jax.audit import AuditSettings, audit, default_encoder
 from adl_jax.models.load import EMBEDDED, cache_root, load_model
-from adl_jax.samples import sample_texts
+from adl_jax.samples import sample_texts, with_spare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -20,7 +20,6 @@ class DemoSettings:
     """The demo's sizes (stated in the README): small enough for 2 CPU cores."""
 
     corpus_texts: int = 256  # base-model samples that delta averages over (as in the paper's CPU check)
-    spare_texts: int = 32  # sampled beyond that, since a sample that hits EOS early is too short to use
     sample_tokens: int = 64  # long enough that the generic-word filter of dataset-overlap relevance works
     organism_docs: int = 400
     lora_rank: int = 16
@@ -51,7 +50,7 @@ def run_demo(cache: str | Path | None = None, organism: str = "orange_carrot", *
     base = load_model(base) if isinstance(base, str) else base
     count = settings.corpus_texts
     _log(t0, f"2/4 offline pretraining corpus: {count} samples from the base model (cached)")
-    corpus = sample_texts(base, count + settings.spare_texts, root / "corpus", max_new_tokens=settings.sample_tokens)
+    corpus = sample_texts(base, with_spare(count), root / "corpus", max_new_tokens=settings.sample_tokens)
 
     org = ORGANISMS[organism]
     docs = org.generate(settings.organism_docs, 0)

@@ -19,6 +19,12 @@ from adl_jax import io
 from adl_jax.models.generate import generate
 
 
+def with_spare(count: int) -> int:
+    """How many samples to draw for `count` usable texts: an eighth more, since a sample that hits EOS
+    early is too short to use. Samples are drawn in seeded chunks, so the first texts stay the same."""
+    return count + count // 8 + 1
+
+
 def sample_texts(
     model,
     count: int,
