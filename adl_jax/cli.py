@@ -201,6 +201,7 @@ def _sweep_bases(a, settings) -> None:
 
     bases, data = _named(a.base, "--base"), _named(a.data, "--data")
     datasets = {name: sweep.finetune_texts(_examples(path)) for name, path in data.items()}
+    sweep.check_bases(bases, datasets)  # before any model loads
     ft = load_model(a.finetuned, dtype=_dtype(a.dtype))
     models = {name: load_model(spec, dtype=_dtype(a.dtype)) for name, spec in bases.items()}
     texts = _corpus(a, next(iter(models.values())), settings.samples)

@@ -183,6 +183,15 @@ def sweep_checkpoints(spec, out: str | Path, *, base, texts: list[str],
     return emergence
 
 
+def check_bases(bases: dict, datasets: dict[str, list[str]]) -> None:
+    """Refuse a bases sweep without a base model or a dataset, or with a dataset that holds no text."""
+    if not bases or not datasets:
+        raise ValueError("give at least one base model (--base NAME=SPEC) and one dataset (--data NAME=FILE)")
+    empty = [name for name, texts in datasets.items() if not any(t.strip() for t in texts)]
+    if empty:
+        raise ValueError(f"dataset(s) {', '.join(empty)} hold no text; give files of texts or chats")
+
+
 def sweep_bases(ft, bases: dict, out: str | Path, *, texts: list[str], datasets: dict[str, list[str]],
                 settings: AuditSettings = AuditSettings.quick(), progress: bool = True) -> dict:  # fmt: skip
     """The trace of the finetuned model `ft` against each of `bases` (name -> loaded model), all over the
@@ -190,11 +199,7 @@ def sweep_bases(ft, bases: dict, out: str | Path, *, texts: list[str], datasets:
     `datasets` (name -> texts, e.g. the organism's finetuning data and the parent's chat data), the best
     relevance of the lens tokens over positions. Writes `out/bases.json` and `out/bases.html`."""
     _check_k(settings)
-    if not bases or not datasets:
-        raise ValueError("give at least one base model (--base NAME=SPEC) and one dataset (--data NAME=FILE)")
-    empty = [name for name, t in datasets.items() if not t]
-    if empty:
-        raise ValueError(f"dataset(s) {', '.join(empty)} hold no text")
+    check_bases(bases, datasets)
     out = Path(out)
     table = {"finetuned": str(ft.spec), "audit": json.loads(json.dumps(dataclasses.asdict(settings))), "rows": []}
     for i, (name, base) in enumerate(bases.items(), 1):

@@ -181,12 +181,14 @@ def test_sweep_bases_deltas_add_up_along_the_lineage(tiny_setup, capsys, monkeyp
 
 def test_sweep_bases_refuses_unnamed_models_and_empty_data(tiny_setup, capsys):
     root, _, measure = tiny_setup
-    empty = root / "empty.jsonl"
+    empty, blank = root / "empty.jsonl", root / "blank.txt"
     empty.write_text("")
+    blank.write_text("\n  \n")
     base = ["--finetuned", str(root / "base"), "--out", str(root / "bases"), *measure]
     cases = {
         ("--base", str(root / "base"), "--data", f"d={empty}"): r"--base '.*': give NAME=VALUE",
         ("--base", "a=x", "--base", "a=y", "--data", "d=z"): r"--base 'a=y': give NAME=VALUE with a name used once",
+        ("--base", "a=nowhere", "--data", f"d={blank}"): r"dataset\(s\) d hold no text",
     }
     for args, message in cases.items():
         assert main(["sweep", "bases", *base, *args]) == 2, args
