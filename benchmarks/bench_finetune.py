@@ -9,7 +9,7 @@ does it (`_initial_state` on a one-device mesh, then the module-level jitted `tr
 Each side trains in blocks of `--warmup` untimed then `--steps` timed consecutive steps, as a training
 loop does, and the blocks alternate for `--rounds` rounds so that contention on a shared machine hits
 both alike; tokens/s is batch x seq over the median timed step. (Alternating single steps measures
-something else: our step right after a torch step took a second longer, as torch's threads wind down.)
+something else: our step right after a torch step took a second longer, a cost no training run pays.)
 PEFT's adapters start from ours (A random, B = 0), so the losses should agree step by step (to float32
 noise, which Adam amplifies a little). Last, our step's FLOPs (XLA's count) against the matmul peak.
 
