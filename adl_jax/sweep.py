@@ -298,12 +298,14 @@ def _plot(rows: list[dict], by: str) -> str:
 def write_html(path: Path, sweep: dict, by: str) -> None:
     """One table (a row per ratio or step) and the plot, as a self-contained page."""
     rows = sweep["rows"]
-    head = [by] + (["belief before", "belief after"] if by == "ratio" else []) + [c[0] for c in _COLUMNS]
+    # columns that some row fills (a checkpoint has no train-row count, a sweep without encoder no similarity)
+    columns = [c for c in _COLUMNS if c[1] is None or (c[1] != by and any(r.get(c[1]) is not None for r in rows))]
+    head = [by] + (["belief before", "belief after"] if by == "ratio" else []) + [c[0] for c in columns]
     body = []
     for r in rows:
         cells = [f"1:{r['ratio']:g}" if by == "ratio" else str(r["step"])]
         cells += [_belief(r.get("belief_before")), _belief(r.get("belief_after"))] if by == "ratio" else []
-        cells += [_cell(r, key, fmt) for _, key, fmt in _COLUMNS]
+        cells += [_cell(r, key, fmt) for _, key, fmt in columns]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     title = "Trace strength vs mixing ratio" if by == "ratio" else "Trace emergence over training"
     note = ("Belief: share of held-out (true, false) pairs where the false statement is the likelier, and the mean "

@@ -60,6 +60,7 @@ def test_sweep_mix_two_ratios_end_to_end_and_reused(tiny_setup, capsys, monkeypa
     page = (out / "sweep.html").read_text()
     assert page.count("<tr>") == 3 and page.count("<svg") == 1
     assert re.search(r"<td>1:0</td>.*<td>1:1</td>", page, re.S) and "belief after" in page
+    assert "<th>train rows</th>" in page and "similarity margin" not in page  # no encoder, no similarity column
 
     import finetune.train as train_mod
 
@@ -90,6 +91,9 @@ def test_sweep_checkpoints_last_step_equals_the_exported_model(tiny_setup, capsy
     assert rows[2]["delta_norms"] == pytest.approx(np.linalg.norm(ref.diff.delta, axis=-1).tolist(), rel=1e-5)
     page = (out / "emergence.html").read_text()
     assert page.count("<tr>") == 4 and page.count("<svg") == 1
+    heads = re.findall(r"<th>(.*?)</th>", page)  # only the columns a checkpoint has: no row counts, no similarity
+    assert heads[0] == "step" and "steps" not in heads and "train rows" not in heads and "similarity margin" not in heads
+    assert "loss" in heads and "relevance (best, /20)" in heads
 
 
 def test_sweep_refuses_bad_input_before_anything_is_written(tiny_setup, capsys):
