@@ -124,7 +124,7 @@ def audit(
     """
     out = Path(out)
     res, rel = measure(base, ft, out, texts=texts, settings=settings, description=description,
-                             finetune_texts=finetune_texts, grader=grader, progress=progress)  # fmt: skip
+                       finetune_texts=finetune_texts, grader=grader, progress=progress)  # fmt: skip
     layer = res.diff.meta["layer"]
     st = settings.steering
     key = jax.random.key(settings.seed)

@@ -180,7 +180,8 @@ def _verdict(summary, lenses: LensResult, rel, sim) -> str:
     # whose tokens (BOS) are generic.
     by_position = {p["position"]: p for p in lenses.positions}
     if rel:
-        top, lens = by_position[b["position"]], "logit_lens" if b["logit_lens"]["relevant"] > b["patchscope"]["relevant"] else "patchscope"
+        top = by_position[b["position"]]
+        lens = "logit_lens" if b["logit_lens"]["relevant"] > b["patchscope"]["relevant"] else "patchscope"
     else:
         top, lens = max(lenses.positions[1:] or lenses.positions, key=lambda p: p["delta_norm"]), "patchscope"
     scores = top["logit_lens"]["delta"] if lens == "logit_lens" else top["patchscope"][str(top["patchscope_scale"])]
