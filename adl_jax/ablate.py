@@ -171,10 +171,13 @@ def ablation_table(result: dict, subset: str = "all") -> str:
         for p in result["positions"]:
             r, a = d["random"][str(p)][subset], d["activation_diff"][str(p)][subset]
             v = d["delta"][str(p)][subset]
-            outside = "outside" if not (min(r + a) <= v <= max(r + a)) else "inside"
-            lines.append(f"  p={p}: {v:+7.2f}%   random {min(r):+6.2f}..{max(r):+6.2f}   "
-                         f"act-diff {min(a):+6.2f}..{max(a):+6.2f}   ({outside} the controls)")  # fmt: skip
+            lines.append(f"  p={p}: {v:+7.2f}%   random {min(r):+6.2f}..{max(r):+6.2f} ({_side(v, r)})   "
+                         f"act-diff {min(a):+6.2f}..{max(a):+6.2f} ({_side(v, a)})")  # fmt: skip
     return "\n".join(lines)
+
+
+def _side(value: float, controls: list[float]) -> str:
+    return "above" if value > max(controls) else "below" if value < min(controls) else "inside"
 
 
 def rows_from(examples, tokenizer, count: int, seq_len: int):
@@ -222,7 +225,7 @@ def ablation_page(result: dict, subset: str = "all") -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from adl_jax.report import svg
+    from adl_jax.report import CSS, svg
 
     names = list(result["datasets"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3), squeeze=False)
@@ -241,4 +244,5 @@ def ablation_page(result: dict, subset: str = "all") -> str:
             "of the finetuned model's residual along delta_p is set to the base model's (or removed) at every "
             "position. Grey bands: the same edit along control directions.</p>"
             f"{svg(fig)}<pre>{html.escape(ablation_table(result, subset))}</pre>")  # fmt: skip
-    return f"<!doctype html><html><head><meta charset='utf-8'><title>ADL ablation</title></head><body>{body}</body></html>"
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ADL ablation</title><style>{CSS}</style></head>"
+            f"<body>{body}</body></html>")  # fmt: skip

@@ -89,5 +89,10 @@ def test_ablate_reports_delta_and_controls(tmp_path, rng):
     mask = subset_masks(datasets["pretrain"], 2)["all"]
     assert d["delta"]["2"]["all"] == pytest.approx(float(percent_change(plain, ablated[0], mask)), abs=1e-4)
     assert "p=2" in ablation_table(out)
+    # each control family gets its own verdict: above / below / inside its min..max
+    fake = {"layer": 3, "mode": "base", "positions": [1], "datasets": {"ft": {"ce": 1.0, "texts": 2,
+            "delta": {"1": {"all": 5.0}}, "random": {"1": {"all": [-1.0, 1.0]}},
+            "activation_diff": {"1": {"all": [0.0, 9.0]}}}}}  # fmt: skip
+    assert "random  -1.00.. +1.00 (above)   act-diff  +0.00.. +9.00 (inside)" in ablation_table(fake)
     with pytest.raises(ValueError, match="k >= 4"):
         ablate(base, ft, delta, LAYER, datasets, AblationSettings(positions=(3,)), progress=False)
