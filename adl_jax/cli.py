@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import sys
 
 
@@ -78,14 +77,11 @@ def cmd_audit(a) -> None:
 
 
 def _corpus(a, base, count: int) -> list[str]:
-    """The pretraining-like texts of --corpus: a corpus spec, or base-samples (sampled offline from `base`)."""
-    from adl_jax.api import corpus_texts
-    from adl_jax.models.load import cache_root
-    from adl_jax.samples import sample_texts, with_spare
+    """The pretraining-like texts of --corpus: a corpus spec, or base-samples (sampled offline from `base`),
+    with room for the texts too short to use."""
+    from adl_jax.samples import pretraining_texts
 
-    if a.corpus == "base-samples":
-        return sample_texts(base, with_spare(count), cache_root() / "corpus")
-    return list(itertools.islice(corpus_texts(a.corpus, a.column), 4 * count))  # room for too-short texts
+    return pretraining_texts(a.corpus, base, count, column=a.column, room=True)
 
 
 def _examples(path: str) -> list:

@@ -9,6 +9,7 @@ interrupted run resumes where it stopped and the final file does not depend on i
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 from pathlib import Path
 
@@ -23,6 +24,24 @@ def with_spare(count: int) -> int:
     """How many samples to draw for `count` usable texts: an eighth more, since a sample that hits EOS
     early is too short to use. Samples are drawn in seeded chunks, so the first texts stay the same."""
     return count + count // 8 + 1
+
+
+BASE_SAMPLES = "base-samples"  # the corpus spec of offline samples from the base model
+
+
+def pretraining_texts(source: str, base, count: int, *, column: str = "text", seed: int | None = None,
+                      room: bool = False, progress: bool = True) -> list[str]:  # fmt: skip
+    """`count` texts of a corpus spec, or for `base-samples` samples of `base` (offline, cached). `room`:
+    more (an eighth more samples, four times as many corpus texts) for a consumer that drops texts too
+    short to use. `seed` shuffles the corpus or seeds the samples (default: each source's own)."""
+    from adl_jax.api import corpus_texts
+    from adl_jax.models.load import cache_root
+
+    seeded = {} if seed is None else {"seed": seed}
+    if source == BASE_SAMPLES:
+        n = with_spare(count) if room else count
+        return sample_texts(base, n, cache_root() / "corpus", progress=progress, **seeded)
+    return list(itertools.islice(corpus_texts(source, column, **seeded), 4 * count if room else count))
 
 
 def sample_texts(

@@ -12,16 +12,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import itertools
 import json
 from pathlib import Path
 
 from adl_jax import io
 from adl_jax.models.load import EMBEDDED
+from adl_jax.samples import BASE_SAMPLES, pretraining_texts
 from finetune.lora import LoraConfig, resolve_targets
 from finetune.train import BOOKKEEPING, TrainConfig, differences
 
-BASE_SAMPLES = "base-samples"
 HELP = {
     "config": "a JSON file of these settings (e.g. configs/finetune/orange_carrot_lora.json); flags override it",
     "out": "run directory: checkpoints, metrics, final/ (HF dir), adapter/ (PEFT, LoRA only)",
@@ -160,18 +159,6 @@ def load_examples(spec: RunSpec):
     return read_jsonl(spec.data), None
 
 
-def _pretrain_texts(spec: RunSpec, base, count: int, progress: bool) -> list[str]:
-    from adl_jax.api import corpus_texts
-    from adl_jax.models.load import cache_root
-    from adl_jax.samples import sample_texts
-
-    if not count:
-        return []
-    if spec.pretrain == BASE_SAMPLES:
-        return sample_texts(base, count, cache_root() / "corpus", seed=spec.train.seed, progress=progress)
-    return list(itertools.islice(corpus_texts(spec.pretrain, spec.column, seed=spec.train.seed), count))
-
-
 def run(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> dict:
     """Train (or continue) the run `spec` describes, export it, and return the contents of metrics.json."""
     import jax.numpy as jnp
@@ -196,7 +183,8 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> dict:
     if spec.chat_template:
         base.tokenizer.chat_template = Path(spec.chat_template).read_text()
     count = pretrain_texts_needed(len(examples), tc.mix_ratio, tc.eval_fraction) if spec.pretrain else 0
-    pretrain = _pretrain_texts(spec, base, count, progress)
+    pretrain = pretraining_texts(spec.pretrain, base, count, column=spec.column, seed=tc.seed,
+                                 progress=progress) if count else []  # fmt: skip
     splits = build_splits(examples, base.tokenizer, tc.seq_len, pretrain_texts=pretrain, mix_ratio=tc.mix_ratio,
                           eval_fraction=tc.eval_fraction, seed=tc.seed)
     io.write_json(out / "run.json", settings)
