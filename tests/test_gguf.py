@@ -290,6 +290,21 @@ def test_gemma3_270m_matches_transformers(gemma_logits):
     assert kl.mean() <= 1e-3
 
 
+def test_gemma3_270m_tokenizer_matches_transformers(gemma, gemma_gguf):
+    """Our torch-free GGUF tokenizer against transformers' own GGUF load of the packaged file."""
+    from transformers import AutoTokenizer
+
+    ref = AutoTokenizer.from_pretrained(gemma_gguf.parent, gguf_file=gemma_gguf.name)
+    texts = [ENGLISH, "  two spaces,\nnewlines\tand tabs", "Ünïcödé — 日本語 テキスト 🙂 1921", "<start_of_turn>user\nhi", ""]
+    for text in texts:
+        ids = gemma.tokenizer(text)["input_ids"]
+        assert ids == ref(text)["input_ids"], text
+        assert gemma.tokenizer.decode(ids, skip_special_tokens=True) == ref.decode(ids, skip_special_tokens=True)
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token", "chat_template"):
+        assert getattr(gemma.tokenizer, name) == getattr(ref, name), name
+    assert len(gemma.tokenizer) == len(ref)
+
+
 def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:
     """KL(p || q) per row, in float64."""
     log_p = torch.log_softmax(torch.tensor(p_logits, dtype=torch.float64), -1)

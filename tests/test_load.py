@@ -62,19 +62,43 @@ def test_gguf_file_with_tokenizer_and_chat_template(tmp_path, rng, monkeypatch):
     assert model.tokenizer.chat_template == CHAT_TEMPLATE
     assert model.tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], tokenize=False) == "<user>hi"
 
-    # The converted tokenizer is cached: a second load must not convert again.
-    assert len(os.listdir(tmp_path / "cache" / "tokenizers")) == 1
+    # transformers' own GGUF load (it needs torch) gives the same tokenizer
     from transformers import AutoTokenizer
 
-    convert = AutoTokenizer.from_pretrained.__func__
+    ref = AutoTokenizer.from_pretrained(tmp_path, gguf_file="tiny.gguf")
+    for text in ("the cat sat on a mat", "a  mat\n the", ""):
+        assert model.tokenizer(text)["input_ids"] == ref(text)["input_ids"], text
+    for name in ("bos_token", "eos_token", "unk_token", "pad_token", "chat_template"):
+        assert getattr(model.tokenizer, name) == getattr(ref, name), name
 
-    def no_conversion(cls, *args, **kw):
-        assert "gguf_file" not in kw, "tokenizer converted again instead of reloaded from the cache"
-        return convert(cls, *args, **kw)
+    # The converted tokenizer is cached: a second load must not convert again.
+    assert len(os.listdir(tmp_path / "cache" / "tokenizers")) == 1
+    import adl_jax.models.tokenizer as tokenizer_mod
 
-    monkeypatch.setattr(AutoTokenizer, "from_pretrained", classmethod(no_conversion))
+    monkeypatch.setattr(tokenizer_mod, "gguf_tokenizer", lambda *a: pytest.fail("converted again, not reloaded"))
     again = load_tokenizer(tmp_path / "tiny.gguf", cache_dir=tmp_path / "cache" / "tokenizers")
     assert again("the cat sat on a mat")["input_ids"] == want and again.chat_template == CHAT_TEMPLATE
+
+
+def test_a_gguf_loads_and_runs_without_torch(tmp_path):
+    """torch is a test dependency only: a fresh `pip install .` has none, and `adl demo` loads a GGUF. The
+    subprocess hides torch (None in sys.modules: find_spec says absent, import fails), as such a machine does."""
+    torch_model = tiny_hf_model("llama", tmp_path / "hf", **tiny_overrides("llama"))
+    write_gguf(torch_model, tmp_path / "tiny.gguf", chat_template=CHAT_TEMPLATE)
+    script = (
+        "import sys\n"
+        "sys.modules['torch'] = None\n"
+        "import jax.numpy as jnp\n"
+        "from adl_jax.models.load import load_model\n"
+        "from adl_jax.models.transformer import forward\n"
+        f"m = load_model({str(tmp_path / 'tiny.gguf')!r})\n"
+        "ids = m.tokenizer('the cat sat')['input_ids']\n"
+        "assert forward(m.params, jnp.asarray([ids]), m.cfg).logits.shape == (1, len(ids), m.cfg.vocab_size)\n"
+        "assert m.tokenizer.chat_template\n"
+    )
+    env = {**os.environ, "ADL_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
 
 
 @pytest.mark.parametrize("spec", ["/no/such/model.gguf", "./no/such/dir", "~/no-such-model.gguf", "not a spec"])

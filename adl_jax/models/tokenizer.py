@@ -1,4 +1,4 @@
-"""Tokenizers through `transformers.AutoTokenizer`, from an HF model directory or a GGUF file.
+"""Tokenizers through `transformers`, from an HF model directory or a GGUF file.
 
 A GGUF carries its vocabulary as metadata, and building a fast tokenizer from it is slow (about 16 s
 for Gemma 3's 262k-token vocabulary, against about 2.5 s to reload a saved one). So the converted
@@ -33,12 +33,33 @@ def load_tokenizer(source: str | Path, cache_dir: str | Path | None = None):
     if source.suffix != ".gguf" or not source.is_file():
         raise FileNotFoundError(f"no tokenizer source at {source}: give an HF model directory or a .gguf file")
     if cache_dir is None:
-        return AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
+        return gguf_tokenizer(source)
     saved = Path(cache_dir) / f"{source.stem}-{_file_key(source)}"
     if not saved.is_dir():
-        tokenizer = AutoTokenizer.from_pretrained(source.parent, gguf_file=source.name)
-        _save_atomically(tokenizer, saved)
+        _save_atomically(gguf_tokenizer(source), saved)
     return AutoTokenizer.from_pretrained(saved)
+
+
+def gguf_tokenizer(path: Path):
+    """A GGUF's tokenizer, built by transformers' own GGUF conversion from the metadata as the `gguf` package
+    reads it: `AutoTokenizer.from_pretrained(..., gguf_file=)` reads it with a module that imports torch,
+    which is no runtime dependency of ours."""
+    from transformers import PreTrainedTokenizerFast
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING, convert_gguf_tokenizer
+
+    from adl_jax.models.gguf import GGUFFile
+
+    f = GGUFFile(path)
+    fields = {group: {name: f.meta(f"tokenizer.{key}") for key, name in keys.items() if f"tokenizer.{key}" in f.fields}
+              for group, keys in GGUF_TOKENIZER_MAPPING.items()}  # fmt: skip
+    vocab, config = fields["tokenizer"], fields["tokenizer_config"]
+    if vocab.get("tokenizer_type") == "llama":  # llama.cpp adds BOS to a sentencepiece vocabulary unless told not to
+        config.setdefault("add_bos_token", True)
+    for name in ("bos", "eos", "unk", "pad"):
+        token_id = vocab.get(f"{name}_token_id")
+        config[f"{name}_token"] = vocab["tokens"][token_id] if token_id is not None else None
+    backend, extra = convert_gguf_tokenizer(f.arch, vocab)
+    return PreTrainedTokenizerFast(tokenizer_object=backend, **config, **extra)
 
 
 def _file_key(path: Path) -> str:
