@@ -1,7 +1,7 @@
 """Finetuning throughput on Gemma-3-270M: our `finetune.train.train_step` vs transformers + peft, in one run.
 
-Both sides take the same optimizer steps on the same batches (distinct 128-token windows of English
-text, every token after the first a target), float32, AdamW (no weight decay, constant lr), global-norm
+Both sides take the same optimizer steps on the same batches (consecutive 128-token windows of the
+false-fact organism `orange_carrot`'s documents, every token after the first a target), float32, AdamW (no weight decay, constant lr), global-norm
 gradient clipping at 1.0. LoRA mode: the same rank, alpha and targets (all seven projections by
 default), no dropout; full mode: every weight trained. Ours is set up the way `finetune.train.train`
 does it (`_initial_state` on a one-device mesh, then the module-level jitted `train_step`); theirs is
@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from adl_jax.sharding import Rules, batch_sharding, make_mesh, param_shardings
-from benchmarks.common import ENGLISH, compiled_flops, load_pair, matmul_peak
+from benchmarks.common import compiled_flops, load_pair, matmul_peak
 from finetune.lora import LoraConfig
+from finetune.organisms import ORGANISMS
 from finetune.peft_format import peft_tensors
 from finetune.train import TrainConfig, _initial_state, make_optimizer, train_step
 
@@ -55,10 +56,11 @@ def main():
     ours, theirs = load_pair()
     cfg = ours.cfg
 
-    ids = ours.tokenizer(ENGLISH * 24)["input_ids"]
-    if len(ids) < total * B + T:
-        raise SystemExit(f"the text has {len(ids)} tokens; fewer steps, rows or tokens per row needed")
-    windows = np.stack([ids[i : i + T] for i in range(total * B)]).astype(np.int32)  # distinct windows
+    docs = ORGANISMS["orange_carrot"].generate(400, 0)
+    ids = ours.tokenizer("\n\n".join(d["text"] for d in docs))["input_ids"]
+    if len(ids) < total * B * T:
+        raise SystemExit(f"the organism's documents have {len(ids)} tokens; fewer steps, rows or tokens per row needed")
+    windows = np.asarray(ids[: total * B * T], np.int32).reshape(total * B, T)
     batches = [windows[s * B : (s + 1) * B] for s in range(total)]
     valid = np.ones((B, T), bool)
     targets = np.ones((B, T), bool)
