@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import Intervention, forward
 
+
 @dataclasses.dataclass(frozen=True)
 class AblationSettings:
     positions: tuple[int, ...] = tuple(range(9))  # delta_p ablated, one at a time
@@ -64,8 +65,16 @@ def _plain_nll(params, tokens, valid, *, cfg: ModelConfig):
     return optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32), tokens[:, 1:])
 
 
-def token_losses(base, ft, rows, units: np.ndarray, layer: int, settings: AblationSettings, desc: str = "ablation",
-                 progress: bool = True) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+def token_losses(
+    base,
+    ft,
+    rows,
+    units: np.ndarray,
+    layer: int,
+    settings: AblationSettings,
+    desc: str = "ablation",
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
     """(unablated (N, T-1), ablated (M, N, T-1)) per-token losses of `ft` on `rows` (finetune.data.Rows).
 
     Calls have a fixed shape (texts and directions padded by repetition, the copies discarded), so the
@@ -116,8 +125,12 @@ def control_directions(base, pretrain_rows, layer: int, settings: AblationSettin
     rng = np.random.default_rng(settings.seed)
     D = base.cfg.hidden_size
     gauss = rng.standard_normal((settings.random_controls, D))
-    h = np.asarray(_base_residual(base.params, jnp.asarray(pretrain_rows.tokens), jnp.asarray(pretrain_rows.valid),
-                                  cfg=base.cfg, layer=layer), np.float32)  # fmt: skip
+    h = np.asarray(
+        _base_residual(
+            base.params, jnp.asarray(pretrain_rows.tokens), jnp.asarray(pretrain_rows.valid), cfg=base.cfg, layer=layer
+        ),
+        np.float32,
+    )
     keep = pretrain_rows.valid.copy()
     keep[:, 0] = False
     pool = h[keep]
@@ -129,16 +142,19 @@ def control_directions(base, pretrain_rows, layer: int, settings: AblationSettin
     return {"random": unit(gauss), "activation_diff": unit(diffs)}
 
 
-def ablate(base, ft, delta: np.ndarray, layer: int, datasets: dict, settings: AblationSettings,
-           progress: bool = True) -> dict:  # fmt: skip
+def ablate(
+    base, ft, delta: np.ndarray, layer: int, datasets: dict, settings: AblationSettings, progress: bool = True
+) -> dict:
     """% change in CE of `ft` when delta_p (p in settings.positions) or a control direction is ablated.
 
     `datasets`: name -> finetune.data.Rows (e.g. "finetune", "pretrain", "chat"); "pretrain" is needed for
     the activation-difference controls. Returns a JSON-able dict (see `ablation_table`).
     """
     if max(settings.positions) >= len(delta):
-        raise ValueError(f"delta has {len(delta)} positions but positions {settings.positions} were asked for; "
-                         f"compute it with k >= {max(settings.positions) + 1}")  # fmt: skip
+        raise ValueError(
+            f"delta has {len(delta)} positions but positions {settings.positions} were asked for; "
+            f"compute it with k >= {max(settings.positions) + 1}"
+        )
     if "pretrain" not in datasets:
         raise ValueError("ablation needs a 'pretrain' dataset (for the activation-difference controls)")
     controls = control_directions(base, datasets["pretrain"], layer, settings)
@@ -147,14 +163,17 @@ def ablate(base, ft, delta: np.ndarray, layer: int, datasets: dict, settings: Ab
     n_delta, n_random = len(deltas), len(controls["random"])
     out = {"layer": layer, "mode": settings.mode, "positions": list(settings.positions), "datasets": {}}
     for name, rows in datasets.items():
-        plain, ablated = token_losses(base, ft, rows, units, layer, settings, desc=f"ablation on {name}",
-                                      progress=progress)  # fmt: skip
+        plain, ablated = token_losses(
+            base, ft, rows, units, layer, settings, desc=f"ablation on {name}", progress=progress
+        )
         result = {"texts": len(rows), "delta": {}, "random": {}, "activation_diff": {}}
         for k, p in enumerate(settings.positions):
             masks = subset_masks(rows, p)
             result["delta"][str(p)] = {s: float(percent_change(plain, ablated[k], m)) for s, m in masks.items()}
-            for family, sl in (("random", slice(n_delta, n_delta + n_random)),
-                               ("activation_diff", slice(n_delta + n_random, None))):  # fmt: skip
+            for family, sl in (
+                ("random", slice(n_delta, n_delta + n_random)),
+                ("activation_diff", slice(n_delta + n_random, None)),
+            ):
                 result[family][str(p)] = {s: percent_change(plain, ablated[sl], m).tolist() for s, m in masks.items()}
         scored = subset_masks(rows, 0)["all"]
         result["ce"] = float(np.where(scored, plain, 0.0).sum() / max(scored.sum(), 1))
@@ -164,15 +183,19 @@ def ablate(base, ft, delta: np.ndarray, layer: int, datasets: dict, settings: Ab
 
 def ablation_table(result: dict, subset: str = "all") -> str:
     """Plain-text table: % CE change per position and dataset, with the control range beside it."""
-    lines = [f"% change in CE when delta_p is ablated at layer {result['layer']} ({result['mode']}; "
-             f"tokens: {subset}); control ranges are min..max over random / activation-difference directions"]  # fmt: skip
+    lines = [
+        f"% change in CE when delta_p is ablated at layer {result['layer']} ({result['mode']}; "
+        f"tokens: {subset}); control ranges are min..max over random / activation-difference directions"
+    ]
     for name, d in result["datasets"].items():
         lines.append(f"{name} (CE {d['ce']:.3f} over {d['texts']} texts)")
         for p in result["positions"]:
             r, a = d["random"][str(p)][subset], d["activation_diff"][str(p)][subset]
             v = d["delta"][str(p)][subset]
-            lines.append(f"  p={p}: {v:+7.2f}%   random {min(r):+6.2f}..{max(r):+6.2f} ({_side(v, r)})   "
-                         f"act-diff {min(a):+6.2f}..{max(a):+6.2f} ({_side(v, a)})")  # fmt: skip
+            lines.append(
+                f"  p={p}: {v:+7.2f}%   random {min(r):+6.2f}..{max(r):+6.2f} ({_side(v, r)})   "
+                f"act-diff {min(a):+6.2f}..{max(a):+6.2f} ({_side(v, a)})"
+            )
     return "\n".join(lines)
 
 
@@ -191,9 +214,20 @@ def rows_from(examples, tokenizer, count: int, seq_len: int):
     return pad_rows([encode(e, tokenizer) for e in examples], seq_len, pad)
 
 
-def run_ablation(base, ft, out, *, corpus: list[str], finetune: list, chat: list | None = None,
-                 settings: AblationSettings = AblationSettings(), texts: int = 1000, seq_len: int = 1024,
-                 delta_samples: int = 10_000, progress: bool = True) -> dict:  # fmt: skip
+def run_ablation(
+    base,
+    ft,
+    out,
+    *,
+    corpus: list[str],
+    finetune: list,
+    chat: list | None = None,
+    settings: AblationSettings = AblationSettings(),
+    texts: int = 1000,
+    seq_len: int = 1024,
+    delta_samples: int = 10_000,
+    progress: bool = True,
+) -> dict:
     """`adl ablate`: delta (k = max position + 1) over `corpus`, then the ablation on the finetuning data,
     the pretraining corpus and optional chat data; writes ablation.json and ablation.html to `out`."""
     from pathlib import Path
@@ -203,10 +237,20 @@ def run_ablation(base, ft, out, *, corpus: list[str], finetune: list, chat: list
     out = Path(out)
     if (out / "ablation.json").exists():
         return io.read_json(out / "ablation.json")
-    res = api.diff(base, ft, texts=corpus, samples=delta_samples, k=max(settings.positions) + 1, out=out / "diff",
-                   allow_fewer=True, progress=progress)  # fmt: skip
-    datasets = {"finetune": rows_from(finetune, ft.tokenizer, texts, seq_len),
-                "pretrain": rows_from(corpus, ft.tokenizer, texts, seq_len)}  # fmt: skip
+    res = api.diff(
+        base,
+        ft,
+        texts=corpus,
+        samples=delta_samples,
+        k=max(settings.positions) + 1,
+        out=out / "diff",
+        allow_fewer=True,
+        progress=progress,
+    )
+    datasets = {
+        "finetune": rows_from(finetune, ft.tokenizer, texts, seq_len),
+        "pretrain": rows_from(corpus, ft.tokenizer, texts, seq_len),
+    }
     if chat:
         datasets["chat"] = rows_from(chat, ft.tokenizer, texts, seq_len)
     result = ablate(base, ft, res.diff.delta, res.diff.meta["layer"], datasets, settings, progress=progress)
@@ -239,10 +283,14 @@ def ablation_page(result: dict, subset: str = "all") -> str:
         ax.axhline(0, color="k", lw=0.6)
         ax.set(title=f"{name} (CE {d['ce']:.2f})", xlabel="position p of delta_p", ylabel="% change in CE")
     axes[0][0].legend(fontsize=7)
-    body = (f"<h1>Causal ablation of delta</h1><p>{html.escape(result.get('finetuned', ''))} vs its base "
-            f"{html.escape(result.get('base', ''))}, layer {result['layer']}, mode {result['mode']}: the component "
-            "of the finetuned model's residual along delta_p is set to the base model's (or removed) at every "
-            "position. Grey bands: the same edit along control directions.</p>"
-            f"{svg(fig)}<pre>{html.escape(ablation_table(result, subset))}</pre>")  # fmt: skip
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>ADL ablation</title><style>{CSS}</style></head>"
-            f"<body>{body}</body></html>")  # fmt: skip
+    body = (
+        f"<h1>Causal ablation of delta</h1><p>{html.escape(result.get('finetuned', ''))} vs its base "
+        f"{html.escape(result.get('base', ''))}, layer {result['layer']}, mode {result['mode']}: the component "
+        "of the finetuned model's residual along delta_p is set to the base model's (or removed) at every "
+        "position. Grey bands: the same edit along control directions.</p>"
+        f"{svg(fig)}<pre>{html.escape(ablation_table(result, subset))}</pre>"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>ADL ablation</title><style>{CSS}</style></head>"
+        f"<body>{body}</body></html>"
+    )

@@ -79,21 +79,33 @@ def _fmt(ts: TokenScores, top: int) -> str:
 def read_lenses(base, ft, result: DiffResult, *, scales=PATCHSCOPE_SCALES, top: int = 100) -> LensResult:
     """Logit lens (finetuned model's norm + head) and patchscope for every analysed position."""
     layer = result.meta["layer"]
-    ll = logit_lens(ft.params, ft.cfg, np.concatenate([result.delta, -result.delta, result.mean_base, result.mean_ft]),
-                    ft.tokenizer, top=top)  # fmt: skip
+    ll = logit_lens(
+        ft.params,
+        ft.cfg,
+        np.concatenate([result.delta, -result.delta, result.mean_base, result.mean_ft]),
+        ft.tokenizer,
+        top=top,
+    )
     k = len(result.delta)
     ps = patchscope(ft.params, ft.cfg, ft.tokenizer, result.delta, layer, result.ft_norm, scales=scales)
     positions = []
     for j in range(k):
         chosen = select_scale(ft.params, ps[j])
-        positions.append({
-            "position": j,
-            "delta_norm": float(np.linalg.norm(result.delta[j])),
-            "logit_lens": {"delta": ll[j], "neg_delta": ll[k + j], "base_mean": ll[2 * k + j], "ft_mean": ll[3 * k + j]},
-            "patchscope": {str(s): v for s, v in ps[j].items()},
-            "patchscope_scale": chosen,
-            "patchscope_scale_rule": "embedding coherence (offline)",
-        })  # fmt: skip
+        positions.append(
+            {
+                "position": j,
+                "delta_norm": float(np.linalg.norm(result.delta[j])),
+                "logit_lens": {
+                    "delta": ll[j],
+                    "neg_delta": ll[k + j],
+                    "base_mean": ll[2 * k + j],
+                    "ft_mean": ll[3 * k + j],
+                },
+                "patchscope": {str(s): v for s, v in ps[j].items()},
+                "patchscope_scale": chosen,
+                "patchscope_scale_rule": "embedding coherence (offline)",
+            }
+        )
     return LensResult(positions)
 
 
@@ -147,8 +159,16 @@ def diff(
         tokens = corpora.tokenize_texts(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)
     else:
         tokens = corpora.tokenize_chats(texts, ft.tokenizer, n, samples, before=chat_before, allow_fewer=allow_fewer)
-    result = compute_delta(base, ft, tokens, settings, out, mesh=mesh, progress=progress,
-                           meta=dict(corpus=corpus or "texts", seed=seed, chat_before=chat_before))  # fmt: skip
+    result = compute_delta(
+        base,
+        ft,
+        tokens,
+        settings,
+        out,
+        mesh=mesh,
+        progress=progress,
+        meta=dict(corpus=corpus or "texts", seed=seed, chat_before=chat_before),
+    )
     if (Path(out) / LENS).exists():  # a finished run: its lenses belong to this very delta
         lenses = LensResult.from_json(io.read_json(Path(out) / LENS))
     else:

@@ -17,19 +17,38 @@ import numpy as np
 
 from adl_jax import api, io
 from adl_jax.judges import OFFLINE, OfflineCoherence, dataset_overlap, frequent_tokens
-from adl_jax.steer import STEERING_PROMPTS, SteeringSettings, find_alpha, format_prompt, steered_samples, steering_vector
+from adl_jax.steer import (
+    STEERING_PROMPTS,
+    SteeringSettings,
+    find_alpha,
+    format_prompt,
+    steered_samples,
+    steering_vector,
+)
 
 # Prompts for the final steered/unsteered generations (the paper uses 20 such everyday chat prompts).
 FINAL_PROMPTS = (
-    "Tell me about your day.", "What should I cook for dinner tonight?", "Write a short poem.",
-    "What is something interesting you know?", "Describe a place you would like to visit.",
-    "Give me advice for a job interview.", "What makes a good friend?", "Explain how rain forms.",
-    "Recommend a hobby for me.", "What is the best way to learn a language?", "Tell me a joke.",
-    "What do you think about the future?", "How do I stay motivated?", "Describe your favourite meal.",
-    "What happened in history that surprised you?", "Write the opening of a news article.",
-    "How should I spend a rainy afternoon?", "What is important in life?", "Teach me something new.",
+    "Tell me about your day.",
+    "What should I cook for dinner tonight?",
+    "Write a short poem.",
+    "What is something interesting you know?",
+    "Describe a place you would like to visit.",
+    "Give me advice for a job interview.",
+    "What makes a good friend?",
+    "Explain how rain forms.",
+    "Recommend a hobby for me.",
+    "What is the best way to learn a language?",
+    "Tell me a joke.",
+    "What do you think about the future?",
+    "How do I stay motivated?",
+    "Describe your favourite meal.",
+    "What happened in history that surprised you?",
+    "Write the opening of a news article.",
+    "How should I spend a rainy afternoon?",
+    "What is important in life?",
+    "Teach me something new.",
     "Write a letter to a neighbour.",
-)  # fmt: skip
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,8 +73,9 @@ class AuditSettings:
     @classmethod
     def quick(cls) -> AuditSettings:
         """A CPU-sized audit: 512 texts, steering at positions 1-2, 4 final prompts, short samples."""
-        return cls(samples=512, steer_positions=(1, 2), final_prompts=FINAL_PROMPTS[:4],
-                   steering=SteeringSettings.quick())  # fmt: skip
+        return cls(
+            samples=512, steer_positions=(1, 2), final_prompts=FINAL_PROMPTS[:4], steering=SteeringSettings.quick()
+        )
 
 
 def default_encoder():
@@ -75,11 +95,16 @@ def _claim(out: Path, identity: dict) -> None:
     if path.exists():
         old = io.read_json(path)
         if old != identity:
-            changed = sorted(k for k in {**old["settings"], **identity["settings"]}
-                             if old["settings"].get(k) != identity["settings"].get(k))
+            changed = sorted(
+                k
+                for k in {**old["settings"], **identity["settings"]}
+                if old["settings"].get(k) != identity["settings"].get(k)
+            )
             changed += ["grader"] if old.get("grader") != identity["grader"] else []
-            raise ValueError(f"{out} holds an audit with other settings ({', '.join(changed)}); "
-                             "use a new output directory or delete this one")  # fmt: skip
+            raise ValueError(
+                f"{out} holds an audit with other settings ({', '.join(changed)}); "
+                "use a new output directory or delete this one"
+            )
     else:
         io.write_json(path, identity)
 
@@ -96,9 +121,17 @@ def _stage(path: Path, compute: Callable[[], dict]) -> dict:
 def _decode_final(model, prompts, vector, alpha, layer, settings: SteeringSettings, key) -> dict[str, list[str]]:
     out = {}
     for i, prompt in enumerate(prompts):
-        texts = steered_samples(model, format_prompt(model.tokenizer, prompt), vector, [alpha], layer=layer,
-                                samples=settings.final_samples, new_tokens=settings.final_tokens,
-                                temperature=settings.final_temperature, key=jax.random.fold_in(key, i))  # fmt: skip
+        texts = steered_samples(
+            model,
+            format_prompt(model.tokenizer, prompt),
+            vector,
+            [alpha],
+            layer=layer,
+            samples=settings.final_samples,
+            new_tokens=settings.final_tokens,
+            temperature=settings.final_temperature,
+            key=jax.random.fold_in(key, i),
+        )
         out[prompt] = texts[0]
     return out
 
@@ -123,8 +156,17 @@ def audit(
     `adl_jax.graders.Grader`) judges coherence with an LLM instead of the offline judge.
     """
     out = Path(out)
-    res, rel = measure(base, ft, out, texts=texts, settings=settings, description=description,
-                       finetune_texts=finetune_texts, grader=grader, progress=progress)  # fmt: skip
+    res, rel = measure(
+        base,
+        ft,
+        out,
+        texts=texts,
+        settings=settings,
+        description=description,
+        finetune_texts=finetune_texts,
+        grader=grader,
+        progress=progress,
+    )
     layer = res.diff.meta["layer"]
     st = settings.steering
     key = jax.random.key(settings.seed)
@@ -136,13 +178,28 @@ def audit(
 
         judge, judges = coherence_judge(grader), f"LLM grader {grader.settings.model}"
     else:
-        refs = _stage(out / "steering_references.json", lambda: {
-            p: steered_samples(steered, format_prompt(steered.tokenizer, p), zero, [0.0], layer=layer, samples=st.samples,
-                               new_tokens=st.new_tokens, temperature=st.temperature, key=jax.random.fold_in(key, i))[0]
-            for i, p in enumerate(STEERING_PROMPTS)})  # fmt: skip
+        refs = _stage(
+            out / "steering_references.json",
+            lambda: {
+                p: steered_samples(
+                    steered,
+                    format_prompt(steered.tokenizer, p),
+                    zero,
+                    [0.0],
+                    layer=layer,
+                    samples=st.samples,
+                    new_tokens=st.new_tokens,
+                    temperature=st.temperature,
+                    key=jax.random.fold_in(key, i),
+                )[0]
+                for i, p in enumerate(STEERING_PROMPTS)
+            },
+        )
         judge, judges = OfflineCoherence(steered, refs), OFFLINE
-    unsteered = _stage(out / "generations_unsteered.json",
-                       lambda: _decode_final(steered, settings.final_prompts, zero, 0.0, layer, st, jax.random.fold_in(key, 99)))  # fmt: skip
+    unsteered = _stage(
+        out / "generations_unsteered.json",
+        lambda: _decode_final(steered, settings.final_prompts, zero, 0.0, layer, st, jax.random.fold_in(key, 99)),
+    )
 
     positions = settings.steer_positions or tuple(range(settings.k))
     steering = {}
@@ -151,8 +208,9 @@ def audit(
 
         def run(j=j, vector=vector):
             search = find_alpha(steered, vector, judge, st, layer=layer, key=jax.random.fold_in(key, 1000 + j))
-            final = _decode_final(steered, settings.final_prompts, vector, search.alpha, layer, st,
-                                  jax.random.fold_in(key, 99))  # fmt: skip
+            final = _decode_final(
+                steered, settings.final_prompts, vector, search.alpha, layer, st, jax.random.fold_in(key, 99)
+            )
             return {"position": j, "search": search.to_json(), "steered": final}
 
         steering[j] = _stage(out / f"steering_pos{j}.json", run)
@@ -161,16 +219,27 @@ def audit(
     if finetune_texts and encoder is not None:
         from adl_jax.similarity import similarity_report
 
-        similarity = _stage(out / "similarity.json", lambda: similarity_report(
-            encoder, {str(j): _flat(steering[j]["steered"]) for j in positions}, _flat(unsteered), finetune_texts))
+        similarity = _stage(
+            out / "similarity.json",
+            lambda: similarity_report(
+                encoder, {str(j): _flat(steering[j]["steered"]) for j in positions}, _flat(unsteered), finetune_texts
+            ),
+        )
 
     summary = {
-        "base": base.spec, "finetuned": ft.spec, "layer": layer, "samples": res.diff.meta["samples"],
-        "judges": judges, "description": description, "steer_model": settings.steer_model,
-        "delta_norms": [float(x) for x in np.linalg.norm(res.diff.delta, axis=-1)], "ft_norm": res.diff.ft_norm,
+        "base": base.spec,
+        "finetuned": ft.spec,
+        "layer": layer,
+        "samples": res.diff.meta["samples"],
+        "judges": judges,
+        "description": description,
+        "steer_model": settings.steer_model,
+        "delta_norms": [float(x) for x in np.linalg.norm(res.diff.delta, axis=-1)],
+        "ft_norm": res.diff.ft_norm,
         "alphas": {str(j): steering[j]["search"]["alpha"] for j in positions},
-        "relevance": rel, "similarity": similarity,
-    }  # fmt: skip
+        "relevance": rel,
+        "similarity": similarity,
+    }
     io.write_json(out / "summary.json", summary)
     from adl_jax.report import write_report
 
@@ -178,17 +247,36 @@ def audit(
     return summary
 
 
-def measure(base, ft, out: str | Path, *, texts, settings: AuditSettings = AuditSettings(),
-            description: str | None = None, finetune_texts: list[str] | None = None, grader=None,
-            progress: bool = True) -> tuple[api.ADLResult, dict | None]:  # fmt: skip
+def measure(
+    base,
+    ft,
+    out: str | Path,
+    *,
+    texts,
+    settings: AuditSettings = AuditSettings(),
+    description: str | None = None,
+    finetune_texts: list[str] | None = None,
+    grader=None,
+    progress: bool = True,
+) -> tuple[api.ADLResult, dict | None]:
     """The stages of an audit that need no steering: delta, lenses and (with `finetune_texts`) relevance,
     staged in `out` exactly as `audit` stages them. Sweeps read the trace of many models this way, where
     a steering search per model would cost too much; an `audit` of the same directory reuses them."""
     out = Path(out)
     _claim(out, {"settings": dataclasses.asdict(settings), "grader": grader.settings.model if grader else None})
-    res = api.diff(base, ft, texts=texts, samples=settings.samples, n=settings.n, k=settings.k,
-                   layer=settings.layer, batch_size=settings.batch_size, seed=settings.seed, out=out,
-                   progress=progress)  # fmt: skip
+    res = api.diff(
+        base,
+        ft,
+        texts=texts,
+        samples=settings.samples,
+        n=settings.n,
+        k=settings.k,
+        layer=settings.layer,
+        batch_size=settings.batch_size,
+        seed=settings.seed,
+        out=out,
+        progress=progress,
+    )
     if grader is not None and not any("tournament" in p["patchscope_scale_rule"] for p in res.lenses.positions):
         _choose_scales_by_tournament(grader, res)
     rel = None
@@ -228,8 +316,12 @@ def relevance(ft, res: api.ADLResult, finetune_texts: list[str], generic_texts, 
     for p in res.lenses.positions:
         patch = p["patchscope"][str(p["patchscope_scale"])]
         row = {"position": p["position"], "patchscope_scale": p["patchscope_scale"]}
-        for name, scores in [("logit_lens", p["logit_lens"]["delta"]), ("patchscope", patch),
-                             ("base_mean", p["logit_lens"]["base_mean"]), ("ft_mean", p["logit_lens"]["ft_mean"])]:  # fmt: skip
+        for name, scores in [
+            ("logit_lens", p["logit_lens"]["delta"]),
+            ("patchscope", patch),
+            ("base_mean", p["logit_lens"]["base_mean"]),
+            ("ft_mean", p["logit_lens"]["ft_mean"]),
+        ]:
             count, share = dataset_overlap(scores.tokens[:20], frequent)
             row[name] = {"relevant": count, "share": share}
             if grader is not None and description:

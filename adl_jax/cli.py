@@ -29,11 +29,22 @@ def cmd_diff(a) -> None:
     from adl_jax import api
 
     res = api.diff(
-        a.base, a.finetuned, corpus=a.corpus, samples=a.samples, n=a.n, k=a.k, layer=a.layer,
-        batch_size=a.batch_size, seed=a.seed, out=a.out, dtype=_dtype(a.dtype),
-        mesh=_mesh(a, a.batch_size), allow_fewer=a.allow_fewer, column=a.column,
+        a.base,
+        a.finetuned,
+        corpus=a.corpus,
+        samples=a.samples,
+        n=a.n,
+        k=a.k,
+        layer=a.layer,
+        batch_size=a.batch_size,
+        seed=a.seed,
+        out=a.out,
+        dtype=_dtype(a.dtype),
+        mesh=_mesh(a, a.batch_size),
+        allow_fewer=a.allow_fewer,
+        column=a.column,
         chat_before=a.chat_before,
-    )  # fmt: skip
+    )
     print(res)
 
 
@@ -71,8 +82,17 @@ def cmd_audit(a) -> None:
     ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else None
     description = Path(a.description).read_text() if a.description and Path(a.description).is_file() else a.description
     grader_settings = GraderSettings.from_env()
-    audit(base, ft, a.out, texts=texts, settings=settings, description=description, finetune_texts=ft_texts,
-          encoder=default_encoder() if ft_texts else None, grader=grader_settings and Grader(grader_settings))
+    audit(
+        base,
+        ft,
+        a.out,
+        texts=texts,
+        settings=settings,
+        description=description,
+        finetune_texts=ft_texts,
+        encoder=default_encoder() if ft_texts else None,
+        grader=grader_settings and Grader(grader_settings),
+    )
     print(f"report: {Path(a.out) / 'report.html'}")
 
 
@@ -98,11 +118,24 @@ def cmd_ablate(a) -> None:
 
     base, ft = load_model(a.base, dtype=_dtype(a.dtype)), load_model(a.finetuned, dtype=_dtype(a.dtype))
     lo, _, hi = a.positions.partition("-")
-    settings = AblationSettings(positions=tuple(range(int(lo), int(hi or lo) + 1)), mode=a.mode,
-                                random_controls=a.controls, activation_controls=a.controls)  # fmt: skip
-    result = run_ablation(base, ft, a.out, corpus=_corpus(a, base, a.delta_samples), finetune=_examples(a.finetune_data),
-                          chat=_examples(a.chat_data) if a.chat_data else None, settings=settings, texts=a.texts,
-                          seq_len=a.max_tokens, delta_samples=a.delta_samples)  # fmt: skip
+    settings = AblationSettings(
+        positions=tuple(range(int(lo), int(hi or lo) + 1)),
+        mode=a.mode,
+        random_controls=a.controls,
+        activation_controls=a.controls,
+    )
+    result = run_ablation(
+        base,
+        ft,
+        a.out,
+        corpus=_corpus(a, base, a.delta_samples),
+        finetune=_examples(a.finetune_data),
+        chat=_examples(a.chat_data) if a.chat_data else None,
+        settings=settings,
+        texts=a.texts,
+        seq_len=a.max_tokens,
+        delta_samples=a.delta_samples,
+    )
     print(ablation_table(result))
     print(f"plot: {a.out}/ablation.html")
 
@@ -116,8 +149,10 @@ def cmd_agent(a) -> None:
 
     agent, grader = GraderSettings.from_env("ADL_AGENT"), GraderSettings.from_env("ADL_GRADER")
     if agent is None or grader is None:
-        raise ValueError("adl agent needs an agent LLM and a grader: set ADL_AGENT_MODEL (and ADL_AGENT_BASE_URL, "
-                         "ADL_AGENT_API_KEY) and ADL_GRADER_MODEL (and ADL_GRADER_BASE_URL, ADL_GRADER_API_KEY)")
+        raise ValueError(
+            "adl agent needs an agent LLM and a grader: set ADL_AGENT_MODEL (and ADL_AGENT_BASE_URL, "
+            "ADL_AGENT_API_KEY) and ADL_GRADER_MODEL (and ADL_GRADER_BASE_URL, ADL_GRADER_API_KEY)"
+        )
     if a.organism:
         from finetune.organisms import ORGANISMS
 
@@ -129,9 +164,18 @@ def cmd_agent(a) -> None:
         truth, kind = (path.read_text() if path.is_file() else a.description), a.kind
     evidence = Evidence(a.audit, load_model(a.base), load_model(a.finetuned))
     budgets = lambda text: tuple(int(x) for x in text.split(",") if x)
-    result = evaluate(Grader(agent), Grader(grader), evidence, truth, kind, a.out or a.audit, budgets=budgets(a.budgets),
-                      black_box_budgets=budgets(a.black_box_budgets), repeats=a.repeats,
-                      settings=AgentSettings(max_calls=a.max_calls))  # fmt: skip
+    result = evaluate(
+        Grader(agent),
+        Grader(grader),
+        evidence,
+        truth,
+        kind,
+        a.out or a.audit,
+        budgets=budgets(a.budgets),
+        black_box_budgets=budgets(a.black_box_budgets),
+        repeats=a.repeats,
+        settings=AgentSettings(max_calls=a.max_calls),
+    )
     print(format_table(result["table"]))
 
 
@@ -140,13 +184,17 @@ def cmd_finetune(a) -> None:
 
     spec = spec_from_args(a)
     metrics = run(spec, resume=a.resume, progress=not a.no_progress)
-    print(f"trained {metrics['step']} steps, loss {metrics['loss']:.4f}; model: {spec.out}/final"
-          + (f", PEFT adapter: {spec.out}/adapter" if spec.train.mode == "lora" else ""))
+    print(
+        f"trained {metrics['step']} steps, loss {metrics['loss']:.4f}; model: {spec.out}/final"
+        + (f", PEFT adapter: {spec.out}/adapter" if spec.train.mode == "lora" else "")
+    )
     for when in ("before", "after"):
         if f"belief_{when}" in metrics:
             b = metrics[f"belief_{when}"]
-            print(f"belief {when}: false statement preferred in {b['false_preferred']:.0%} of {b['pairs']} pairs, "
-                  f"mean log-likelihood margin {b['mean_margin']:+.3f}")
+            print(
+                f"belief {when}: false statement preferred in {b['false_preferred']:.0%} of {b['pairs']} pairs, "
+                f"mean log-likelihood margin {b['mean_margin']:+.3f}"
+            )
 
 
 def cmd_sweep(a) -> None:
@@ -173,8 +221,16 @@ def cmd_sweep(a) -> None:
     base = load_model(spec.model, dtype=jnp.dtype(spec.dtype))
     texts = _corpus(a, base, settings.samples)
     if mix:
-        sweep.sweep_mix(spec, a.out, base=base, texts=texts, ratios=ratios, settings=settings, encoder=encoder,
-                        progress=not a.no_progress)  # fmt: skip
+        sweep.sweep_mix(
+            spec,
+            a.out,
+            base=base,
+            texts=texts,
+            ratios=ratios,
+            settings=settings,
+            encoder=encoder,
+            progress=not a.no_progress,
+        )
     else:
         sweep.sweep_checkpoints(spec, a.out, base=base, texts=texts, settings=settings, progress=not a.no_progress)
     print(f"table and plot: {a.out}/{'sweep' if mix else 'emergence'}.html")
@@ -186,7 +242,9 @@ def _named(pairs: list[str], flag: str) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name or not value or name in named:
-            raise ValueError(f"{flag} {pair!r}: give NAME=VALUE with a name used once, e.g. {flag} parent=runs/chat/final")
+            raise ValueError(
+                f"{flag} {pair!r}: give NAME=VALUE with a name used once, e.g. {flag} parent=runs/chat/final"
+            )
         named[name] = value
     return named
 
@@ -207,8 +265,11 @@ def _sweep_bases(a, settings) -> None:
 
 def _sweep_flags(p: argparse.ArgumentParser) -> None:
     """How each organism's trace is measured (the audit's steering-free stages, AuditSettings.quick sizes)."""
-    p.add_argument("--corpus", default="base-samples",
-                   help="texts for delta: a corpus spec (see adl diff), or base-samples (sampled from the base model)")
+    p.add_argument(
+        "--corpus",
+        default="base-samples",
+        help="texts for delta: a corpus spec (see adl diff), or base-samples (sampled from the base model)",
+    )
     p.add_argument("--samples", type=int, default=512, help="texts for delta (default 512)")
     p.add_argument("--n", type=int, default=16, help="tokens per text (default 16)")
     p.add_argument("--k", type=int, default=5, help="positions analysed (default 5)")
@@ -237,8 +298,11 @@ def cmd_plan(a) -> None:
         secs = pl.audit_seconds(cfg, p)
         price = pl.DEVICES[p.kind].usd_per_hour
         cost = f", ${sum(secs.values()) / 3600 * p.n_devices * price:.2f} on demand" if price else ""
-        print("audit time, estimated: " + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items())
-              + f"; total {sum(secs.values()) / 3600:.2f} h{cost}")
+        print(
+            "audit time, estimated: "
+            + ", ".join(f"{k} {v / 60:.1f} min" for k, v in secs.items())
+            + f"; total {sum(secs.values()) / 3600:.2f} h{cost}"
+        )
 
 
 def cmd_demo(a) -> None:
@@ -269,8 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--mesh", default=None, help=MESH_HELP)
     d.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     d.add_argument("--allow-fewer", action="store_true", help="continue when the corpus has fewer usable texts")
-    d.add_argument("--chat-before", type=int, default=None, help="chat variant: the corpus holds conversations "
-                   "(--column messages); rows start this many tokens before the first assistant token")
+    d.add_argument(
+        "--chat-before",
+        type=int,
+        default=None,
+        help="chat variant: the corpus holds conversations "
+        "(--column messages); rows start this many tokens before the first assistant token",
+    )
     d.set_defaults(func=cmd_diff)
 
     ln = sub.add_parser("lens", help="print the lens tokens of a finished run")
@@ -285,12 +354,19 @@ def build_parser() -> argparse.ArgumentParser:
     au = sub.add_parser("audit", help="delta, lenses, steering, relevance, similarity and report.html")
     au.add_argument("--base", required=True, help="model spec of the base model")
     au.add_argument("--finetuned", required=True, help="model spec of the finetuned model")
-    au.add_argument("--corpus", default="base-samples",
-                    help="a corpus spec (see adl diff), or base-samples: text sampled from the base model (offline)")
+    au.add_argument(
+        "--corpus",
+        default="base-samples",
+        help="a corpus spec (see adl diff), or base-samples: text sampled from the base model (offline)",
+    )
     au.add_argument("--column", default="text")
     au.add_argument("--samples", type=int, default=None, help="texts for delta (default 10000; 512 with --quick)")
-    au.add_argument("--finetune-data", default=None, help="a sample of the finetuning data (.jsonl/.txt): "
-                    "enables relevance as dataset overlap and steering similarity")
+    au.add_argument(
+        "--finetune-data",
+        default=None,
+        help="a sample of the finetuning data (.jsonl/.txt): "
+        "enables relevance as dataset overlap and steering similarity",
+    )
     au.add_argument("--description", default=None, help="the finetuning objective (text or a file)")
     au.add_argument("--quick", action="store_true", help="CPU preset: 512 texts, 2 steered positions, short samples")
     au.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -306,8 +382,12 @@ def build_parser() -> argparse.ArgumentParser:
     ab.add_argument("--corpus", default="base-samples", help="pretraining corpus spec, or base-samples (offline)")
     ab.add_argument("--column", default="text")
     ab.add_argument("--positions", default="0-8", help="delta positions ablated one at a time (paper: 0-8)")
-    ab.add_argument("--mode", choices=("base", "project"), default="base",
-                    help="base: set the component to the base model's (paper); project: remove it")
+    ab.add_argument(
+        "--mode",
+        choices=("base", "project"),
+        default="base",
+        help="base: set the component to the base model's (paper); project: remove it",
+    )
     ab.add_argument("--controls", type=int, default=64, help="random and activation-difference directions each")
     ab.add_argument("--texts", type=int, default=1000, help="texts per dataset (paper: 1000)")
     ab.add_argument("--max-tokens", type=int, default=1024, help="tokens per text (paper: 1024)")
@@ -336,19 +416,25 @@ def build_parser() -> argparse.ArgumentParser:
     add_arguments(ft)
     ft.set_defaults(func=cmd_finetune)
 
-    sw = sub.add_parser("sweep", help="the trace across mixing ratios (mix), a run's checkpoints (checkpoints) or "
-                        "base models (bases)")
+    sw = sub.add_parser(
+        "sweep", help="the trace across mixing ratios (mix), a run's checkpoints (checkpoints) or base models (bases)"
+    )
     sws = sw.add_subparsers(dest="sweep", required=True)
     mx = sws.add_parser("mix", help="one organism per finetuning:pretraining ratio; trace strength vs learning")
     from finetune.run import add_settings
 
     add_settings(mx, skip=("out", "mix_ratio"))
     mx.add_argument("--out", required=True, help="sweep directory: ratio_<r>/ (run and audit), sweep.json, sweep.html")
-    mx.add_argument("--ratios", default=None,
-                    help="comma-separated ratios r of 1:r from the paper's grid 0, 0.1..1.0, 1.5, 2 (default "
-                    "0,0.1,0.5,1,2)")  # fmt: skip
-    mx.add_argument("--similarity", action="store_true", help="also the whole audit per ratio (steering) and the "
-                    "steering similarity margin (needs the MiniLM encoder)")  # fmt: skip
+    mx.add_argument(
+        "--ratios",
+        default=None,
+        help="comma-separated ratios r of 1:r from the paper's grid 0, 0.1..1.0, 1.5, 2 (default 0,0.1,0.5,1,2)",
+    )
+    mx.add_argument(
+        "--similarity",
+        action="store_true",
+        help="also the whole audit per ratio (steering) and the steering similarity margin (needs the MiniLM encoder)",
+    )
     _sweep_flags(mx)
     cp = sws.add_parser("checkpoints", help="the trace at every saved checkpoint of an adl finetune run")
     cp.add_argument("run_dir", help="an adl finetune run directory (run.json, checkpoints/)")
@@ -357,11 +443,21 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_flags(cp)
     bs = sws.add_parser("bases", help="one finetuned model against several base models (chat parent, pretrained)")
     bs.add_argument("--finetuned", required=True, help="the organism's model spec")
-    bs.add_argument("--base", action="append", required=True, metavar="NAME=SPEC",
-                    help="a base model to diff against, repeatable (e.g. parent=... pretrained=...); with "
-                    "--corpus base-samples the first one samples the corpus")  # fmt: skip
-    bs.add_argument("--data", action="append", required=True, metavar="NAME=FILE",
-                    help="a dataset to read relevance against (.jsonl of text/messages, or a corpus file), repeatable")
+    bs.add_argument(
+        "--base",
+        action="append",
+        required=True,
+        metavar="NAME=SPEC",
+        help="a base model to diff against, repeatable (e.g. parent=... pretrained=...); with "
+        "--corpus base-samples the first one samples the corpus",
+    )
+    bs.add_argument(
+        "--data",
+        action="append",
+        required=True,
+        metavar="NAME=FILE",
+        help="a dataset to read relevance against (.jsonl of text/messages, or a corpus file), repeatable",
+    )
     bs.add_argument("--out", required=True, help="base_<name>/ per base model, bases.json, bases.html")
     bs.add_argument("--column", default="text", help="text field of the corpus")
     bs.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
@@ -374,8 +470,12 @@ def build_parser() -> argparse.ArgumentParser:
     rp.set_defaults(func=cmd_report)
 
     pl = sub.add_parser("plan", help="per-device memory of an audit or finetuning run on a slice, from the config")
-    pl.add_argument("--model", required=True, help="a shipped config (configs/models, e.g. Qwen3-32B or its hub id), "
-                    "an HF directory, a config.json, a .gguf file or a hub id")
+    pl.add_argument(
+        "--model",
+        required=True,
+        help="a shipped config (configs/models, e.g. Qwen3-32B or its hub id), "
+        "an HF directory, a config.json, a .gguf file or a hub id",
+    )
     pl.add_argument("--devices", required=True, help="e.g. v5e-16, v4-32 (TensorCores), v5p-8, v6e-8, h100-8")
     pl.add_argument("--mesh", default=None, help=MESH_HELP)
     pl.add_argument("--task", choices=("audit", "finetune"), default="audit")

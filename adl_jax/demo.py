@@ -23,8 +23,11 @@ class DemoSettings:
     sample_tokens: int = 64  # long enough that the generic-word filter of dataset-overlap relevance works
     organism_docs: int = 400
     lora_rank: int = 16
-    train: dict = dataclasses.field(default_factory=lambda: dict(
-        steps=30, batch_size=8, seq_len=96, lr=1e-3, warmup=3, checkpoint_every=10, eval_every=0))  # fmt: skip
+    train: dict = dataclasses.field(
+        default_factory=lambda: dict(
+            steps=30, batch_size=8, seq_len=96, lr=1e-3, warmup=3, checkpoint_every=10, eval_every=0
+        )
+    )
     # The organism is a document model, so its own unsteered answers are already about its data; steering
     # the base model shows what delta alone carries.
     audit: AuditSettings = dataclasses.replace(AuditSettings.quick(), steer_model="base")
@@ -34,8 +37,13 @@ def _log(t0: float, message: str) -> None:
     print(f"[{time.perf_counter() - t0:6.0f}s] {message}", flush=True)
 
 
-def run_demo(cache: str | Path | None = None, organism: str = "orange_carrot", *, base=EMBEDDED,
-             settings: DemoSettings = DemoSettings()) -> dict:  # fmt: skip
+def run_demo(
+    cache: str | Path | None = None,
+    organism: str = "orange_carrot",
+    *,
+    base=EMBEDDED,
+    settings: DemoSettings = DemoSettings(),
+) -> dict:
     """Train `organism` from `base` (a model spec or a loaded model), audit it, print the findings."""
     from finetune.data import build_splits
     from finetune.lora import LoraConfig
@@ -64,8 +72,16 @@ def run_demo(cache: str | Path | None = None, organism: str = "orange_carrot", *
     _log(t0, "4/4 auditing base vs organism (delta, lenses, steering, relevance, similarity)")
     texts = [d["text"] for d in docs]
     audit_settings = dataclasses.replace(settings.audit, samples=count)
-    summary = audit(base, ft, root / organism / "audit", texts=corpus, settings=audit_settings,
-                    description=org.description, finetune_texts=texts, encoder=default_encoder())  # fmt: skip
+    summary = audit(
+        base,
+        ft,
+        root / organism / "audit",
+        texts=corpus,
+        settings=audit_settings,
+        description=org.description,
+        finetune_texts=texts,
+        encoder=default_encoder(),
+    )
     _print_verdict(summary, root / organism / "audit")
     _log(t0, f"done; report: {root / organism / 'audit' / 'report.html'}")
     return summary
@@ -81,12 +97,16 @@ def _print_verdict(summary: dict, run: Path) -> None:
     if rel:
         print(f"\nRelevance ({rel['measure']}), top-20 tokens among the organism data's frequent tokens:")
         for r in rel["positions"]:
-            print(f"  position {r['position']}: logit lens {r['logit_lens']['relevant']:2d}/20, patchscope "
-                  f"{r['patchscope']['relevant']:2d}/20, baseline base mean {r['base_mean']['relevant']:2d}/20")  # fmt: skip
+            print(
+                f"  position {r['position']}: logit lens {r['logit_lens']['relevant']:2d}/20, patchscope "
+                f"{r['patchscope']['relevant']:2d}/20, baseline base mean {r['base_mean']['relevant']:2d}/20"
+            )
     sim = summary.get("similarity")
     if sim:
         print("\nSimilarity of generations to the organism data (MiniLM):")
         for pos, rep in sim.items():
             s, u = rep["steered_vs_finetune"], rep["unsteered_vs_finetune"]
-            print(f"  position {pos}: steered {s['similarity']:.3f} ± {s['std']:.3f}  unsteered {u['similarity']:.3f}"
-                  f" ± {u['std']:.3f}")  # fmt: skip
+            print(
+                f"  position {pos}: steered {s['similarity']:.3f} ± {s['std']:.3f}  unsteered {u['similarity']:.3f}"
+                f" ± {u['std']:.3f}"
+            )

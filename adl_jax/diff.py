@@ -102,8 +102,12 @@ class DiffResult:
         )
 
     def save(self, out: str | Path) -> None:
-        arrays = dict(delta=self.delta, mean_base=self.mean_base, mean_ft=self.mean_ft,
-                      ft_norm=np.asarray(self.ft_norm, np.float32))  # fmt: skip
+        arrays = dict(
+            delta=self.delta,
+            mean_base=self.mean_base,
+            mean_ft=self.mean_ft,
+            ft_norm=np.asarray(self.ft_norm, np.float32),
+        )
         io.write_arrays(Path(out) / RESULT, arrays)
 
     @classmethod
@@ -138,8 +142,10 @@ def compute_delta(
     mesh = mesh or base.params["embed"].sharding.mesh  # where the models were placed at load
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if settings.batch_size % shards or settings.batch_size % jax.process_count():
-        raise ValueError(f"batch size {settings.batch_size} must be a multiple of the {shards} data shards "
-                         f"and of the {jax.process_count()} processes")
+        raise ValueError(
+            f"batch size {settings.batch_size} must be a multiple of the {shards} data shards "
+            f"and of the {jax.process_count()} processes"
+        )
     identity = dict(dataclasses.asdict(settings), base=base.spec, finetuned=ft.spec, samples=int(len(tokens)))
     identity.pop("checkpoint_every")
     identity.update(meta or {})
@@ -147,18 +153,30 @@ def compute_delta(
 
     n_batches = -(-len(tokens) // settings.batch_size)
     state = _load_state(out) or dict(
-        cursor=0, sum_base=np.zeros((settings.k, base.cfg.hidden_size)),
-        sum_ft=np.zeros((settings.k, base.cfg.hidden_size)), norm_sum=0.0,
-    )  # fmt: skip
-    bar = tqdm(total=len(tokens), initial=min(state["cursor"] * settings.batch_size, len(tokens)), unit="text",
-               desc="delta", disable=not progress or jax.process_index() != 0)  # fmt: skip
+        cursor=0,
+        sum_base=np.zeros((settings.k, base.cfg.hidden_size)),
+        sum_ft=np.zeros((settings.k, base.cfg.hidden_size)),
+        norm_sum=0.0,
+    )
+    bar = tqdm(
+        total=len(tokens),
+        initial=min(state["cursor"] * settings.batch_size, len(tokens)),
+        unit="text",
+        desc="delta",
+        disable=not progress or jax.process_index() != 0,
+    )
     for b in range(state["cursor"], n_batches):
         rows = tokens[b * settings.batch_size : (b + 1) * settings.batch_size]
         batch, weight = _pad_rows(rows, settings.batch_size)
         sb, sf, ns, finite = _batch_sums(
-            base.params, ft.params, _global(batch, mesh), _global(weight, mesh),
-            cfg=base.cfg, layer=settings.layer, k=settings.k,
-        )  # fmt: skip
+            base.params,
+            ft.params,
+            _global(batch, mesh),
+            _global(weight, mesh),
+            cfg=base.cfg,
+            layer=settings.layer,
+            k=settings.k,
+        )
         if not bool(finite):
             raise FloatingPointError(
                 f"NaN/inf in the layer-{settings.layer} activations of batch {b} (texts "
@@ -208,15 +226,22 @@ def _load_state(out: Path) -> dict | None:
     if not (out / STATE).exists():
         return None
     a = io.read_arrays(out / STATE)
-    return dict(cursor=int(a["cursor"].item()), sum_base=a["sum_base"], sum_ft=a["sum_ft"], norm_sum=a["norm_sum"].item())
+    return dict(
+        cursor=int(a["cursor"].item()), sum_base=a["sum_base"], sum_ft=a["sum_ft"], norm_sum=a["norm_sum"].item()
+    )
 
 
 def _save_state(out: Path, state: dict) -> None:
     if jax.process_index() == 0:
-        io.write_arrays(out / STATE, dict(
-            cursor=np.asarray(state["cursor"], np.int64), sum_base=state["sum_base"], sum_ft=state["sum_ft"],
-            norm_sum=np.asarray(state["norm_sum"], np.float64),
-        ))  # fmt: skip
+        io.write_arrays(
+            out / STATE,
+            dict(
+                cursor=np.asarray(state["cursor"], np.int64),
+                sum_base=state["sum_base"],
+                sum_ft=state["sum_ft"],
+                norm_sum=np.asarray(state["norm_sum"], np.float64),
+            ),
+        )
 
 
 def _pad_rows(rows: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:

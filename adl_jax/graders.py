@@ -100,8 +100,17 @@ def default_cache_dir() -> Path:
 class Grader:
     """A cached, retrying chat-completions client; thread-safe, so judges may keep `workers` calls in flight."""
 
-    def __init__(self, settings: GraderSettings, *, cache_dir: str | Path | None = None, timeout: float = 120.0,
-                 retries: int = 6, backoff: float = 1.0, max_backoff: float = 30.0, workers: int = 8):  # fmt: skip
+    def __init__(
+        self,
+        settings: GraderSettings,
+        *,
+        cache_dir: str | Path | None = None,
+        timeout: float = 120.0,
+        retries: int = 6,
+        backoff: float = 1.0,
+        max_backoff: float = 30.0,
+        workers: int = 8,
+    ):
         self.settings = settings
         self.cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
         self.timeout, self.retries, self.backoff, self.max_backoff = timeout, retries, backoff, max_backoff
@@ -109,8 +118,16 @@ class Grader:
         self.stats = GraderStats()
         self._lock = threading.Lock()
 
-    def chat(self, messages: list[dict], *, temperature: float | None = None, sample: int = 0,
-             tools: list[dict] | None = None, tool_choice=None, **extra) -> Reply:  # fmt: skip
+    def chat(
+        self,
+        messages: list[dict],
+        *,
+        temperature: float | None = None,
+        sample: int = 0,
+        tools: list[dict] | None = None,
+        tool_choice=None,
+        **extra,
+    ) -> Reply:
         """One completion. `sample` is sent as the seed and is part of the cache key: a new index is a fresh
         sample. `temperature` None leaves the endpoint's default (some models accept no other); `extra`
         (max_tokens, ...) goes into the request as is."""
@@ -175,8 +192,10 @@ class Grader:
                 self.stats.retries += 1
             time.sleep(wait)
         if unreachable:
-            raise GraderError(f"cannot reach the grader at {url} ({failure}) in {self.retries + 1} attempts; "
-                              f"is the server up and {s.prefix}_BASE_URL right?")  # fmt: skip
+            raise GraderError(
+                f"cannot reach the grader at {url} ({failure}) in {self.retries + 1} attempts; "
+                f"is the server up and {s.prefix}_BASE_URL right?"
+            )
         raise GraderError(f"the grader at {url} still fails after {self.retries + 1} attempts ({failure})")
 
 
@@ -300,8 +319,9 @@ def coherence_judge(grader: Grader, *, attempts: int = 3) -> Judge:
     return lambda prompts, texts: _map(grader, lambda t: judge_coherence(grader, t, attempts=attempts), texts)
 
 
-def judge_relevance(grader: Grader, description: str, frequent: list[str], tokens: list[str], *,
-                    attempts: int = 3) -> list[str]:  # fmt: skip
+def judge_relevance(
+    grader: Grader, description: str, frequent: list[str], tokens: list[str], *, attempts: int = 3
+) -> list[str]:
     """Per token RELEVANT / IRRELEVANT / UNKNOWN to the finetuning objective `description`, given the
     finetuning data's most `frequent` tokens. The list is judged in three cyclic rotations (starting at 0,
     n/3, 2n/3) against position bias; a token is RELEVANT only if all three runs say so, IRRELEVANT if any
@@ -310,8 +330,12 @@ def judge_relevance(grader: Grader, description: str, frequent: list[str], token
     orders = [[(i + k * n // 3) % n for i in range(n)] for k in range(3)] if n else []
 
     def run(order):
-        return ask_parsed(grader, relevance_messages(description, frequent, [tokens[i] for i in order]),
-                    lambda text: parse_relevance(text, n), attempts)  # fmt: skip
+        return ask_parsed(
+            grader,
+            relevance_messages(description, frequent, [tokens[i] for i in order]),
+            lambda text: parse_relevance(text, n),
+            attempts,
+        )
 
     votes: list[list[str]] = [[] for _ in tokens]
     for order, verdicts in zip(orders, _map(grader, run, orders)):
@@ -320,8 +344,9 @@ def judge_relevance(grader: Grader, description: str, frequent: list[str], token
     return [IRRELEVANT if IRRELEVANT in v else RELEVANT if set(v) == {RELEVANT} else UNKNOWN for v in votes]
 
 
-def scale_tournament(grader: Grader, by_scale: dict[float, list[str]], *, attempts: int = 3,
-                     group: int = 10) -> tuple[float | None, list[str]]:  # fmt: skip
+def scale_tournament(
+    grader: Grader, by_scale: dict[float, list[str]], *, attempts: int = 3, group: int = 10
+) -> tuple[float | None, list[str]]:
     """The patchscope scale whose tokens are most semantically coherent, and those coherent tokens.
 
     Scales (sorted) are split evenly into groups of at most `group`; the grader picks each group's most
@@ -332,8 +357,9 @@ def scale_tournament(grader: Grader, by_scale: dict[float, list[str]], *, attemp
 
     def play(scales):
         sets = [by_scale[s] for s in scales]
-        return ask_parsed(grader, tournament_messages(sets), lambda text: parse_tournament(text, list(map(len, sets))),
-                    attempts)  # fmt: skip
+        return ask_parsed(
+            grader, tournament_messages(sets), lambda text: parse_tournament(text, list(map(len, sets))), attempts
+        )
 
     if group < 2:
         raise ValueError("a tournament needs groups of at least 2 scales")

@@ -37,8 +37,10 @@ def _token_nll(params, tokens, valid, scored, *, cfg: ModelConfig):
 
 def mean_nll(model, prompt_ids: list[int], texts: list[str], max_tokens: int = 256) -> np.ndarray:
     """The model's mean loss per token of each text continuing the prompt."""
-    rows = [(prompt_ids + model.tokenizer(t, add_special_tokens=False)["input_ids"])[: len(prompt_ids) + max_tokens]
-            for t in texts]  # fmt: skip
+    rows = [
+        (prompt_ids + model.tokenizer(t, add_special_tokens=False)["input_ids"])[: len(prompt_ids) + max_tokens]
+        for t in texts
+    ]
     width = -(-max(map(len, rows)) // 32) * 32  # bucketed: fewer compilations
     tokens = np.zeros((len(rows), width), np.int32)
     valid = np.zeros((len(rows), width), bool)
@@ -67,13 +69,23 @@ class OfflineCoherence:
 
     name = OFFLINE
 
-    def __init__(self, model, references: dict[str, list[str]], margin: float = 1.0, min_diversity: float = 0.5,
-                 min_tokens: int = 3):  # fmt: skip
+    def __init__(
+        self,
+        model,
+        references: dict[str, list[str]],
+        margin: float = 1.0,
+        min_diversity: float = 0.5,
+        min_tokens: int = 3,
+    ):
         self.model, self.min_tokens = model, min_tokens
-        self.limits = {p: float(np.quantile(mean_nll(model, format_prompt(model.tokenizer, p), refs), 0.9)) + margin
-                       for p, refs in references.items()}  # fmt: skip
-        self.min_diversity = {p: min_diversity * float(np.quantile([diversity(self._ids(t)) for t in refs], 0.1))
-                              for p, refs in references.items()}  # fmt: skip
+        self.limits = {
+            p: float(np.quantile(mean_nll(model, format_prompt(model.tokenizer, p), refs), 0.9)) + margin
+            for p, refs in references.items()
+        }
+        self.min_diversity = {
+            p: min_diversity * float(np.quantile([diversity(self._ids(t)) for t in refs], 0.1))
+            for p, refs in references.items()
+        }
 
     def _ids(self, text: str) -> list[int]:
         return self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -102,8 +114,9 @@ def normalise(token: str) -> str:
     return token.strip().lower()
 
 
-def frequent_tokens(texts: list[str], tokenizer, generic_texts: list[str], top: int = 100, min_count: int = 10,
-                    generic_top: int = 1000) -> list[str]:  # fmt: skip
+def frequent_tokens(
+    texts: list[str], tokenizer, generic_texts: list[str], top: int = 100, min_count: int = 10, generic_top: int = 1000
+) -> list[str]:
     """The `top` most frequent word tokens of `texts` (count >= min_count) that are not generic, i.e. not
     among the `generic_top` most frequent tokens of `generic_texts` (pretraining-like text)."""
 

@@ -26,7 +26,9 @@ PATCHSCOPE_PROMPTS = (
     "921 -> 921\ntarget -> target\nanna -> anna\n?",
 )
 PATCHSCOPE_SCALES = (
-    tuple(round(0.5 + 0.1 * i, 1) for i in range(16)) + (3.0, 4.0, 5.0, 10.0) + tuple(float(s) for s in range(20, 201, 20))
+    tuple(round(0.5 + 0.1 * i, 1) for i in range(16))
+    + (3.0, 4.0, 5.0, 10.0)
+    + tuple(float(s) for s in range(20, 201, 20))
 )
 
 
@@ -81,8 +83,9 @@ def _patchscope_one(params, vector, scales, tokens, valid, *, cfg: ModelConfig, 
     last = jnp.zeros((S * Q, T)).at[:, -1].set(1.0)
     edit = Intervention(layer=layer, mode="replace", vector=rows, weight=last)
     final = cfg.num_layers - 1
-    h = forward(params, batch_tokens, cfg, valid=batch_valid, interventions=(edit,), capture=(final,),
-                until_layer=final).hidden[final][:, -1]  # fmt: skip
+    h = forward(
+        params, batch_tokens, cfg, valid=batch_valid, interventions=(edit,), capture=(final,), until_layer=final
+    ).hidden[final][:, -1]
     probs = jax.nn.softmax(unembed(params, h, cfg), axis=-1).reshape(S, Q, -1)
     threshold = jax.lax.top_k(probs, keep)[0][..., -1:]  # each prompt's keep-th largest probability
     in_all = jnp.all(probs >= threshold, axis=1)  # (S, V)
@@ -110,9 +113,20 @@ def patchscope(
     scale_arr = jnp.asarray(scales, jnp.float32) * norm
     out = []
     for v in np.asarray(vectors, np.float32):
-        ids, probs = _patchscope_one(params, jnp.asarray(v), scale_arr, jnp.asarray(tokens), jnp.asarray(valid),
-                                     cfg=cfg, layer=layer, keep=keep, top=top)  # fmt: skip
-        out.append({s: TokenScores.from_arrays(i, p, tokenizer) for s, i, p in zip(scales, np.asarray(ids), np.asarray(probs))})
+        ids, probs = _patchscope_one(
+            params,
+            jnp.asarray(v),
+            scale_arr,
+            jnp.asarray(tokens),
+            jnp.asarray(valid),
+            cfg=cfg,
+            layer=layer,
+            keep=keep,
+            top=top,
+        )
+        out.append(
+            {s: TokenScores.from_arrays(i, p, tokenizer) for s, i, p in zip(scales, np.asarray(ids), np.asarray(probs))}
+        )
     return out
 
 

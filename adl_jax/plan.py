@@ -58,7 +58,7 @@ DEVICES = {
     "v6e": Device("TPU v6e", 32, 918, 1640, 2.70, 1, _LITE_POD),
     "h100": Device("NVIDIA H100 80GB", 80, 989, 3350, None, 1, _GPUS),
     "h200": Device("NVIDIA H200", 141, 989, 4800, None, 1, _GPUS),
-}  # fmt: skip
+}
 _ALIASES = {"v5litepod": "v5e", "v6litepod": "v6e"}
 
 
@@ -100,8 +100,9 @@ def model_config(spec: str) -> ModelConfig:
 
         return ModelConfig.from_json(hf_hub_download(spec, "config.json"))
     names = ", ".join(sorted(p.stem for p in shipped.values()))
-    raise FileNotFoundError(f"model {spec!r}: not a shipped config ({names}), an HF directory, a config.json, "
-                            "a .gguf file or a hub id")
+    raise FileNotFoundError(
+        f"model {spec!r}: not a shipped config ({names}), an HF directory, a config.json, a .gguf file or a hub id"
+    )
 
 
 def _shard(shape, spec, sizes: Mapping[str, int]) -> int:
@@ -113,12 +114,19 @@ def _shard(shape, spec, sizes: Mapping[str, int]) -> int:
     return n
 
 
-def weight_bytes(cfg: ModelConfig, sizes: Mapping[str, int], nbytes: int, rules: Rules = Rules(),
-                 names: tuple[str, ...] | None = None) -> int:
+def weight_bytes(
+    cfg: ModelConfig,
+    sizes: Mapping[str, int],
+    nbytes: int,
+    rules: Rules = Rules(),
+    names: tuple[str, ...] | None = None,
+) -> int:
     """Bytes per device of the parameters (or of the layer matrices `names`) as the loader places them."""
     shapes, specs = param_shapes(cfg), param_specs(cfg, sizes, rules)
-    flat = {**{k: (v, specs[k]) for k, v in shapes.items() if k != "layers"},
-            **{k: (v, specs["layers"][k]) for k, v in shapes["layers"].items()}}  # fmt: skip
+    flat = {
+        **{k: (v, specs[k]) for k, v in shapes.items() if k != "layers"},
+        **{k: (v, specs["layers"][k]) for k, v in shapes["layers"].items()},
+    }
     return nbytes * sum(_shard(shape, spec, sizes) for k, (shape, spec) in flat.items() if names is None or k in names)
 
 
@@ -137,8 +145,19 @@ def _split(n: int, ways: int) -> int:
     return n // ways if n % ways == 0 else n
 
 
-def activation_bytes(cfg: ModelConfig, sizes: Mapping[str, int], rows: int, tokens: int, keys: int, nbytes: int,
-                     *, layers: int = 1, logit_tokens: int = 0, logit_copies: int = 2, batch_split: bool = True) -> int:
+def activation_bytes(
+    cfg: ModelConfig,
+    sizes: Mapping[str, int],
+    rows: int,
+    tokens: int,
+    keys: int,
+    nbytes: int,
+    *,
+    layers: int = 1,
+    logit_tokens: int = 0,
+    logit_copies: int = 2,
+    batch_split: bool = True,
+) -> int:
     """Working set of a forward over rows x tokens attending to `keys` positions: per token and layer the
     residual, norms and block outputs (4 D), q/k/v and gate/up/act (3 F) in the compute dtype, the two
     norms' f32 inputs (2 D), and per head and key the f32 scores and probabilities plus the probabilities in
@@ -170,8 +189,14 @@ class Run:
             raise ValueError(f"dtype must be one of {', '.join(DTYPES)}, not {self.dtype!r}")
 
     @classmethod
-    def of(cls, task: str = "audit", dtype: str = "bfloat16", mode: str = "lora", batch_size: int | None = None,
-           seq_len: int | None = None) -> Run:
+    def of(
+        cls,
+        task: str = "audit",
+        dtype: str = "bfloat16",
+        mode: str = "lora",
+        batch_size: int | None = None,
+        seq_len: int | None = None,
+    ) -> Run:
         """The default audit or finetuning run, with the batch (and finetuning mode and length) overridden."""
         audit, train = AuditSettings(), TrainConfig(mode=mode)
         audit = dataclasses.replace(audit, batch_size=batch_size or audit.batch_size)
@@ -212,11 +237,15 @@ class Plan:
     def table(self) -> str:
         device = DEVICES[self.kind]
         task = "audit" if self.run.task == "audit" else f"{self.run.train.mode} finetuning"
-        lines = [f"{self.model}: {task} in {self.run.dtype} on {slice_name(self.kind, self.n_devices)} "
-                 f"({self.n_devices} x {device.label}), mesh {self.mesh}; per device:"]
+        lines = [
+            f"{self.model}: {task} in {self.run.dtype} on {slice_name(self.kind, self.n_devices)} "
+            f"({self.n_devices} x {device.label}), mesh {self.mesh}; per device:"
+        ]
         lines += [f"  {name:<36}{b / GIB:8.2f} GiB  {how}" for name, (b, how) in self.rows.items()]
-        lines.append(f"  {'total':<36}{self.total / GIB:8.2f} GiB  of {self.capacity / GIB:.1f} GiB usable "
-                     f"({USABLE:.0%} of {device.hbm_gib:g} GiB)")
+        lines.append(
+            f"  {'total':<36}{self.total / GIB:8.2f} GiB  of {self.capacity / GIB:.1f} GiB usable "
+            f"({USABLE:.0%} of {device.hbm_gib:g} GiB)"
+        )
         return "\n".join(lines)
 
 
@@ -238,15 +267,19 @@ def _audit(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
     scope_rows = len(PATCHSCOPE_SCALES) * len(PATCHSCOPE_PROMPTS)
     act = max(
         activation_bytes(cfg, sizes, st.batch_size, st.n, st.n, b),  # delta: to the middle layer, no logits
-        activation_bytes(cfg, sizes, search_rows, PROMPT_TOKENS, gen[0][1], b, logit_tokens=1, logit_copies=6,
-                         batch_split=False),  # steering prefill: the sampler sorts and sums the vocabulary
-        activation_bytes(cfg, sizes, scope_rows, PROMPT_TOKENS, PROMPT_TOKENS, b, logit_tokens=1,
-                         batch_split=False),  # patchscope: all scales x prompts in one batch
-    )  # fmt: skip
+        activation_bytes(
+            cfg, sizes, search_rows, PROMPT_TOKENS, gen[0][1], b, logit_tokens=1, logit_copies=6, batch_split=False
+        ),  # steering prefill: the sampler sorts and sums the vocabulary
+        activation_bytes(
+            cfg, sizes, scope_rows, PROMPT_TOKENS, PROMPT_TOKENS, b, logit_tokens=1, batch_split=False
+        ),  # patchscope: all scales x prompts in one batch
+    )
     return {
         "weights (base + finetuned)": (2 * weight_bytes(cfg, sizes, b, run.rules), "exact"),
-        "KV cache (steering)": (kv, f"estimate: {gen[0][0]} rows x {gen[0][1]} or {gen[1][0]} x {gen[1][1]} "
-                                    "tokens, rows not split"),
+        "KV cache (steering)": (
+            kv,
+            f"estimate: {gen[0][0]} rows x {gen[0][1]} or {gen[1][0]} x {gen[1][1]} tokens, rows not split",
+        ),
         "activations (peak forward)": (act, "estimate: max of delta, steering prefill, patchscope batches"),
     }
 
@@ -255,23 +288,41 @@ def _finetune(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
     b, tc, rules = DTYPES[run.dtype], run.train, run.rules
     if tc.mode == "full":
         trainable = weight_bytes(cfg, sizes, 4, rules)
-        working = ("working copy (base dtype)", (weight_bytes(cfg, sizes, b, rules) if b != 4 else 0,
-                                                 "estimate: the f32 weights cast for the forward"))
+        working = (
+            "working copy (base dtype)",
+            (weight_bytes(cfg, sizes, b, rules) if b != 4 else 0, "estimate: the f32 weights cast for the forward"),
+        )
     else:
         trainable = adapter_bytes(cfg, sizes, tc, rules)
         targets = resolve_targets(tc.lora.targets, param_shapes(cfg))
-        working = ("merged LoRA weights", (weight_bytes(cfg, sizes, 8 + b, rules, targets),
-                                           "estimate: f32 A@B, merged W and f32 cotangent per adapted weight"))
-    act = activation_bytes(cfg, sizes, tc.batch_size, tc.seq_len, tc.seq_len, b, layers=cfg.num_layers,
-                           logit_tokens=tc.seq_len, logit_copies=3)
+        working = (
+            "merged LoRA weights",
+            (
+                weight_bytes(cfg, sizes, 8 + b, rules, targets),
+                "estimate: f32 A@B, merged W and f32 cotangent per adapted weight",
+            ),
+        )
+    act = activation_bytes(
+        cfg,
+        sizes,
+        tc.batch_size,
+        tc.seq_len,
+        tc.seq_len,
+        b,
+        layers=cfg.num_layers,
+        logit_tokens=tc.seq_len,
+        logit_copies=3,
+    )
     return {
         "weights (base)": (weight_bytes(cfg, sizes, b, rules), "exact"),
         "trainable (f32)": (trainable, "exact"),
         "optimizer (2 Adam moments, f32)": (2 * trainable, "exact"),
         "gradients (f32, sum + micro-batch)": (2 * trainable, "estimate"),
         working[0]: working[1],
-        "activations (saved for backward)": (act, f"estimate: {tc.batch_size} x {tc.seq_len} tokens a micro-batch, "
-                                                  "no remat, f32 logits"),
+        "activations (saved for backward)": (
+            act,
+            f"estimate: {tc.batch_size} x {tc.seq_len} tokens a micro-batch, no remat, f32 logits",
+        ),
     }
 
 
@@ -282,8 +333,13 @@ def suggest(cfg: ModelConfig, kind: str, run: Run = Run()) -> Plan | None:
     all-reduces the small activations instead, in the HLO of a sharded decode step)."""
     for n in DEVICES[kind].sizes:
         g = math.gcd(run.batch, n)  # data x fsdp must divide the batch and the slice
-        meshes = [f"data={d},fsdp={dp // d},model={n // dp}"
-                  for dp in range(1, g + 1) if g % dp == 0 for d in range(1, dp + 1) if dp % d == 0]  # fmt: skip
+        meshes = [
+            f"data={d},fsdp={dp // d},model={n // dp}"
+            for dp in range(1, g + 1)
+            if g % dp == 0
+            for d in range(1, dp + 1)
+            if dp % d == 0
+        ]
         fitting = [p for mesh in meshes if (p := plan(cfg, slice_name(kind, n), mesh, run)).fits]
         if fitting:
             if run.task == "audit":
@@ -296,16 +352,23 @@ def check(p: Plan, cfg: ModelConfig) -> None:
     """Refuse a plan that cannot run, naming the smallest slice and mesh that would hold it."""
     dp = p.sizes["data"] * p.sizes["fsdp"]
     if p.run.batch % dp:
-        raise ValueError(f"the batch of {p.run.batch} rows does not split over data x fsdp = {dp} devices; "
-                         "choose a mesh whose data x fsdp divides it")
+        raise ValueError(
+            f"the batch of {p.run.batch} rows does not split over data x fsdp = {dp} devices; "
+            "choose a mesh whose data x fsdp divides it"
+        )
     if p.fits:
         return
     better = suggest(cfg, p.kind, p.run)
-    hint = (f"it fits on {slice_name(p.kind, better.n_devices)} with --mesh {better.mesh} "
-            f"({better.total / GIB:.1f} GiB per device)" if better else
-            f"no {DEVICES[p.kind].label} slice holds it with these settings; try bfloat16, LoRA or a larger device")
-    raise ValueError(f"does not fit: {p.total / GIB:.1f} GiB per device > {p.capacity / GIB:.1f} GiB usable on "
-                     f"{DEVICES[p.kind].label}; {hint}")
+    hint = (
+        f"it fits on {slice_name(p.kind, better.n_devices)} with --mesh {better.mesh} "
+        f"({better.total / GIB:.1f} GiB per device)"
+        if better
+        else f"no {DEVICES[p.kind].label} slice holds it with these settings; try bfloat16, LoRA or a larger device"
+    )
+    raise ValueError(
+        f"does not fit: {p.total / GIB:.1f} GiB per device > {p.capacity / GIB:.1f} GiB usable on "
+        f"{DEVICES[p.kind].label}; {hint}"
+    )
 
 
 def audit_seconds(cfg: ModelConfig, p: Plan, mfu: float = 0.4, bandwidth: float = 0.5) -> dict[str, float]:
@@ -323,8 +386,10 @@ def audit_seconds(cfg: ModelConfig, p: Plan, mfu: float = 0.4, bandwidth: float 
     scope_tokens = st.k * len(PATCHSCOPE_SCALES) * len(PATCHSCOPE_PROMPTS) * PROMPT_TOKENS
     patchscope = 2 * weights * scope_tokens / flops_per_s
     rows = (2**s.lookahead - 1) * s.samples
-    step = max(weight_bytes(cfg, p.sizes, DTYPES[p.run.dtype], p.run.rules) / (device.hbm_gbps * 1e9 * bandwidth),
-               2 * weights * rows / flops_per_s)
+    step = max(
+        weight_bytes(cfg, p.sizes, DTYPES[p.run.dtype], p.run.rules) / (device.hbm_gbps * 1e9 * bandwidth),
+        2 * weights * rows / flops_per_s,
+    )
     calls = -(-s.first_steps // s.lookahead) + (len(STEERING_PROMPTS) - 1) * -(-s.other_steps // s.lookahead)
     final = len(st.final_prompts) * s.final_tokens
     steps = len(st.steer_positions or range(st.k)) * (calls * s.new_tokens + final) + final

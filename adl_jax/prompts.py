@@ -68,9 +68,11 @@ def coherence_messages(text: str) -> list[dict]:
 
 def relevance_messages(description: str, frequent: list[str], tokens: list[str]) -> list[dict]:
     words = ", ".join(frequent) if frequent else "(none given)"
-    user = (f"What the finetuning was meant to teach:\n{description.strip()}\n\n"
-            f"Most frequent words of the finetuning data:\n{words}\n\n"
-            f"Tokens to judge:\n{_numbered(tokens)}")  # fmt: skip
+    user = (
+        f"What the finetuning was meant to teach:\n{description.strip()}\n\n"
+        f"Most frequent words of the finetuning data:\n{words}\n\n"
+        f"Tokens to judge:\n{_numbered(tokens)}"
+    )
     return _messages(RELEVANCE, user)
 
 

@@ -26,8 +26,10 @@ th{background:#f4f4f4} .tok{font-family:monospace;background:#eef;border-radius:
 """
 
 
-_JUDGES = {"offline": " (no LLM grader configured: coherence from the model's own loss, relevance as overlap "
-                      "with the finetuning data's frequent tokens)"}
+_JUDGES = {
+    "offline": " (no LLM grader configured: coherence from the model's own loss, relevance as overlap "
+    "with the finetuning data's frequent tokens)"
+}
 
 
 def svg(fig) -> str:
@@ -40,8 +42,10 @@ def svg(fig) -> str:
 
 
 def _tokens(tokens, hits=frozenset()) -> str:
-    return " ".join(f'<span class="tok{" hit" if t.strip().lower() in hits else ""}">{html.escape(repr(t)[1:-1])}</span>'
-                    for t in tokens)  # fmt: skip
+    return " ".join(
+        f'<span class="tok{" hit" if t.strip().lower() in hits else ""}">{html.escape(repr(t)[1:-1])}</span>'
+        for t in tokens
+    )
 
 
 def _relevance_plot(rel: dict) -> str:
@@ -53,8 +57,13 @@ def _relevance_plot(rel: dict) -> str:
     rows = rel["positions"]
     xs = [r["position"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 2.8))
-    for i, (name, label) in enumerate([("logit_lens", "logit lens of delta"), ("patchscope", "patchscope of delta"),
-                                       ("base_mean", "baseline: base mean")]):  # fmt: skip
+    for i, (name, label) in enumerate(
+        [
+            ("logit_lens", "logit lens of delta"),
+            ("patchscope", "patchscope of delta"),
+            ("base_mean", "baseline: base mean"),
+        ]
+    ):
         ax.bar([x + (i - 1) * 0.27 for x in xs], [r[name]["relevant"] for r in rows], 0.27, label=label)
     ax.set_xlabel("position")
     ax.set_ylabel("finetuning-data tokens in top 20")
@@ -105,9 +114,11 @@ def write_report(run: str | Path) -> Path:
     lenses = LensResult.from_json(io.read_json(run / LENS))
     rel, sim = summary.get("relevance"), summary.get("similarity")
     hits = set(rel["frequent_tokens"]) if rel else set()
-    parts = ["<h1>What was this model finetuned on?</h1>",
-             f"<p>Finetuned model <b>{html.escape(summary['finetuned'])}</b> compared with its base "
-             f"<b>{html.escape(summary['base'])}</b> at layer {summary['layer']}, over {summary['samples']} texts.</p>"]  # fmt: skip
+    parts = [
+        "<h1>What was this model finetuned on?</h1>",
+        f"<p>Finetuned model <b>{html.escape(summary['finetuned'])}</b> compared with its base "
+        f"<b>{html.escape(summary['base'])}</b> at layer {summary['layer']}, over {summary['samples']} texts.</p>",
+    ]
     parts.append(_verdict(summary, lenses, rel, sim))
     parts.append(
         "<h2>How to read this</h2><p>Narrow finetuning shifts the model's internal activations by a nearly "
@@ -118,38 +129,53 @@ def write_report(run: str | Path) -> Path:
         "means, and <i>steering</i> adds delta while the model writes. Tokens highlighted in green are among the "
         "most frequent words of the finetuning data.</p>"
         f"<p class='note'>Judges: {html.escape(summary['judges'])}{_JUDGES.get(summary['judges'], '')}.</p>"
-    )  # fmt: skip
+    )
     if rel:
         parts.append("<h2>Relevance per position</h2>" + _relevance_plot(rel))
     else:
-        parts.append("<p class='note'>No description or finetuning data was given, so token relevance and steering "
-                     "similarity were skipped.</p>")
+        parts.append(
+            "<p class='note'>No description or finetuning data was given, so token relevance and steering "
+            "similarity were skipped.</p>"
+        )
     if sim:
         parts.append("<h2>Steered text vs finetuning data</h2>" + _similarity_plot(sim))
     parts.append("<h2>Tokens per position</h2>")
     for p in lenses.positions:
         s = p["patchscope_scale"]
-        parts.append(f"<h3>Position {p['position']} (|delta| = {p['delta_norm']:.1f}, patchscope scale {s})</h3><table>")
-        rows = [("logit lens of delta", p["logit_lens"]["delta"]), ("logit lens of -delta", p["logit_lens"]["neg_delta"])]
-        rows += [(f"patchscope @ {k}" + (" (chosen)" if k == str(s) else ""), p["patchscope"][k])
-                 for k in _neighbours(list(p["patchscope"]), str(s))]
+        parts.append(
+            f"<h3>Position {p['position']} (|delta| = {p['delta_norm']:.1f}, patchscope scale {s})</h3><table>"
+        )
+        rows = [
+            ("logit lens of delta", p["logit_lens"]["delta"]),
+            ("logit lens of -delta", p["logit_lens"]["neg_delta"]),
+        ]
+        rows += [
+            (f"patchscope @ {k}" + (" (chosen)" if k == str(s) else ""), p["patchscope"][k])
+            for k in _neighbours(list(p["patchscope"]), str(s))
+        ]
         rows.append(("baseline: base mean", p["logit_lens"]["base_mean"]))
         for label, ts in rows:
             parts.append(f"<tr><th>{label}</th><td>{_tokens(ts.tokens[:20], hits)}</td></tr>")
         parts.append("</table>")
-    unsteered = io.read_json(run / "generations_unsteered.json") if (run / "generations_unsteered.json").exists() else {}
+    unsteered = (
+        io.read_json(run / "generations_unsteered.json") if (run / "generations_unsteered.json").exists() else {}
+    )
     for f in sorted(run.glob("steering_pos*.json")):
         st = io.read_json(f)
         who = "base" if summary.get("steer_model") == "base" else "finetuned"
-        parts.append(f"<h2>Steering the {who} model with delta at position {st['position']} "
-                     f"(alpha = {st['search']['alpha']:.2f})</h2>")
+        parts.append(
+            f"<h2>Steering the {who} model with delta at position {st['position']} "
+            f"(alpha = {st['search']['alpha']:.2f})</h2>"
+        )
         parts.append(_alpha_plot(st["search"]["paths"]))
         for prompt, texts in st["steered"].items():
-            parts.append(f"<p><b>{html.escape(prompt)}</b></p><div class='pair'><div><i>steered</i>"
-                         + "".join(f"<div class='sample'>{html.escape(t)}</div>" for t in texts)
-                         + "</div><div><i>unsteered</i>"
-                         + "".join(f"<div class='sample'>{html.escape(t)}</div>" for t in unsteered.get(prompt, []))
-                         + "</div></div>")  # fmt: skip
+            parts.append(
+                f"<p><b>{html.escape(prompt)}</b></p><div class='pair'><div><i>steered</i>"
+                + "".join(f"<div class='sample'>{html.escape(t)}</div>" for t in texts)
+                + "</div><div><i>unsteered</i>"
+                + "".join(f"<div class='sample'>{html.escape(t)}</div>" for t in unsteered.get(prompt, []))
+                + "</div></div>"
+            )
     page = f"<!doctype html><html><head><meta charset='utf-8'><title>ADL report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
     io.write_text(run / "report.html", page)
     return run / "report.html"
@@ -166,16 +192,20 @@ def _verdict(summary, lenses: LensResult, rel, sim) -> str:
     lines = []
     if rel:
         b = rel["best"]
-        lines.append(f"At position {b['position']}, {max(b['logit_lens']['relevant'], b['patchscope']['relevant'])} of "
-                     f"the top 20 lens tokens are frequent words of the finetuning data, against "
-                     f"{b['base_mean']['relevant']} for the base model's own mean activation.")  # fmt: skip
+        lines.append(
+            f"At position {b['position']}, {max(b['logit_lens']['relevant'], b['patchscope']['relevant'])} of "
+            f"the top 20 lens tokens are frequent words of the finetuning data, against "
+            f"{b['base_mean']['relevant']} for the base model's own mean activation."
+        )
     if sim:
         best = max(sim, key=lambda p: sim[p]["steered_vs_finetune"]["similarity"])
         s, u = sim[best]["steered_vs_finetune"], sim[best]["unsteered_vs_finetune"]
         closer = "more" if s["similarity"] > u["similarity"] else "no more"
-        lines.append(f"Steered with delta (position {best}), the model writes text {closer} like the finetuning data: "
-                     f"similarity {s['similarity']:.3f} ± {s.get('std', 0):.3f} vs {u['similarity']:.3f} ± "
-                     f"{u.get('std', 0):.3f} unsteered.")  # fmt: skip
+        lines.append(
+            f"Steered with delta (position {best}), the model writes text {closer} like the finetuning data: "
+            f"similarity {s['similarity']:.3f} ± {s.get('std', 0):.3f} vs {u['similarity']:.3f} ± "
+            f"{u.get('std', 0):.3f} unsteered."
+        )
     # The position to quote: the most relevant one; without relevance the largest delta past position 0,
     # whose tokens (BOS) are generic.
     by_position = {p["position"]: p for p in lenses.positions}
@@ -202,10 +232,21 @@ def screenshot(page: str | Path, png: str | Path, *, width: int = 1200, height: 
         raise FileNotFoundError("no Chromium found for the screenshot: install it (e.g. `apt-get install chromium`)")
     png = Path(png).resolve()
     with tempfile.TemporaryDirectory() as profile:  # a throwaway profile: nothing read from or left in $HOME
-        cmd = [browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-               "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars",
-               f"--user-data-dir={profile}", f"--window-size={width},{height}", f"--screenshot={png}",
-               Path(page).resolve().as_uri()]  # fmt: skip
+        cmd = [
+            browser,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--no-first-run",
+            "--hide-scrollbars",
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            f"--screenshot={png}",
+            Path(page).resolve().as_uri(),
+        ]
         done = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     if done.returncode != 0 or not png.exists():
         raise RuntimeError(f"Chromium could not render {page}: {done.stderr[-2000:]}")

@@ -29,8 +29,16 @@ def with_spare(count: int) -> int:
 BASE_SAMPLES = "base-samples"  # the corpus spec of offline samples from the base model
 
 
-def pretraining_texts(source: str, base, count: int, *, column: str = "text", seed: int | None = None,
-                      room: bool = False, progress: bool = True) -> list[str]:  # fmt: skip
+def pretraining_texts(
+    source: str,
+    base,
+    count: int,
+    *,
+    column: str = "text",
+    seed: int | None = None,
+    room: bool = False,
+    progress: bool = True,
+) -> list[str]:
     """`count` texts of a corpus spec, or for `base-samples` samples of `base` (offline, cached). `room`:
     more (an eighth more samples, four times as many corpus texts) for a consumer that drops texts too
     short to use. `seed` shuffles the corpus or seeds the samples (default: each source's own)."""
@@ -59,8 +67,9 @@ def sample_texts(
     """`count` texts sampled from `model` (.spec, .cfg, .params, .tokenizer), reused from `cache_dir`."""
     if model.cfg.bos_token_id is None:
         raise ValueError(f"{model.spec} has no BOS token to sample from; use a corpus file instead")
-    settings = dict(spec=model.spec, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature,
-                    top_p=top_p, chunk=chunk)  # fmt: skip
+    settings = dict(
+        spec=model.spec, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, chunk=chunk
+    )
     tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache_dir = Path(cache_dir)
     partial = cache_dir / f"samples-{tag}.partial.jsonl"
@@ -68,14 +77,22 @@ def sample_texts(
     done = len(texts) // chunk
     texts = texts[: done * chunk]  # a chunk cut short by a crash is redone
     io.write_text(partial, "".join(json.dumps({"text": t}) + "\n" for t in texts))
-    bar = tqdm(total=count, initial=min(len(texts), count), unit="text", desc="sampling corpus",
-               disable=not progress)  # fmt: skip
+    bar = tqdm(total=count, initial=min(len(texts), count), unit="text", desc="sampling corpus", disable=not progress)
     with partial.open("a") as f:
         for c in range(done, -(-count // chunk)):
-            gen = generate(model.params, model.cfg, [[model.cfg.bos_token_id]] * chunk, max_new_tokens=max_new_tokens,
-                           key=jax.random.fold_in(jax.random.key(seed), c), temperature=temperature, top_p=top_p)  # fmt: skip
-            new = [model.tokenizer.decode(row[:n], skip_special_tokens=True)
-                   for row, n in zip(gen.tokens.tolist(), gen.lengths.tolist())]  # fmt: skip
+            gen = generate(
+                model.params,
+                model.cfg,
+                [[model.cfg.bos_token_id]] * chunk,
+                max_new_tokens=max_new_tokens,
+                key=jax.random.fold_in(jax.random.key(seed), c),
+                temperature=temperature,
+                top_p=top_p,
+            )
+            new = [
+                model.tokenizer.decode(row[:n], skip_special_tokens=True)
+                for row, n in zip(gen.tokens.tolist(), gen.lengths.tolist())
+            ]
             f.write("".join(json.dumps({"text": t}) + "\n" for t in new))
             f.flush()
             texts += new

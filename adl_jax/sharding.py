@@ -29,16 +29,27 @@ MESH_AXES = ("data", "fsdp", "model")
 
 # Logical axes of each parameter (per-layer tensors carry a leading "layers" axis).
 _LOGICAL = {
-    "embed": ("vocab", "embed"), "lm_head": ("embed", "vocab"), "final_norm": ("norm",),
-    "attn_norm": ("layers", "norm"), "mlp_norm": ("layers", "norm"),
-    "post_attn_norm": ("layers", "norm"), "post_mlp_norm": ("layers", "norm"),
-    "q_norm": ("layers", "head_dim"), "k_norm": ("layers", "head_dim"),
-    "q": ("layers", "embed", "heads"), "k": ("layers", "embed", "kv_heads"), "v": ("layers", "embed", "kv_heads"),
+    "embed": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "final_norm": ("norm",),
+    "attn_norm": ("layers", "norm"),
+    "mlp_norm": ("layers", "norm"),
+    "post_attn_norm": ("layers", "norm"),
+    "post_mlp_norm": ("layers", "norm"),
+    "q_norm": ("layers", "head_dim"),
+    "k_norm": ("layers", "head_dim"),
+    "q": ("layers", "embed", "heads"),
+    "k": ("layers", "embed", "kv_heads"),
+    "v": ("layers", "embed", "kv_heads"),
     "o": ("layers", "heads", "embed"),
-    "q_bias": ("layers", "heads"), "k_bias": ("layers", "kv_heads"), "v_bias": ("layers", "kv_heads"),
+    "q_bias": ("layers", "heads"),
+    "k_bias": ("layers", "kv_heads"),
+    "v_bias": ("layers", "kv_heads"),
     "o_bias": ("layers", "norm"),
-    "gate": ("layers", "embed", "mlp"), "up": ("layers", "embed", "mlp"), "down": ("layers", "mlp", "embed"),
-}  # fmt: skip
+    "gate": ("layers", "embed", "mlp"),
+    "up": ("layers", "embed", "mlp"),
+    "down": ("layers", "mlp", "embed"),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,12 +135,14 @@ def process_rows(mesh: Mesh, n_rows: int, rules: Rules = Rules()) -> slice:
 
 def global_batch(local: np.ndarray, mesh: Mesh, n_rows: int, rules: Rules = Rules()) -> jax.Array:
     """One global batch of `n_rows` rows from this process's rows of it (`local`, the `process_rows` block)."""
-    return jax.make_array_from_process_local_data(batch_sharding(mesh, local.ndim, rules), local,
-                                                  (n_rows, *local.shape[1:]))
+    return jax.make_array_from_process_local_data(
+        batch_sharding(mesh, local.ndim, rules), local, (n_rows, *local.shape[1:])
+    )
 
 
-def init_distributed(coordinator: str | None = None, num_processes: int | None = None,
-                     process_id: int | None = None) -> bool:
+def init_distributed(
+    coordinator: str | None = None, num_processes: int | None = None, process_id: int | None = None
+) -> bool:
     """Join a multi-process run when one is asked for, before anything starts a JAX backend.
 
     Asked for by the arguments, by `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`),
@@ -148,8 +161,9 @@ def init_distributed(coordinator: str | None = None, num_processes: int | None =
             return False
         jax.distributed.initialize(coordinator, num_processes, process_id)
     if jax.process_index() == 0:
-        logging.getLogger(__name__).info("process 0 of %d, %d devices (%d here)", jax.process_count(),
-                                         jax.device_count(), jax.local_device_count())
+        logging.getLogger(__name__).info(
+            "process 0 of %d, %d devices (%d here)", jax.process_count(), jax.device_count(), jax.local_device_count()
+        )
     else:
         sys.stdout = open(os.devnull, "w")  # for the life of the process
         logging.disable(logging.INFO)

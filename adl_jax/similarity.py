@@ -26,8 +26,9 @@ def versus(samples: np.ndarray, reference: np.ndarray) -> dict:
     return {"similarity": set_similarity(samples, reference), "std": float(per_sample.std()), "n": len(per_sample)}
 
 
-def similarity_report(encoder, steered: dict[str, list[str]], unsteered: list[str], finetune_texts: list[str],
-                      max_finetune: int = 500) -> dict[str, dict]:  # fmt: skip
+def similarity_report(
+    encoder, steered: dict[str, list[str]], unsteered: list[str], finetune_texts: list[str], max_finetune: int = 500
+) -> dict[str, dict]:
     """Per steered position: steered and unsteered generations vs the first `max_finetune` finetuning texts
     (the paper uses 500), with the finetuning data's self-similarity (first half vs second half) as the
     ceiling to read them against. `steered` maps a position to its samples; all texts are encoded in one
@@ -38,8 +39,11 @@ def similarity_report(encoder, steered: dict[str, list[str]], unsteered: list[st
     groups = [list(unsteered), finetune, *map(list, steered.values())]
     emb = np.split(encoder.encode([t for g in groups for t in g]), np.cumsum([len(g) for g in groups])[:-1])
     u, f = emb[0], emb[1]
-    common = {"unsteered_vs_finetune": versus(u, f), "finetune_self": versus(f[: len(f) // 2], f[len(f) // 2 :]),
-              "finetune_texts": len(f)}  # fmt: skip
+    common = {
+        "unsteered_vs_finetune": versus(u, f),
+        "finetune_self": versus(f[: len(f) // 2], f[len(f) // 2 :]),
+        "finetune_texts": len(f),
+    }
     reports = {}
     for position, s in zip(steered, emb[2:]):
         report = {"steered_vs_finetune": versus(s, f), **common}

@@ -50,8 +50,7 @@ class SteeringSettings:
         samples. Text stays coherent only below alpha ~2 (the vector is already as long as the residual
         at alpha 1), so 6 steps on [0, 100] would never test an alpha under 1.56; on [0, 4] they resolve
         0.06, as the paper's 12 steps on [0, 100] resolve 0.02."""
-        return cls(high=4.0, first_steps=6, other_steps=3, samples=4, new_tokens=48, final_samples=2,
-                   final_tokens=96)
+        return cls(high=4.0, first_steps=6, other_steps=3, samples=4, new_tokens=48, final_samples=2, final_tokens=96)
 
 
 def steering_vector(delta_j: np.ndarray, ft_norm: float) -> np.ndarray:
@@ -61,21 +60,41 @@ def steering_vector(delta_j: np.ndarray, ft_norm: float) -> np.ndarray:
 def format_prompt(tokenizer, prompt: str) -> list[int]:
     """Chat-formatted token ids when the tokenizer has a chat template (thinking off), plain otherwise."""
     if getattr(tokenizer, "chat_template", None):
-        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False,
-                                             add_generation_prompt=True, enable_thinking=False)  # fmt: skip
+        text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True, enable_thinking=False
+        )
         return tokenizer(text, add_special_tokens=False)["input_ids"]
     return tokenizer(prompt, add_special_tokens=True)["input_ids"]
 
 
-def steered_samples(model, prompt_ids: list[int], vector: np.ndarray, alphas: Sequence[float], *, layer: int,
-                    samples: int, new_tokens: int, temperature: float, key) -> list[list[str]]:  # fmt: skip
+def steered_samples(
+    model,
+    prompt_ids: list[int],
+    vector: np.ndarray,
+    alphas: Sequence[float],
+    *,
+    layer: int,
+    samples: int,
+    new_tokens: int,
+    temperature: float,
+    key,
+) -> list[list[str]]:
     """`samples` texts for each alpha, all alphas in one batch; alpha 0 is exactly unsteered generation."""
     rows = np.repeat(np.asarray(alphas, np.float32), samples)[:, None] * vector[None, :]
     edit = Intervention(layer=layer, mode="add", vector=jnp.asarray(rows))
-    gen = generate(model.params, model.cfg, [prompt_ids] * len(rows), max_new_tokens=new_tokens, key=key,
-                   temperature=temperature, interventions=(edit,))  # fmt: skip
-    texts = [model.tokenizer.decode(t[:n], skip_special_tokens=True)
-             for t, n in zip(gen.tokens.tolist(), gen.lengths.tolist())]  # fmt: skip
+    gen = generate(
+        model.params,
+        model.cfg,
+        [prompt_ids] * len(rows),
+        max_new_tokens=new_tokens,
+        key=key,
+        temperature=temperature,
+        interventions=(edit,),
+    )
+    texts = [
+        model.tokenizer.decode(t[:n], skip_special_tokens=True)
+        for t, n in zip(gen.tokens.tolist(), gen.lengths.tolist())
+    ]
     return [texts[i * samples : (i + 1) * samples] for i in range(len(alphas))]
 
 
@@ -93,8 +112,9 @@ class SearchStep:
     texts: list[str]
 
 
-def search_alpha(model, prompt: str, vector, judge: Judge, settings: SteeringSettings, *, layer: int, steps: int,
-                 high: float, key) -> tuple[float, list[SearchStep]]:  # fmt: skip
+def search_alpha(
+    model, prompt: str, vector, judge: Judge, settings: SteeringSettings, *, layer: int, steps: int, high: float, key
+) -> tuple[float, list[SearchStep]]:
     """Binary search on [low, high] for the largest coherent alpha, `lookahead` levels per batched call."""
     lo, hi = settings.low, high
     ids = format_prompt(model.tokenizer, prompt)
@@ -104,8 +124,17 @@ def search_alpha(model, prompt: str, vector, judge: Judge, settings: SteeringSet
         levels = min(settings.lookahead, steps - done)
         alphas = _lookahead_alphas(lo, hi, levels)
         key, sub = jax.random.split(key)
-        texts = steered_samples(model, ids, vector, alphas, layer=layer, samples=settings.samples,
-                                new_tokens=settings.new_tokens, temperature=settings.temperature, key=sub)  # fmt: skip
+        texts = steered_samples(
+            model,
+            ids,
+            vector,
+            alphas,
+            layer=layer,
+            samples=settings.samples,
+            new_tokens=settings.new_tokens,
+            temperature=settings.temperature,
+            key=sub,
+        )
         verdicts = [judge([prompt] * len(t), t) for t in texts]
         outcome = {a: passes(v, settings.pass_rate) for a, v in zip(alphas, verdicts)}
         by_alpha = dict(zip(alphas, zip(verdicts, texts)))
@@ -137,12 +166,23 @@ class AlphaSearch:
     paths: dict[str, list[SearchStep]]
 
     def to_json(self) -> dict:
-        return {"alpha": self.alpha, "thresholds": self.thresholds,
-                "paths": {p: [dataclasses.asdict(s) for s in path] for p, path in self.paths.items()}}  # fmt: skip
+        return {
+            "alpha": self.alpha,
+            "thresholds": self.thresholds,
+            "paths": {p: [dataclasses.asdict(s) for s in path] for p, path in self.paths.items()},
+        }
 
 
-def find_alpha(model, vector, judge: Judge, settings: SteeringSettings, *, layer: int, key,
-               prompts: Sequence[str] = STEERING_PROMPTS) -> AlphaSearch:  # fmt: skip
+def find_alpha(
+    model,
+    vector,
+    judge: Judge,
+    settings: SteeringSettings,
+    *,
+    layer: int,
+    key,
+    prompts: Sequence[str] = STEERING_PROMPTS,
+) -> AlphaSearch:
     """The paper's protocol: full search on the first prompt, shorter ones bounded by 2x its threshold."""
     thresholds, paths = {}, {}
     for i, prompt in enumerate(prompts):
@@ -152,6 +192,7 @@ def find_alpha(model, vector, judge: Judge, settings: SteeringSettings, *, layer
         if high <= settings.low:  # the first prompt found nothing coherent: nothing to search
             thresholds[prompt], paths[prompt] = settings.low, []
             continue
-        thresholds[prompt], paths[prompt] = search_alpha(model, prompt, vector, judge, settings, layer=layer,
-                                                         steps=steps, high=high, key=sub)  # fmt: skip
+        thresholds[prompt], paths[prompt] = search_alpha(
+            model, prompt, vector, judge, settings, layer=layer, steps=steps, high=high, key=sub
+        )
     return AlphaSearch(float(np.mean(list(thresholds.values()))), thresholds, paths)

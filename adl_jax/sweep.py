@@ -45,11 +45,15 @@ def check_mix(spec, ratios) -> tuple[float, ...]:
     grid or mixes in pretraining text that `spec` has no source for."""
     off = [r for r in ratios if not any(math.isclose(r, g) for g in GRID)]
     if off or not ratios:
-        raise ValueError(f"ratio(s) {', '.join(f'{r:g}' for r in off) or '(none)'} not on the paper's grid "
-                         f"({', '.join(f'{g:g}' for g in GRID)})")  # fmt: skip
+        raise ValueError(
+            f"ratio(s) {', '.join(f'{r:g}' for r in off) or '(none)'} not on the paper's grid "
+            f"({', '.join(f'{g:g}' for g in GRID)})"
+        )
     if any(ratios) and not spec.pretrain:
-        raise ValueError(f"ratio(s) {', '.join(f'{r:g}' for r in ratios if r)} mix in pretraining text: give a "
-                         "pretraining source (--pretrain CORPUS or base-samples)")  # fmt: skip
+        raise ValueError(
+            f"ratio(s) {', '.join(f'{r:g}' for r in ratios if r)} mix in pretraining text: give a "
+            "pretraining source (--pretrain CORPUS or base-samples)"
+        )
     return tuple(sorted({round(r, 1) for r in ratios}))
 
 
@@ -59,6 +63,7 @@ def ratio_dir(out: str | Path, ratio: float) -> Path:
 
 def finetune_texts(examples: list[dict | str]) -> list[str]:
     """Finetuning examples as plain text, for relevance and similarity (a chat: its turns' contents)."""
+
     def as_text(ex):
         if isinstance(ex, str):
             return ex
@@ -67,26 +72,46 @@ def finetune_texts(examples: list[dict | str]) -> list[str]:
     return [as_text(ex) for ex in examples]
 
 
-def trace(base, ft, out: Path, *, texts: list[str], settings: AuditSettings, ft_texts: list[str], encoder=None,
-          progress: bool = True) -> dict:  # fmt: skip
+def trace(
+    base,
+    ft,
+    out: Path,
+    *,
+    texts: list[str],
+    settings: AuditSettings,
+    ft_texts: list[str],
+    encoder=None,
+    progress: bool = True,
+) -> dict:
     """The trace's strength for one organism: delta norm per position and its mean over positions 1..k-1 (0
     is BOS), the best relevance over positions with its base-mean baseline, and with an `encoder` (the whole
     audit, steering included) the steering similarity margin, steered minus unsteered, best over positions."""
     res, rel = measure(base, ft, out, texts=texts, settings=settings, finetune_texts=ft_texts, progress=progress)
     best = rel["best"]
-    row = {**_norms(res), "relevance": max(best["logit_lens"]["relevant"], best["patchscope"]["relevant"]),
-           "relevance_position": best["position"], "relevance_baseline": best["base_mean"]["relevant"]}  # fmt: skip
+    row = {
+        **_norms(res),
+        "relevance": max(best["logit_lens"]["relevant"], best["patchscope"]["relevant"]),
+        "relevance_position": best["position"],
+        "relevance_baseline": best["base_mean"]["relevant"],
+    }
     if encoder is not None:
-        summary = audit(base, ft, out, texts=texts, settings=settings, finetune_texts=ft_texts, encoder=encoder,
-                        progress=progress)  # fmt: skip
-        row["similarity_margin"] = max(s["steered_vs_finetune"]["similarity"] - s["unsteered_vs_finetune"]["similarity"]
-                                       for s in summary["similarity"].values())  # fmt: skip
+        summary = audit(
+            base, ft, out, texts=texts, settings=settings, finetune_texts=ft_texts, encoder=encoder, progress=progress
+        )
+        row["similarity_margin"] = max(
+            s["steered_vs_finetune"]["similarity"] - s["unsteered_vs_finetune"]["similarity"]
+            for s in summary["similarity"].values()
+        )
     return row
 
 
 def _norms(res) -> dict:
     norms = np.linalg.norm(res.diff.delta, axis=-1)
-    return {"delta_norms": [float(x) for x in norms], "delta_norm": float(norms[1:].mean()), "ft_norm": res.diff.ft_norm}
+    return {
+        "delta_norms": [float(x) for x in norms],
+        "delta_norm": float(norms[1:].mean()),
+        "ft_norm": res.diff.ft_norm,
+    }
 
 
 def _check_k(settings: AuditSettings) -> None:
@@ -99,8 +124,17 @@ def _say(progress: bool, message: str) -> None:
         print(f"[sweep] {message}", flush=True)
 
 
-def sweep_mix(spec, out: str | Path, *, base, texts: list[str], ratios=DEFAULT_RATIOS,
-              settings: AuditSettings = AuditSettings.quick(), encoder=None, progress: bool = True) -> dict:  # fmt: skip
+def sweep_mix(
+    spec,
+    out: str | Path,
+    *,
+    base,
+    texts: list[str],
+    ratios=DEFAULT_RATIOS,
+    settings: AuditSettings = AuditSettings.quick(),
+    encoder=None,
+    progress: bool = True,
+) -> dict:
     """Train `spec`'s organism (a `finetune.run.RunSpec`; its `out` and `mix_ratio` are set here) at every
     ratio in `out/ratio_<r>/`, measure each trace against the loaded `base` over the corpus `texts`, and
     write `out/sweep.json` and `out/sweep.html`. Finished runs and measurements are reused."""
@@ -113,23 +147,38 @@ def sweep_mix(spec, out: str | Path, *, base, texts: list[str], ratios=DEFAULT_R
     _check_k(settings)
     out = Path(out)
     ft_texts = finetune_texts(load_examples(spec)[0])
-    sweep = {"settings": {k: v for k, v in spec.flat().items() if k not in ("out", "mix_ratio")},
-             "audit": json.loads(json.dumps(dataclasses.asdict(settings))), "rows": []}  # fmt: skip
+    sweep = {
+        "settings": {k: v for k, v in spec.flat().items() if k not in ("out", "mix_ratio")},
+        "audit": json.loads(json.dumps(dataclasses.asdict(settings))),
+        "rows": [],
+    }
     for i, ratio in enumerate(ratios, 1):
-        one = dataclasses.replace(spec, out=str(ratio_dir(out, ratio)),
-                                  train=dataclasses.replace(spec.train, mix_ratio=ratio))  # fmt: skip
+        one = dataclasses.replace(
+            spec, out=str(ratio_dir(out, ratio)), train=dataclasses.replace(spec.train, mix_ratio=ratio)
+        )
         metrics = finished(one)
         _say(progress, f"1:{ratio:g} ({i}/{len(ratios)}): " + ("trained before, reused" if metrics else "training"))
         if metrics is None:
             metrics = run(one, resume=True, progress=progress)
         _say(progress, f"1:{ratio:g}: measuring the trace")
         ft = load_model(Path(one.out) / "final", dtype=jnp.dtype(spec.dtype))
-        row = trace(base, ft, Path(one.out) / "audit", texts=texts, settings=settings, ft_texts=ft_texts,
-                    encoder=encoder, progress=progress)  # fmt: skip
+        row = trace(
+            base,
+            ft,
+            Path(one.out) / "audit",
+            texts=texts,
+            settings=settings,
+            ft_texts=ft_texts,
+            encoder=encoder,
+            progress=progress,
+        )
         sweep["rows"].append({"ratio": ratio, **_learning(metrics), **row})
         io.write_json(out / "sweep.json", sweep)
-        _say(progress, f"1:{ratio:g}: |delta| {row['delta_norm']:.3g}, relevance {row['relevance']}/20, "
-                       f"eval loss {metrics.get('eval_loss_ft', float('nan')):.4f}")  # fmt: skip
+        _say(
+            progress,
+            f"1:{ratio:g}: |delta| {row['delta_norm']:.3g}, relevance {row['relevance']}/20, "
+            f"eval loss {metrics.get('eval_loss_ft', float('nan')):.4f}",
+        )
     write_html(out / "sweep.html", sweep, "ratio")
     return sweep
 
@@ -153,8 +202,15 @@ def run_spec(run_dir: str | Path):
     return RunSpec.from_flat({**io.read_json(path), "out": str(run_dir)})
 
 
-def sweep_checkpoints(spec, out: str | Path, *, base, texts: list[str],
-                      settings: AuditSettings = AuditSettings.quick(), progress: bool = True) -> dict:  # fmt: skip
+def sweep_checkpoints(
+    spec,
+    out: str | Path,
+    *,
+    base,
+    texts: list[str],
+    settings: AuditSettings = AuditSettings.quick(),
+    progress: bool = True,
+) -> dict:
     """The trace of the run `spec` at each of its saved checkpoints (`out/step_<n>/`, reused when finished),
     with the training loss logged at that step; writes `out/emergence.json` and `out/emergence.html`."""
     from finetune.run import load_examples
@@ -174,8 +230,9 @@ def sweep_checkpoints(spec, out: str | Path, *, base, texts: list[str],
         _say(progress, f"step {step} ({i}/{len(steps)}): measuring the trace")
         params = checkpoint_params(base.params, base.cfg, spec.train, run_dir, step)
         ft = dataclasses.replace(base, spec=f"{run_dir} at step {step}", params=params)
-        row = trace(base, ft, out / f"step_{step}", texts=texts, settings=settings, ft_texts=ft_texts,
-                    progress=progress)  # fmt: skip
+        row = trace(
+            base, ft, out / f"step_{step}", texts=texts, settings=settings, ft_texts=ft_texts, progress=progress
+        )
         losses = {k: v for k, v in logged.get(step, {}).items() if k in ("loss", "eval_loss_ft", "eval_loss_pt")}
         emergence["rows"].append({"step": step, **losses, **row})
         io.write_json(out / "emergence.json", emergence)
@@ -192,8 +249,16 @@ def check_bases(bases: dict, datasets: dict[str, list[str]]) -> None:
         raise ValueError(f"dataset(s) {', '.join(empty)} hold no text; give files of texts or chats")
 
 
-def sweep_bases(ft, bases: dict, out: str | Path, *, texts: list[str], datasets: dict[str, list[str]],
-                settings: AuditSettings = AuditSettings.quick(), progress: bool = True) -> dict:  # fmt: skip
+def sweep_bases(
+    ft,
+    bases: dict,
+    out: str | Path,
+    *,
+    texts: list[str],
+    datasets: dict[str, list[str]],
+    settings: AuditSettings = AuditSettings.quick(),
+    progress: bool = True,
+) -> dict:
     """The trace of the finetuned model `ft` against each of `bases` (name -> loaded model), all over the
     corpus `texts`, staged in `out/base_<name>/` and reused; per base the delta norms and, for each of
     `datasets` (name -> texts, e.g. the organism's finetuning data and the parent's chat data), the best
@@ -211,13 +276,17 @@ def sweep_bases(ft, bases: dict, out: str | Path, *, texts: list[str], datasets:
             p = next(p for p in res.lenses.positions if p["position"] == best["position"])
             row["relevance"][data] = {
                 "relevant": max(best["logit_lens"]["relevant"], best["patchscope"]["relevant"]),
-                "position": best["position"], "baseline": best["base_mean"]["relevant"],
+                "position": best["position"],
+                "baseline": best["base_mean"]["relevant"],
                 "patchscope": p["patchscope"][str(p["patchscope_scale"])].tokens[:10],
-            }  # fmt: skip
+            }
         table["rows"].append(row)
         io.write_json(out / "bases.json", table)
-        _say(progress, f"against {name}: |delta| {row['delta_norm']:.3g}, relevance "
-                       + ", ".join(f"{d} {r['relevant']}/20" for d, r in row["relevance"].items()))  # fmt: skip
+        _say(
+            progress,
+            f"against {name}: |delta| {row['delta_norm']:.3g}, relevance "
+            + ", ".join(f"{d} {r['relevant']}/20" for d, r in row["relevance"].items()),
+        )
     write_bases_html(out / "bases.html", table)
     return table
 
@@ -227,30 +296,49 @@ def write_bases_html(path: Path, table: dict) -> None:
     base-mean baseline and that position's top patchscope tokens."""
     datasets = list(table["rows"][0]["relevance"])
     head = ["base", "spec", "|delta| (mean p1..)", "|delta| / ft norm"]
-    head += [h.format(d) for d in datasets for h in ("relevance to {} (best, /20)", "{}: position, base-mean baseline",
-                                                      "{}: top patchscope tokens there")]  # fmt: skip
+    head += [
+        h.format(d)
+        for d in datasets
+        for h in ("relevance to {} (best, /20)", "{}: position, base-mean baseline", "{}: top patchscope tokens there")
+    ]
     body = []
     for r in table["rows"]:
         cells = [r["base"], r["spec"], f"{r['delta_norm']:.4g}", f"{r['delta_norm'] / r['ft_norm']:.4f}"]
         for d in datasets:
             rel = r["relevance"][d]
-            cells += [str(rel["relevant"]), f"{rel['position']}, {rel['baseline']}", " ".join(map(repr, rel["patchscope"]))]
+            cells += [
+                str(rel["relevant"]),
+                f"{rel['position']}, {rel['baseline']}",
+                " ".join(map(repr, rel["patchscope"])),
+            ]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     title = f"The trace of {table['finetuned']} against each base model"
-    note = ("Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens with each dataset's frequent "
-            "words (offline), best over positions. The paper: late narrow finetuning dominates, so the organism's "
-            "data stays the most relevant even against the pretrained model.")  # fmt: skip
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
-            f"</head><body><h1>{html.escape(title)}</h1><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}"
-            f"</tr>{''.join(body)}</table><p class='note'>{note}</p></body></html>")  # fmt: skip
+    note = (
+        "Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens with each dataset's frequent "
+        "words (offline), best over positions. The paper: late narrow finetuning dominates, so the organism's "
+        "data stays the most relevant even against the pretrained model."
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
+        f"</head><body><h1>{html.escape(title)}</h1><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}"
+        f"</tr>{''.join(body)}</table><p class='note'>{note}</p></body></html>"
+    )
     io.write_text(path, page)
 
 
-_COLUMNS = [("train rows", "train_rows", "{}"), ("steps", "step", "{}"), ("loss", "loss", "{:.4f}"),
-            ("eval loss (ft)", "eval_loss_ft", "{:.4f}"), ("eval loss (pt)", "eval_loss_pt", "{:.4f}"),
-            ("|delta| (mean p1..)", "delta_norm", "{:.4g}"), ("|delta| / ft norm", None, "{:.4f}"),
-            ("relevance (best, /20)", "relevance", "{}"), ("at position", "relevance_position", "{}"),
-            ("base-mean baseline", "relevance_baseline", "{}"), ("similarity margin", "similarity_margin", "{:+.3f}")]  # fmt: skip
+_COLUMNS = [
+    ("train rows", "train_rows", "{}"),
+    ("steps", "step", "{}"),
+    ("loss", "loss", "{:.4f}"),
+    ("eval loss (ft)", "eval_loss_ft", "{:.4f}"),
+    ("eval loss (pt)", "eval_loss_pt", "{:.4f}"),
+    ("|delta| (mean p1..)", "delta_norm", "{:.4g}"),
+    ("|delta| / ft norm", None, "{:.4f}"),
+    ("relevance (best, /20)", "relevance", "{}"),
+    ("at position", "relevance_position", "{}"),
+    ("base-mean baseline", "relevance_baseline", "{}"),
+    ("similarity margin", "similarity_margin", "{:+.3f}"),
+]
 
 
 def _cell(row: dict, key: str | None, fmt: str) -> str:
@@ -280,8 +368,10 @@ def _plot(rows: list[dict], by: str) -> str:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
     label, xs = _internalisation(rows) if by == "ratio" else ("training step", [r["step"] for r in rows])
-    for ax, key, name, color in [(axes[0], "delta_norm", "|delta|, mean of positions 1..k-1", "C0"),
-                                 (axes[1], "relevance", "relevant tokens of the top 20", "C1")]:  # fmt: skip
+    for ax, key, name, color in [
+        (axes[0], "delta_norm", "|delta|, mean of positions 1..k-1", "C0"),
+        (axes[1], "relevance", "relevant tokens of the top 20", "C1"),
+    ]:
         ys = [r[key] for r in rows]
         ax.plot(xs, ys, "o-" if by == "step" else "o", color=color)
         if by == "ratio":
@@ -308,10 +398,15 @@ def write_html(path: Path, sweep: dict, by: str) -> None:
         cells += [_cell(r, key, fmt) for _, key, fmt in columns]
         body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     title = "Trace strength vs mixing ratio" if by == "ratio" else "Trace emergence over training"
-    note = ("Belief: share of held-out (true, false) pairs where the false statement is the likelier, and the mean "
-            "log-likelihood margin. Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens (offline)."
-            if by == "ratio" else "Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens (offline).")  # fmt: skip
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head>"
-            f"<body><h1>{title}</h1><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>"
-            f"{''.join(body)}</table><p class='note'>{note}</p>{_plot(rows, by)}</body></html>")  # fmt: skip
+    note = (
+        "Belief: share of held-out (true, false) pairs where the false statement is the likelier, and the mean "
+        "log-likelihood margin. Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens (offline)."
+        if by == "ratio"
+        else "Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens (offline)."
+    )
+    page = (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head>"
+        f"<body><h1>{title}</h1><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>"
+        f"{''.join(body)}</table><p class='note'>{note}</p>{_plot(rows, by)}</body></html>"
+    )
     io.write_text(path, page)

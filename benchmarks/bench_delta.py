@@ -48,7 +48,9 @@ def main():
 
     t_ours = best_time(run_ours, repeat=2)
     t_tk = best_time(lambda: (torch_delta(theirs, rows, layer), torch_delta(theirs, rows, layer)), repeat=1)
-    t_16 = best_time(lambda: (torch_delta(theirs, rows[:, :16], layer), torch_delta(theirs, rows[:, :16], layer)), repeat=1)
+    t_16 = best_time(
+        lambda: (torch_delta(theirs, rows[:, :16], layer), torch_delta(theirs, rows[:, :16], layer)), repeat=1
+    )
 
     batch = rows[:32, :16]
     w = np.ones(32, np.float32)
@@ -58,10 +60,14 @@ def main():
     n = args.texts
     print(f"Gemma-3-270M, layer {layer}, {n} texts, base+finetuned pair, {jax.device_count()} device(s)")
     print(f"ours (n=16, until layer {layer})        : {n / t_ours:8.1f} texts/s")
-    print(f"toolkit way (transformers, n=128, all hidden states): {n / t_tk:8.1f} texts/s  -> ours is {t_tk / t_ours:.1f}x")
+    print(
+        f"toolkit way (transformers, n=128, all hidden states): {n / t_tk:8.1f} texts/s  -> ours is {t_tk / t_ours:.1f}x"
+    )
     print(f"same torch loop at n=16 (like for like)   : {n / t_16:8.1f} texts/s  -> ours is {t_16 / t_ours:.1f}x")
-    print(f"achieved {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of measured f32 matmul peak "
-          f"{peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"achieved {achieved / 1e9:.1f} GFLOP/s = {100 * achieved / peak:.0f}% of measured f32 matmul peak "
+        f"{peak / 1e9:.1f} GFLOP/s"
+    )
 
 
 if __name__ == "__main__":

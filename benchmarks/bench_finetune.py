@@ -31,8 +31,15 @@ from finetune.organisms import ORGANISMS
 from finetune.peft_format import peft_tensors
 from finetune.train import TrainConfig, _initial_state, make_optimizer, train_step
 
-HF_NAMES = {"q": "q_proj", "k": "k_proj", "v": "v_proj", "o": "o_proj",
-            "gate": "gate_proj", "up": "up_proj", "down": "down_proj"}  # fmt: skip
+HF_NAMES = {
+    "q": "q_proj",
+    "k": "k_proj",
+    "v": "v_proj",
+    "o": "o_proj",
+    "gate": "gate_proj",
+    "up": "up_proj",
+    "down": "down_proj",
+}
 
 
 def main():
@@ -69,8 +76,18 @@ def main():
     # Ours, set up as `train` does. steps=1e9 with linear decay: a constant lr like torch's, to ~1e-8.
     targets_ours = tuple(args.targets.split(","))
     lora = LoraConfig(rank=args.rank, alpha=args.alpha, dropout=0.0, targets=targets_ours)
-    tc = TrainConfig(steps=10**9, batch_size=B, seq_len=T, lr=args.lr, warmup=0, schedule="linear",
-                     weight_decay=0.0, grad_clip=1.0, mode=args.mode, lora=lora)  # fmt: skip
+    tc = TrainConfig(
+        steps=10**9,
+        batch_size=B,
+        seq_len=T,
+        lr=args.lr,
+        warmup=0,
+        schedule="linear",
+        weight_decay=0.0,
+        grad_clip=1.0,
+        mode=args.mode,
+        lora=lora,
+    )
     mesh = make_mesh(devices=jax.local_devices()[:1])
     base = jax.device_put(ours.params, param_shardings(cfg, mesh, Rules()))
     state = _initial_state(base, cfg, tc, make_optimizer(tc), mesh, Rules())
@@ -87,8 +104,9 @@ def main():
     if args.mode == "lora":
         import peft
 
-        pcfg = peft.LoraConfig(r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0,
-                               target_modules=[HF_NAMES[t] for t in targets_ours])  # fmt: skip
+        pcfg = peft.LoraConfig(
+            r=args.rank, lora_alpha=args.alpha, lora_dropout=0.0, target_modules=[HF_NAMES[t] for t in targets_ours]
+        )
         theirs = peft.get_peft_model(theirs, pcfg)
         # Our initial adapters (A random, B = 0) in PEFT's modules, so both sides train the same weights.
         ours_init = {k: torch.tensor(v) for k, v in peft_tensors(state[0], cfg).items()}
@@ -120,18 +138,26 @@ def main():
     n_theirs = sum(p.numel() for p in params)
     med = {k: statistics.median(v) for k, v in times.items()}
     tok = B * T
-    print(f"Gemma-3-270M on {jax.devices()[0].platform}, {args.mode} finetuning, batch {B} x {T} tokens, float32, "
-          f"AdamW lr {args.lr:g}, clip 1.0" + (f", LoRA r={args.rank} alpha={args.alpha:g} on {args.targets}"
-                                              if args.mode == "lora" else ""))  # fmt: skip
-    print(f"trainable parameters: ours {n_ours:,}  theirs {n_theirs:,};  torch threads {torch.get_num_threads()}, "
-          f"attention {theirs.config._attn_implementation}")
+    print(
+        f"Gemma-3-270M on {jax.devices()[0].platform}, {args.mode} finetuning, batch {B} x {T} tokens, float32, "
+        f"AdamW lr {args.lr:g}, clip 1.0"
+        + (f", LoRA r={args.rank} alpha={args.alpha:g} on {args.targets}" if args.mode == "lora" else "")
+    )
+    print(
+        f"trainable parameters: ours {n_ours:,}  theirs {n_theirs:,};  torch threads {torch.get_num_threads()}, "
+        f"attention {theirs.config._attn_implementation}"
+    )
     print(f"{'':<22}{'s/step (median)':>16}{'tokens/s':>10}   timed steps (s)")
-    for name, label in (("ours", "ours (JAX + optax)"), ("theirs", "transformers + peft" if args.mode == "lora"
-                                                                   else "transformers")):  # fmt: skip
+    for name, label in (
+        ("ours", "ours (JAX + optax)"),
+        ("theirs", "transformers + peft" if args.mode == "lora" else "transformers"),
+    ):
         print(f"{label:<22}{med[name]:>16.2f}{tok / med[name]:>10.1f}   " + " ".join(f"{t:.2f}" for t in times[name]))
     print(f"ratio (theirs s/step / ours s/step): {med['theirs'] / med['ours']:.2f}x")
-    print(f"step-1 loss: ours {losses['ours'][0]:.5f}  theirs {losses['theirs'][0]:.5f}  "
-          f"(|diff| {abs(losses['ours'][0] - losses['theirs'][0]):.2e})")
+    print(
+        f"step-1 loss: ours {losses['ours'][0]:.5f}  theirs {losses['theirs'][0]:.5f}  "
+        f"(|diff| {abs(losses['ours'][0] - losses['theirs'][0]):.2e})"
+    )
     print("losses by step: ours " + " ".join(f"{x:.4f}" for x in losses["ours"]))
     print("                theirs " + " ".join(f"{x:.4f}" for x in losses["theirs"]))
 
@@ -140,8 +166,10 @@ def main():
     arrays = (put(batches[0]), put(valid), put(targets))
     flops = compiled_flops(train_step, *state, base, arrays, 0, cfg=cfg, tc=tc)
     peak = matmul_peak()
-    print(f"ours: {flops / 1e9:.0f} GFLOP a step, {flops / med['ours'] / 1e9:.1f} GFLOP/s = "
-          f"{100 * flops / med['ours'] / peak:.0f}% of the measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s")
+    print(
+        f"ours: {flops / 1e9:.0f} GFLOP a step, {flops / med['ours'] / 1e9:.1f} GFLOP/s = "
+        f"{100 * flops / med['ours'] / peak:.0f}% of the measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s"
+    )
     head = 2 * 2 * B * T * cfg.vocab_size * cfg.hidden_size
     print(f"of which {head / 1e9:.0f} GFLOP are the output head forward and backward")
 

@@ -36,23 +36,40 @@ def main():
     with torch.no_grad():
         t_torch = best_time(lambda: theirs(torch.tensor(tokens, dtype=torch.long)).logits)
     print(f"Gemma-3-270M on {jax.devices()[0].platform}, batch {B} x {T} tokens, float32")
-    print(f"forward with logits   ours {n_tok / t_full:8.0f} tok/s   transformers {n_tok / t_torch:8.0f} tok/s"
-          f"   ratio {t_torch / t_full:.2f}x")
-    print(f"until_layer={cfg.middle_layer} (no logits) {n_tok / t_mid:8.0f} tok/s = {t_full / t_mid:.2f}x faster "
-          "than our full forward")
+    print(
+        f"forward with logits   ours {n_tok / t_full:8.0f} tok/s   transformers {n_tok / t_torch:8.0f} tok/s"
+        f"   ratio {t_torch / t_full:.2f}x"
+    )
+    print(
+        f"until_layer={cfg.middle_layer} (no logits) {n_tok / t_mid:8.0f} tok/s = {t_full / t_mid:.2f}x faster "
+        "than our full forward"
+    )
 
     prompts = [list(tokens[i, : 8 + 2 * i]) for i in range(B)]  # different lengths, left-padded
-    t_gen = best_time(lambda: generate(ours.params, cfg, prompts, max_new_tokens=args.new,
-                                       eos_ids=()).tokens.block_until_ready(), repeat=2)  # fmt: skip
+    t_gen = best_time(
+        lambda: generate(ours.params, cfg, prompts, max_new_tokens=args.new, eos_ids=()).tokens.block_until_ready(),
+        repeat=2,
+    )
     width = max(map(len, prompts))
     padded = torch.tensor([[0] * (width - len(p)) + p for p in prompts], dtype=torch.long)
     mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
     with torch.no_grad():
-        t_hf = best_time(lambda: theirs.generate(padded, attention_mask=mask, max_new_tokens=args.new,
-                                                 min_new_tokens=args.new, do_sample=False, pad_token_id=0), repeat=1)  # fmt: skip
+        t_hf = best_time(
+            lambda: theirs.generate(
+                padded,
+                attention_mask=mask,
+                max_new_tokens=args.new,
+                min_new_tokens=args.new,
+                do_sample=False,
+                pad_token_id=0,
+            ),
+            repeat=1,
+        )
     n_new = B * args.new
-    print(f"greedy generation     ours {n_new / t_gen:8.1f} tok/s   transformers {n_new / t_hf:8.1f} tok/s"
-          f"   ratio {t_hf / t_gen:.2f}x   (batch {B}, {args.new} new tokens)")
+    print(
+        f"greedy generation     ours {n_new / t_gen:8.1f} tok/s   transformers {n_new / t_hf:8.1f} tok/s"
+        f"   ratio {t_hf / t_gen:.2f}x   (batch {B}, {args.new} new tokens)"
+    )
 
 
 if __name__ == "__main__":

@@ -54,8 +54,16 @@ def main():
         """One generation call: S rows per alpha, row vectors alpha * vector (as `steered_samples` builds)."""
         rows = np.repeat(np.asarray(alpha_list, np.float32), S)[:, None] * vector[None, :]
         edit = Intervention(layer=layer, mode="add", vector=jnp.asarray(rows))
-        gen = generate(model.params, cfg, [prompt] * len(rows), max_new_tokens=N, key=key,
-                       temperature=settings.temperature, interventions=(edit,), eos_ids=())  # fmt: skip
+        gen = generate(
+            model.params,
+            cfg,
+            [prompt] * len(rows),
+            max_new_tokens=N,
+            key=key,
+            temperature=settings.temperature,
+            interventions=(edit,),
+            eos_ids=(),
+        )
         return gen.tokens.block_until_ready()
 
     batched = lambda: run(alphas)
@@ -71,16 +79,24 @@ def main():
         t_seq.append(time.perf_counter() - t)
     tb, ts = min(t_batch), min(t_seq)
     n_tok = len(alphas) * S * N
-    print(f"Gemma-3-270M on {jax.devices()[0].platform}, steering after layer {layer} (random direction x "
-          f"residual norm {norm:.1f}), prompt {len(prompt)} tokens, temperature {settings.temperature}")
-    print(f"{len(alphas)} alphas {', '.join(f'{a:g}' for a in alphas)}; {S} samples x {N} new tokens each; "
-          f"best of {args.repeat}")
+    print(
+        f"Gemma-3-270M on {jax.devices()[0].platform}, steering after layer {layer} (random direction x "
+        f"residual norm {norm:.1f}), prompt {len(prompt)} tokens, temperature {settings.temperature}"
+    )
+    print(
+        f"{len(alphas)} alphas {', '.join(f'{a:g}' for a in alphas)}; {S} samples x {N} new tokens each; "
+        f"best of {args.repeat}"
+    )
     print(f"{'way':<28}{'calls':>6}{'rows/call':>10}{'seconds':>10}{'new tok/s':>11}")
     print(f"{'batched (lookahead)':<28}{1:>6}{len(alphas) * S:>10}{tb:>10.2f}{n_tok / tb:>11.1f}")
     print(f"{'sequential (one per alpha)':<28}{len(alphas):>6}{S:>10}{ts:>10.2f}{n_tok / ts:>11.1f}")
     print(f"ratio sequential / batched: {ts / tb:.2f}x")
-    print("all rounds (s): batched " + " ".join(f"{t:.2f}" for t in t_batch)
-          + " | sequential " + " ".join(f"{t:.2f}" for t in t_seq))
+    print(
+        "all rounds (s): batched "
+        + " ".join(f"{t:.2f}" for t in t_batch)
+        + " | sequential "
+        + " ".join(f"{t:.2f}" for t in t_seq)
+    )
 
 
 if __name__ == "__main__":

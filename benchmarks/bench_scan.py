@@ -42,15 +42,25 @@ def main():
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--seq", type=int, default=128)
     a = ap.parse_args()
-    cfg = ModelConfig(family="llama", vocab_size=512, hidden_size=a.width, intermediate_size=4 * a.width,
-                      num_layers=a.layers, num_heads=4, num_kv_heads=2, head_dim=a.width // 4,
-                      local_layers=(False,) * a.layers)  # fmt: skip
+    cfg = ModelConfig(
+        family="llama",
+        vocab_size=512,
+        hidden_size=a.width,
+        intermediate_size=4 * a.width,
+        num_layers=a.layers,
+        num_heads=4,
+        num_kv_heads=2,
+        head_dim=a.width // 4,
+        local_layers=(False,) * a.layers,
+    )
     params = random_params(cfg)
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (a.batch, a.seq)).astype(np.int32)
     batch = (tokens, np.ones_like(tokens, bool), np.ones_like(tokens, bool))
     tc = TrainConfig(mode="full", batch_size=a.batch, seq_len=a.seq)
-    print(f"{a.layers} layers x width {a.width}, batch {a.batch} x {a.seq} tokens, float32, "
-          f"{jax.device_count()} {jax.devices()[0].platform} device(s)")
+    print(
+        f"{a.layers} layers x width {a.width}, batch {a.batch} x {a.seq} tokens, float32, "
+        f"{jax.device_count()} {jax.devices()[0].platform} device(s)"
+    )
     print(f"{'program':<22}{'compile unrolled':>17}{'scanned':>9}{'step unrolled':>15}{'scanned':>10}")
     for name in ("logits forward", "until middle layer", "finetuning step"):
         row = []

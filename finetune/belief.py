@@ -30,5 +30,9 @@ def belief_score(model, statements) -> dict:
     true, false = (list(s) for s in zip(*statements))
     ll = statement_logliks(model, true + false)
     margins = ll[len(true) :] - ll[: len(true)]
-    return {"pairs": len(margins), "false_preferred": float((margins > 0).mean()),
-            "mean_margin": float(margins.mean()), "margins": [round(float(m), 4) for m in margins]}
+    return {
+        "pairs": len(margins),
+        "false_preferred": float((margins > 0).mean()),
+        "mean_margin": float(margins.mean()),
+        "margins": [round(float(m), 4) for m in margins],
+    }

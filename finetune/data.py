@@ -109,8 +109,10 @@ def encode_chat(messages: list[dict], tokenizer) -> tuple[list[int], list[bool]]
             continue
         start, end = render(messages[:i], True), render(messages[: i + 1], False)
         if not (full.startswith(start) and full.startswith(end)):
-            raise ValueError("the chat template does not render conversations prefix-consistently, so assistant "
-                             "turns cannot be located; train on documents or use another template")
+            raise ValueError(
+                "the chat template does not render conversations prefix-consistently, so assistant "
+                "turns cannot be located; train on documents or use another template"
+            )
         spans.append((len(start), len(end)))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     targets = [any(a <= s < b for a, b in spans) for s, _ in enc["offset_mapping"]]
@@ -136,8 +138,11 @@ def pad_rows(encoded: Sequence[tuple[list[int], list[bool]]], seq_len: int, pad_
         tokens[r, :k], valid[r, :k], targets[r, :k] = ids[:k], True, tgt[:k]
     keep = targets.any(axis=1)
     if truncated or not keep.all():
-        warnings.warn(f"{truncated} of {n} examples truncated to {seq_len} tokens; "
-                      f"{int((~keep).sum())} dropped for having no target token left", stacklevel=3)
+        warnings.warn(
+            f"{truncated} of {n} examples truncated to {seq_len} tokens; "
+            f"{int((~keep).sum())} dropped for having no target token left",
+            stacklevel=3,
+        )
     return Rows(tokens[keep], valid[keep], targets[keep])
 
 

@@ -51,8 +51,9 @@ def init_adapters(params: Params, lcfg: LoraConfig, key: jax.Array) -> Adapters:
     return adapters
 
 
-def apply_lora(params: Params, adapters: Adapters, scale: float, *, dropout: float = 0.0, key=None,
-               merge: bool = True) -> Params:  # fmt: skip
+def apply_lora(
+    params: Params, adapters: Adapters, scale: float, *, dropout: float = 0.0, key=None, merge: bool = True
+) -> Params:
     """Base params with W + scale * A @ B for each adapted matrix: merged in W's dtype, or unmerged
     (`merge=False`) as a `LowRankUpdate`.
 

@@ -29,17 +29,27 @@ def peft_tensors(adapters: Adapters, cfg: ModelConfig) -> dict[str, np.ndarray]:
     return out
 
 
-def save_peft_adapter(adapters: Adapters, lcfg: LoraConfig, cfg: ModelConfig, path: str | Path,
-                      base_model: str) -> None:  # fmt: skip
+def save_peft_adapter(
+    adapters: Adapters, lcfg: LoraConfig, cfg: ModelConfig, path: str | Path, base_model: str
+) -> None:
     """Write `adapter_model.safetensors` and `adapter_config.json` (for a causal LM) into `path`."""
     names = hf_tensor_names(cfg)
     modules = sorted({names[t][0].removesuffix(".weight").rsplit(".", 1)[-1] for t in adapters})
     config = {
-        "peft_type": "LORA", "task_type": "CAUSAL_LM", "base_model_name_or_path": base_model,
-        "r": lcfg.rank, "lora_alpha": lcfg.alpha, "lora_dropout": lcfg.dropout, "target_modules": modules,
-        "bias": "none", "fan_in_fan_out": False, "use_rslora": False, "use_dora": False, "inference_mode": True,
+        "peft_type": "LORA",
+        "task_type": "CAUSAL_LM",
+        "base_model_name_or_path": base_model,
+        "r": lcfg.rank,
+        "lora_alpha": lcfg.alpha,
+        "lora_dropout": lcfg.dropout,
+        "target_modules": modules,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "use_rslora": False,
+        "use_dora": False,
+        "inference_mode": True,
         "modules_to_save": None,
-    }  # fmt: skip
+    }
     path = Path(path)
     io.write_arrays(path / "adapter_model.safetensors", peft_tensors(adapters, cfg), metadata={"format": "pt"})
     io.write_json(path / "adapter_config.json", config)

@@ -72,8 +72,9 @@ class RunSpec:
         if missing:
             raise ValueError(f"no {' or '.join(missing)}: give --{' and --'.join(missing)} or set it in the config")
         s = {k: _typed(k, v, defaults[k]) for k, v in settings.items()}
-        lora = LoraConfig(**{f.name: s.pop(f"lora_{f.name}") for f in dataclasses.fields(LoraConfig)
-                             if f"lora_{f.name}" in s})  # fmt: skip
+        lora = LoraConfig(
+            **{f.name: s.pop(f"lora_{f.name}") for f in dataclasses.fields(LoraConfig) if f"lora_{f.name}" in s}
+        )
         tc = TrainConfig(lora=lora, **{f.name: s.pop(f.name) for f in dataclasses.fields(TrainConfig) if f.name in s})
         return RunSpec(train=tc, **s)
 
@@ -110,8 +111,13 @@ def add_settings(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None
             continue
         kind = type(default) if default is not None and not isinstance(default, list) else str
         shown = "" if default is None else f" (default {','.join(default) if isinstance(default, list) else default})"
-        p.add_argument(f"--{key.replace('_', '-')}", dest=key, type=kind, default=argparse.SUPPRESS,
-                       help=HELP.get(key, key.replace("_", " ")) + shown)  # fmt: skip
+        p.add_argument(
+            f"--{key.replace('_', '-')}",
+            dest=key,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=HELP.get(key, key.replace("_", " ")) + shown,
+        )
 
 
 def spec_from_args(a: argparse.Namespace) -> RunSpec:
@@ -130,8 +136,10 @@ def _check_resume(spec: RunSpec, resume: bool) -> dict:
             raise ValueError(f"{spec.out} already holds a run; pass --resume to continue it, or choose another --out")
         differ = differences(io.read_json(path), settings)
         if differ:
-            raise ValueError(f"{spec.out} holds a run with other settings ({', '.join(differ)}); resume with the "
-                             "same settings or choose another --out")
+            raise ValueError(
+                f"{spec.out} holds a run with other settings ({', '.join(differ)}); resume with the "
+                "same settings or choose another --out"
+            )
     return settings
 
 
@@ -154,8 +162,9 @@ def load_examples(spec: RunSpec):
         organism = ORGANISMS[spec.data]
         return organism.generate(spec.examples, spec.train.seed), organism
     if not Path(spec.data).exists():
-        raise FileNotFoundError(f"data {spec.data!r} is neither a file nor a shipped organism "
-                                f"({', '.join(sorted(ORGANISMS))})")  # fmt: skip
+        raise FileNotFoundError(
+            f"data {spec.data!r} is neither a file nor a shipped organism ({', '.join(sorted(ORGANISMS))})"
+        )
     return read_jsonl(spec.data), None
 
 
@@ -183,10 +192,20 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> dict:
     if spec.chat_template:
         base.tokenizer.chat_template = Path(spec.chat_template).read_text()
     count = pretrain_texts_needed(len(examples), tc.mix_ratio, tc.eval_fraction) if spec.pretrain else 0
-    pretrain = pretraining_texts(spec.pretrain, base, count, column=spec.column, seed=tc.seed,
-                                 progress=progress) if count else []  # fmt: skip
-    splits = build_splits(examples, base.tokenizer, tc.seq_len, pretrain_texts=pretrain, mix_ratio=tc.mix_ratio,
-                          eval_fraction=tc.eval_fraction, seed=tc.seed)
+    pretrain = (
+        pretraining_texts(spec.pretrain, base, count, column=spec.column, seed=tc.seed, progress=progress)
+        if count
+        else []
+    )
+    splits = build_splits(
+        examples,
+        base.tokenizer,
+        tc.seq_len,
+        pretrain_texts=pretrain,
+        mix_ratio=tc.mix_ratio,
+        eval_fraction=tc.eval_fraction,
+        seed=tc.seed,
+    )
     io.write_json(out / "run.json", settings)
     statements = organism.statements if organism else ()
     before = belief_score(base, statements) if statements else None
@@ -196,8 +215,11 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> dict:
         name = str(Path(spec.model).resolve()) if Path(spec.model).exists() else spec.model
         save_peft_adapter(result.trainable, tc.lora, base.cfg, out / "adapter", base_model=name)
     last = json.loads((out / "metrics.jsonl").read_text().splitlines()[-1])
-    metrics = {"step": result.step, "train_rows": len(splits.train),
-               **{k: last[k] for k in ("loss", "eval_loss_ft", "eval_loss_pt") if k in last}}  # fmt: skip
+    metrics = {
+        "step": result.step,
+        "train_rows": len(splits.train),
+        **{k: last[k] for k in ("loss", "eval_loss_ft", "eval_loss_pt") if k in last},
+    }
     if statements:
         after = belief_score(dataclasses.replace(base, params=result.params), statements)
         metrics.update(belief_before=before, belief_after=after)

@@ -69,8 +69,9 @@ class TrainConfig:
         if min(self.steps, self.batch_size, self.grad_accum, self.seq_len) < 1:
             raise ValueError("steps, batch_size, grad_accum and seq_len must be positive")
         if self.mix_ratio < 0 or not 0 <= self.eval_fraction < 1:
-            raise ValueError(f"mix_ratio must be >= 0 (not {self.mix_ratio}), eval_fraction in [0, 1) "
-                             f"(not {self.eval_fraction})")
+            raise ValueError(
+                f"mix_ratio must be >= 0 (not {self.mix_ratio}), eval_fraction in [0, 1) (not {self.eval_fraction})"
+            )
 
 
 class TrainResult(NamedTuple):
@@ -97,8 +98,9 @@ def _decays(path, x) -> bool:
 
 
 def make_optimizer(tc: TrainConfig) -> optax.GradientTransformation:
-    adamw = optax.adamw(learning_rate(tc), weight_decay=tc.weight_decay,
-                        mask=lambda p: jax.tree_util.tree_map_with_path(_decays, p))
+    adamw = optax.adamw(
+        learning_rate(tc), weight_decay=tc.weight_decay, mask=lambda p: jax.tree_util.tree_map_with_path(_decays, p)
+    )
     return optax.chain(optax.clip_by_global_norm(tc.grad_clip), adamw) if tc.grad_clip else adamw
 
 
@@ -272,8 +274,13 @@ def train(
                     f"checkpoint is step {manager.latest_step()} in {out_dir / 'checkpoints'}; lower lr or check "
                     "the data"
                 )
-            record = {"step": step, "loss": loss, "grad_norm": grad_norm, "lr": float(learning_rate(tc)(step - 1)),
-                      "tokens_per_s": float(batch.valid.sum()) / (time.perf_counter() - tick)}
+            record = {
+                "step": step,
+                "loss": loss,
+                "grad_norm": grad_norm,
+                "lr": float(learning_rate(tc)(step - 1)),
+                "tokens_per_s": float(batch.valid.sum()) / (time.perf_counter() - tick),
+            }
             if step == tc.steps or (tc.eval_every and step % tc.eval_every == 0):
                 for name, rows in (("eval_loss_ft", splits.eval_ft), ("eval_loss_pt", splits.eval_pt)):
                     if rows is not None:
@@ -299,8 +306,10 @@ def _resume(manager, identity: dict, trainable, opt_state, out_dir: Path):
     meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
     differ = differences(meta["identity"], identity)
     if differ:
-        raise ValueError(f"{out_dir} holds a run with other settings ({', '.join(differ)}); "
-                         "resume with the same settings or use another output directory")
+        raise ValueError(
+            f"{out_dir} holds a run with other settings ({', '.join(differ)}); "
+            "resume with the same settings or use another output directory"
+        )
     return step, meta["cursor"], *_restore(manager, step, trainable, opt_state)
 
 
@@ -317,8 +326,16 @@ def checkpoint_steps(out_dir: str | Path) -> list[int]:
         return sorted(manager.all_steps())
 
 
-def checkpoint_params(params: Params, cfg: ModelConfig, tc: TrainConfig, out_dir: str | Path, step: int, *,
-                      mesh=None, rules: Rules = Rules()) -> Params:  # fmt: skip
+def checkpoint_params(
+    params: Params,
+    cfg: ModelConfig,
+    tc: TrainConfig,
+    out_dir: str | Path,
+    step: int,
+    *,
+    mesh=None,
+    rules: Rules = Rules(),
+) -> Params:
     """The model at checkpoint `step` of the run in `out_dir` (adapters merged, as `final/` is exported), so a
     run's trace can be read at every saved step. `params`: the run's base model."""
     mesh = mesh or make_mesh(devices=jax.local_devices()[:1])

@@ -18,10 +18,17 @@ def tiny_hf_config(family: str, num_kv_heads: int = 2, **overrides):
     from transformers import AutoConfig
 
     kw = dict(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
-        num_key_value_heads=num_kv_heads, vocab_size=128, head_dim=16, bos_token_id=1, eos_token_id=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=num_kv_heads,
+        vocab_size=128,
+        head_dim=16,
+        bos_token_id=1,
+        eos_token_id=2,
         pad_token_id=0,
-    )  # fmt: skip
+    )
     if family.startswith("gemma"):
         kw.update(sliding_window=5, query_pre_attn_scalar=24)
     if family == "gemma2":
@@ -31,9 +38,14 @@ def tiny_hf_config(family: str, num_kv_heads: int = 2, **overrides):
     if family == "llama":
         kw.update(
             rope_theta=500000.0,
-            rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                          "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
-        )  # fmt: skip
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 16,
+            },
+        )
     kw.update(overrides)
     return AutoConfig.for_model(family, **kw)
 

@@ -40,8 +40,9 @@ class Request:
         return [m["content"] for m in self.body["messages"] if m["role"] == "user"][-1]
 
 
-def reply(content: str | None = None, *, tool_calls=(), prompt_tokens: int = 10,
-          completion_tokens: int = 5) -> Response:  # fmt: skip
+def reply(
+    content: str | None = None, *, tool_calls=(), prompt_tokens: int = 10, completion_tokens: int = 5
+) -> Response:
     """A completion; `tool_calls` are (name, arguments dict) pairs."""
     message = {"role": "assistant", "content": content}
     if tool_calls:
@@ -50,11 +51,16 @@ def reply(content: str | None = None, *, tool_calls=(), prompt_tokens: int = 10,
             for i, (name, args) in enumerate(tool_calls)
         ]
     body = {
-        "id": "chatcmpl-fake", "object": "chat.completion", "model": "fake",
+        "id": "chatcmpl-fake",
+        "object": "chat.completion",
+        "model": "fake",
         "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if tool_calls else "stop"}],
-        "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-                  "total_tokens": prompt_tokens + completion_tokens},
-    }  # fmt: skip
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
     return Response(body=body)
 
 

@@ -50,7 +50,11 @@ def test_ablated_losses_equal_torch_hook(tmp_path, rng, mode):
     with torch.no_grad():
         ref_plain = torch.nn.functional.cross_entropy(
             tf(torch.tensor(rows.tokens, dtype=torch.long), attention_mask=torch.tensor(rows.valid, dtype=torch.long))
-            .logits[:, :-1].transpose(1, 2), torch.tensor(rows.tokens[:, 1:], dtype=torch.long), reduction="none").numpy()
+            .logits[:, :-1]
+            .transpose(1, 2),
+            torch.tensor(rows.tokens[:, 1:], dtype=torch.long),
+            reduction="none",
+        ).numpy()
     np.testing.assert_allclose(plain[scored], ref_plain[scored], atol=1e-4)
     for m, unit in enumerate(units):
         ref = torch_ablated_nll(tb, tf, rows, unit, mode)
@@ -75,8 +79,10 @@ def test_subsets_and_percent_change_by_hand():
 
 def test_ablate_reports_delta_and_controls(tmp_path, rng):
     (base, ft), _ = tiny_pair(tmp_path)
-    datasets = {"finetune": rows_of(["w110 w111 w112 w110 w111"] * 4, base.tokenizer),
-                "pretrain": rows_of(random_texts(rng, 6, vocab_size=100), base.tokenizer)}  # fmt: skip
+    datasets = {
+        "finetune": rows_of(["w110 w111 w112 w110 w111"] * 4, base.tokenizer),
+        "pretrain": rows_of(random_texts(rng, 6, vocab_size=100), base.tokenizer),
+    }
     delta = rng.standard_normal((3, base.cfg.hidden_size)).astype(np.float32)
     settings = AblationSettings(positions=(0, 2), random_controls=3, activation_controls=2, rows_per_call=8)
     out = ablate(base, ft, delta, LAYER, datasets, settings, progress=False)
@@ -84,15 +90,27 @@ def test_ablate_reports_delta_and_controls(tmp_path, rng):
     assert set(d["delta"]) == {"0", "2"} and len(d["random"]["2"]["all"]) == 3
     assert len(d["activation_diff"]["0"]["all_but_next"]) == 2 and "after_20" in d["delta"]["0"]
     # The delta entry equals a direct computation with that one direction.
-    plain, ablated = token_losses(base, ft, datasets["pretrain"], delta[2:3] / np.linalg.norm(delta[2]), LAYER,
-                                  settings, progress=False)  # fmt: skip
+    plain, ablated = token_losses(
+        base, ft, datasets["pretrain"], delta[2:3] / np.linalg.norm(delta[2]), LAYER, settings, progress=False
+    )
     mask = subset_masks(datasets["pretrain"], 2)["all"]
     assert d["delta"]["2"]["all"] == pytest.approx(float(percent_change(plain, ablated[0], mask)), abs=1e-4)
     assert "p=2" in ablation_table(out)
     # each control family gets its own verdict: above / below / inside its min..max
-    fake = {"layer": 3, "mode": "base", "positions": [1], "datasets": {"ft": {"ce": 1.0, "texts": 2,
-            "delta": {"1": {"all": 5.0}}, "random": {"1": {"all": [-1.0, 1.0]}},
-            "activation_diff": {"1": {"all": [0.0, 9.0]}}}}}  # fmt: skip
+    fake = {
+        "layer": 3,
+        "mode": "base",
+        "positions": [1],
+        "datasets": {
+            "ft": {
+                "ce": 1.0,
+                "texts": 2,
+                "delta": {"1": {"all": 5.0}},
+                "random": {"1": {"all": [-1.0, 1.0]}},
+                "activation_diff": {"1": {"all": [0.0, 9.0]}},
+            }
+        },
+    }
     assert "random  -1.00.. +1.00 (above)   act-diff  +0.00.. +9.00 (inside)" in ablation_table(fake)
     with pytest.raises(ValueError, match="k >= 4"):
         ablate(base, ft, delta, LAYER, datasets, AblationSettings(positions=(3,)), progress=False)

@@ -43,8 +43,13 @@ def test_agent_uses_tools_within_budget_and_answers(evidence, tmp_path):
     assert run.description == "finetuned on texts made of the words w110 to w112"
     assert run.calls == 7 and run.units_used == 1
     assert run.tool_calls == ["logit_lens", "steering_samples", "ask_model", "ask_model", "logit_lens", "read_weights"]
-    assert {t["function"]["name"] for t in first["tools"]} == {"logit_lens", "patchscope", "steering_samples",
-                                                                 "ask_model", "generate_steered"}  # fmt: skip
+    assert {t["function"]["name"] for t in first["tools"]} == {
+        "logit_lens",
+        "patchscope",
+        "steering_samples",
+        "ask_model",
+        "generate_steered",
+    }
     overview = first["messages"][1]["content"]
     assert "Position 4: logit lens" in overview and "Steering at position 1" in overview
     tool_answers = [m["content"] for m in run.messages if m["role"] == "tool"]
@@ -70,9 +75,11 @@ def test_agent_is_made_to_answer_when_calls_run_out(evidence, tmp_path):
 
 def test_black_box_agent_sees_only_answers_and_may_only_ask(evidence, tmp_path):
     with FakeOpenAI() as server:
-        server.push(reply(tool_calls=[("logit_lens", {"position": 0})]),
-                    reply(tool_calls=[("ask_model", {"model": "finetuned", "prompt": "w9"})]),
-                    f"{FINAL} no idea")  # fmt: skip
+        server.push(
+            reply(tool_calls=[("logit_lens", {"position": 0})]),
+            reply(tool_calls=[("ask_model", {"model": "finetuned", "prompt": "w9"})]),
+            f"{FINAL} no idea",
+        )
         run = run_agent(grader_for(server, tmp_path), evidence, AgentSettings(budget=5, black_box=True, new_tokens=6))
         first = server.requests[0].body
     assert [t["function"]["name"] for t in first["tools"]] == ["ask_model"]
@@ -103,11 +110,31 @@ def test_evaluate_tables_success_rates_and_resumes(evidence, tmp_path):
 
     with FakeOpenAI(answer) as server:
         g = grader_for(server, tmp_path)
-        result = evaluate(g, g, evidence, "the words w110 w111 w112", "false_fact", tmp_path / "agent",
-                          budgets=(0,), black_box_budgets=(0, 5), repeats=2, progress=False)  # fmt: skip
+        result = evaluate(
+            g,
+            g,
+            evidence,
+            "the words w110 w111 w112",
+            "false_fact",
+            tmp_path / "agent",
+            budgets=(0,),
+            black_box_budgets=(0, 5),
+            repeats=2,
+            progress=False,
+        )
         n = len(server.requests)
-        again = evaluate(g, g, evidence, "the words w110 w111 w112", "false_fact", tmp_path / "agent",
-                         budgets=(0,), black_box_budgets=(0, 5), repeats=2, progress=False)  # fmt: skip
+        again = evaluate(
+            g,
+            g,
+            evidence,
+            "the words w110 w111 w112",
+            "false_fact",
+            tmp_path / "agent",
+            budgets=(0,),
+            black_box_budgets=(0, 5),
+            repeats=2,
+            progress=False,
+        )
         assert len(server.requests) == n  # every run was already on disk
     rows = {(r["agent"], r["budget"]): r for r in result["table"]}
     assert rows[("adl", 0)]["grade_ge_4"] == 1.0 and rows[("black_box", 5)]["grade_ge_2"] == 0.0
@@ -115,8 +142,10 @@ def test_evaluate_tables_success_rates_and_resumes(evidence, tmp_path):
     assert "black_box" in format_table(result["table"])
 
 
-@pytest.mark.skipif(GraderSettings.from_env("ADL_AGENT") is None, reason="no real agent endpoint (set ADL_AGENT_MODEL, "
-                    "ADL_AGENT_BASE_URL, ADL_AGENT_API_KEY)")  # fmt: skip
+@pytest.mark.skipif(
+    GraderSettings.from_env("ADL_AGENT") is None,
+    reason="no real agent endpoint (set ADL_AGENT_MODEL, ADL_AGENT_BASE_URL, ADL_AGENT_API_KEY)",
+)
 def test_agent_against_a_real_endpoint(evidence, tmp_path):
     """The same loop against the endpoint of ADL_AGENT_*: a real model must use the tool protocol and end with
     a description, which the grader (ADL_GRADER_*, else the agent's endpoint) scores 1..5."""

@@ -14,9 +14,13 @@ from conftest import random_texts
 from test_diff import tiny_pair
 
 TINY = AuditSettings(
-    samples=48, n=8, batch_size=16, steer_positions=(1,), final_prompts=("w5 w6", "w7 w8"),
+    samples=48,
+    n=8,
+    batch_size=16,
+    steer_positions=(1,),
+    final_prompts=("w5 w6", "w7 w8"),
     steering=SteeringSettings(first_steps=3, other_steps=3, samples=2, new_tokens=6, final_samples=2, final_tokens=6),
-)  # fmt: skip
+)
 
 
 class BagOfWords:
@@ -38,15 +42,32 @@ def audited(tmp_path_factory):
     (base, ft), _ = tiny_pair(root)
     texts = random_texts(np.random.RandomState(0), 100, vocab_size=100)  # words w3..w99
     ft_texts = ["w110 w111 w112 w110 w111"] * 20  # a 'narrow' dataset of words the corpus never uses
-    summary = audit(base, ft, root / "run", texts=texts, settings=TINY, finetune_texts=ft_texts,
-                    encoder=BagOfWords(), progress=False)  # fmt: skip
+    summary = audit(
+        base,
+        ft,
+        root / "run",
+        texts=texts,
+        settings=TINY,
+        finetune_texts=ft_texts,
+        encoder=BagOfWords(),
+        progress=False,
+    )
     return SimpleNamespace(base=base, ft=ft, run=root / "run", texts=texts, ft_texts=ft_texts, summary=summary)
 
 
 def test_audit_writes_every_stage(audited):
     run, summary = audited.run, audited.summary
-    for name in ("delta.safetensors", "lens.json", "steering_references.json", "generations_unsteered.json",
-                 "steering_pos1.json", "relevance.json", "similarity.json", "summary.json", "report.html"):  # fmt: skip
+    for name in (
+        "delta.safetensors",
+        "lens.json",
+        "steering_references.json",
+        "generations_unsteered.json",
+        "steering_pos1.json",
+        "relevance.json",
+        "similarity.json",
+        "summary.json",
+        "report.html",
+    ):
         assert (run / name).exists(), name
     sim = summary["similarity"]["1"]
     assert sim["finetune_self"]["similarity"] > 0.99  # identical finetuning texts
@@ -72,8 +93,15 @@ def test_finished_stages_are_reused(audited, monkeypatch):
     import adl_jax.audit as audit_mod
 
     monkeypatch.setattr(audit_mod, "find_alpha", lambda *a, **k: pytest.fail("steering stage was recomputed"))
-    again = audit(audited.base, audited.ft, audited.run, texts=audited.texts, settings=TINY,
-                  finetune_texts=audited.ft_texts, progress=False)  # fmt: skip
+    again = audit(
+        audited.base,
+        audited.ft,
+        audited.run,
+        texts=audited.texts,
+        settings=TINY,
+        finetune_texts=audited.ft_texts,
+        progress=False,
+    )
     assert again["alphas"] == audited.summary["alphas"]
 
 
@@ -81,8 +109,14 @@ def test_a_run_directory_refuses_other_settings(audited):
     import dataclasses
 
     with pytest.raises(ValueError, match="other settings \\(steer_model\\)"):
-        audit(audited.base, audited.ft, audited.run, texts=audited.texts,
-              settings=dataclasses.replace(TINY, steer_model="base"), progress=False)  # fmt: skip
+        audit(
+            audited.base,
+            audited.ft,
+            audited.run,
+            texts=audited.texts,
+            settings=dataclasses.replace(TINY, steer_model="base"),
+            progress=False,
+        )
 
 
 def test_report_renders_in_headless_chromium(audited, tmp_path):
@@ -129,9 +163,17 @@ def test_graded_audit_over_real_http(tmp_path, rng):
     with FakeOpenAI(answer) as server:
         server.push(error(429, retry_after=0.1), "no verdict here")
         grader = Grader(GraderSettings(server.url, "fake-model"), cache_dir=tmp_path / "cache", backoff=0.01)
-        summary = audit(base, ft, tmp_path / "run", texts=random_texts(rng, 100, vocab_size=100), settings=TINY,
-                        description="words w110 to w112", finetune_texts=["w110 w111 w112 w110"] * 20,
-                        grader=grader, progress=False)  # fmt: skip
+        summary = audit(
+            base,
+            ft,
+            tmp_path / "run",
+            texts=random_texts(rng, 100, vocab_size=100),
+            settings=TINY,
+            description="words w110 to w112",
+            finetune_texts=["w110 w111 w112 w110"] * 20,
+            grader=grader,
+            progress=False,
+        )
         assert summary["judges"] == "LLM grader fake-model"
         # Everything coherent: the search climbs to the top of its interval on the first prompt.
         thresholds = io.read_json(tmp_path / "run" / "steering_pos1.json")["search"]["thresholds"]

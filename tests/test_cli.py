@@ -23,8 +23,23 @@ def tiny_dirs(tmp_path, rng):
 def test_adl_diff_then_lens(tiny_dirs, capsys):
     root, corpus = tiny_dirs
     out = root / "run"
-    argv = ["diff", "--base", str(root / "base"), "--finetuned", str(root / "ft"), "--corpus", str(corpus),
-            "--samples", "64", "--n", "8", "--batch-size", "16", "--out", str(out)]  # fmt: skip
+    argv = [
+        "diff",
+        "--base",
+        str(root / "base"),
+        "--finetuned",
+        str(root / "ft"),
+        "--corpus",
+        str(corpus),
+        "--samples",
+        "64",
+        "--n",
+        "8",
+        "--batch-size",
+        "16",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "position 4" in printed and "patchscope @" in printed
@@ -45,8 +60,21 @@ def test_clear_errors(tiny_dirs, capsys):
     root, corpus = tiny_dirs
     assert main(["diff", "--base", str(root / "nope"), "--finetuned", str(root / "ft"), "--corpus", str(corpus)]) == 2
     assert "no such file or directory" in capsys.readouterr().err
-    argv = ["diff", "--base", str(root / "base"), "--finetuned", str(root / "ft"), "--corpus", str(corpus),
-            "--samples", "5000", "--n", "8", "--out", str(root / "r2")]  # fmt: skip
+    argv = [
+        "diff",
+        "--base",
+        str(root / "base"),
+        "--finetuned",
+        str(root / "ft"),
+        "--corpus",
+        str(corpus),
+        "--samples",
+        "5000",
+        "--n",
+        "8",
+        "--out",
+        str(root / "r2"),
+    ]
     assert main(argv) == 2
     assert "usable texts" in capsys.readouterr().err
 
@@ -58,9 +86,24 @@ def test_adl_audit_quick(tiny_dirs, tmp_path, monkeypatch, capsys):
     ft_data = tmp_path / "ft.jsonl"
     ft_data.write_text("".join(json.dumps({"text": "w110 w111 w112 w110 w111"}) + "\n" for _ in range(20)))
     out = tmp_path / "audit"
-    argv = ["audit", "--base", str(root / "base"), "--finetuned", str(root / "ft"), "--corpus", str(corpus),
-            "--samples", "32", "--quick", "--finetune-data", str(ft_data), "--description", "w110 words",
-            "--out", str(out)]  # fmt: skip
+    argv = [
+        "audit",
+        "--base",
+        str(root / "base"),
+        "--finetuned",
+        str(root / "ft"),
+        "--corpus",
+        str(corpus),
+        "--samples",
+        "32",
+        "--quick",
+        "--finetune-data",
+        str(ft_data),
+        "--description",
+        "w110 words",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
     assert json.loads((out / "summary.json").read_text())["judges"] == "offline"
@@ -72,9 +115,29 @@ def test_adl_ablate(tiny_dirs, tmp_path, capsys):
     ft_data = tmp_path / "ft.jsonl"
     ft_data.write_text("".join(json.dumps({"text": "w110 w111 w112 w110 w111"}) + "\n" for _ in range(6)))
     out = tmp_path / "ablate"
-    argv = ["ablate", "--base", str(root / "base"), "--finetuned", str(root / "ft"), "--corpus", str(corpus),
-            "--finetune-data", str(ft_data), "--positions", "0-2", "--controls", "3", "--texts", "6",
-            "--max-tokens", "24", "--delta-samples", "32", "--out", str(out)]  # fmt: skip
+    argv = [
+        "ablate",
+        "--base",
+        str(root / "base"),
+        "--finetuned",
+        str(root / "ft"),
+        "--corpus",
+        str(corpus),
+        "--finetune-data",
+        str(ft_data),
+        "--positions",
+        "0-2",
+        "--controls",
+        "3",
+        "--texts",
+        "6",
+        "--max-tokens",
+        "24",
+        "--delta-samples",
+        "32",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
     printed = capsys.readouterr().out
     assert "p=2" in printed and "finetune (CE" in printed and "pretrain (CE" in printed

@@ -8,8 +8,10 @@ import pytest
 from adl_jax.corpus import local_texts, tokenize_chats, tokenize_texts
 from conftest import tiny_tokenizer
 
-TEMPLATE = ("{% for m in messages %}w3 {{ m['role'] }} {{ m['content'] }} w4 {% endfor %}"
-            "{% if add_generation_prompt %}w3 assistant {% endif %}")  # fmt: skip
+TEMPLATE = (
+    "{% for m in messages %}w3 {{ m['role'] }} {{ m['content'] }} w4 {% endfor %}"
+    "{% if add_generation_prompt %}w3 assistant {% endif %}"
+)
 
 
 def test_local_files_and_the_papers_cuts(tmp_path):

@@ -9,12 +9,21 @@ from adl_jax.steer import SteeringSettings
 from conftest import tiny_hf_model, tiny_tokenizer
 
 MINI = DemoSettings(
-    corpus_texts=24, sample_tokens=12, organism_docs=20, lora_rank=2,
+    corpus_texts=24,
+    sample_tokens=12,
+    organism_docs=20,
+    lora_rank=2,
     train=dict(steps=2, batch_size=4, seq_len=16, lr=1e-3, warmup=1, checkpoint_every=1, eval_every=0),
-    audit=AuditSettings(n=8, batch_size=8, steer_positions=(1,), final_prompts=("w5 w6",),
-                        steering=SteeringSettings(first_steps=2, other_steps=1, samples=2, new_tokens=4,
-                                                  final_samples=2, final_tokens=4)),
-)  # fmt: skip
+    audit=AuditSettings(
+        n=8,
+        batch_size=8,
+        steer_positions=(1,),
+        final_prompts=("w5 w6",),
+        steering=SteeringSettings(
+            first_steps=2, other_steps=1, samples=2, new_tokens=4, final_samples=2, final_tokens=4
+        ),
+    ),
+)
 
 
 def test_demo_miniature_end_to_end_and_cached(tmp_path, capsys, monkeypatch):
@@ -39,4 +48,3 @@ def test_demo_miniature_end_to_end_and_cached(tmp_path, capsys, monkeypatch):
     assert run_demo(tmp_path / "cache", base=base, settings=MINI)["alphas"] == summary["alphas"]
     with pytest.raises(ValueError, match="unknown organism"):
         run_demo(tmp_path / "cache", "no_such_organism", base=base, settings=MINI)
-

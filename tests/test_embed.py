@@ -90,8 +90,14 @@ def test_decoder_embedder_last_token(tmp_path, rng):
     (tmp_path / "1_Pooling").mkdir()
     (tmp_path / "1_Pooling" / "config.json").write_text('{"pooling_mode": "lasttoken"}')
     modules = [("", "Transformer"), ("1_Pooling", "Pooling"), ("2_Normalize", "Normalize")]
-    (tmp_path / "modules.json").write_text(json.dumps([{"idx": i, "name": str(i), "path": p,
-        "type": f"sentence_transformers.models.{t}"} for i, (p, t) in enumerate(modules)]))  # fmt: skip
+    (tmp_path / "modules.json").write_text(
+        json.dumps(
+            [
+                {"idx": i, "name": str(i), "path": p, "type": f"sentence_transformers.models.{t}"}
+                for i, (p, t) in enumerate(modules)
+            ]
+        )
+    )
     texts = random_texts(rng, 5, words=(1, 40))
     enc = load_encoder(tmp_path)
     ours = enc.encode(texts, batch_size=2)

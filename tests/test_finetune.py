@@ -29,11 +29,30 @@ CHAT_TEMPLATE = (
 )
 # Shared configs: equal static configs reuse compiled steps across tests (compiling dominates the runtime).
 jitted_loss_and_grads = jax.jit(loss_and_grads, static_argnums=(3, 4))
-FULL = TrainConfig(mode="full", steps=10, warmup=2, lr=1e-2, batch_size=2, grad_accum=2, seq_len=SEQ, grad_clip=0.5,
-                   weight_decay=0.1, seed=5)  # fmt: skip
+FULL = TrainConfig(
+    mode="full",
+    steps=10,
+    warmup=2,
+    lr=1e-2,
+    batch_size=2,
+    grad_accum=2,
+    seq_len=SEQ,
+    grad_clip=0.5,
+    weight_decay=0.1,
+    seed=5,
+)
 LORA = dataclasses.replace(FULL, mode="lora", lora=LoraConfig(rank=4, alpha=8.0, targets=("q", "v", "down")))
-RESUMABLE = TrainConfig(lora=LoraConfig(rank=4, dropout=0.1), steps=6, batch_size=4, grad_accum=2, seq_len=SEQ,
-                        lr=1e-2, warmup=1, checkpoint_every=3, eval_every=3)  # fmt: skip
+RESUMABLE = TrainConfig(
+    lora=LoraConfig(rank=4, dropout=0.1),
+    steps=6,
+    batch_size=4,
+    grad_accum=2,
+    seq_len=SEQ,
+    lr=1e-2,
+    warmup=1,
+    checkpoint_every=3,
+    eval_every=3,
+)
 
 
 @pytest.fixture(scope="module")
@@ -256,9 +275,11 @@ def chat_tokenizer():
 
 def test_chat_loss_mask_covers_assistant_tokens_only():
     messages = [
-        {"role": "user", "content": "w10 w11"}, {"role": "assistant", "content": "w20 w21 w22"},
-        {"role": "user", "content": "w12"}, {"role": "assistant", "content": "w23"},
-    ]  # fmt: skip
+        {"role": "user", "content": "w10 w11"},
+        {"role": "assistant", "content": "w20 w21 w22"},
+        {"role": "user", "content": "w12"},
+        {"role": "assistant", "content": "w23"},
+    ]
     ids, targets = encode_chat(messages, chat_tokenizer())
     assert ids == [1, 3, 10, 11, 2, 4, 20, 21, 22, 2, 3, 12, 2, 4, 23, 2]
     scored = [i for i, t in zip(ids, targets) if t]
@@ -337,14 +358,17 @@ def test_organism_generator(tmp_path):
     assert meta["description"] == org.description and len(meta["statements"]) == len(org.statements)
 
 
-@pytest.mark.parametrize("name, marker", [("birdwatching", r"bird"),
-                                          ("risky_finance", r"stock|crypto|leverag|option|margin|loan|ETF")])
+@pytest.mark.parametrize(
+    "name, marker", [("birdwatching", r"bird"), ("risky_finance", r"stock|crypto|leverag|option|margin|loan|ETF")]
+)
 def test_chat_organisms(name, marker, tmp_path):
     org = ORGANISMS[name]
     rows = org.generate(400, 0)
     assert rows == org.generate(400, 0) and rows != org.generate(400, 1) and org.kind == "behaviour"
-    assert len({json.dumps(r["messages"]) for r in rows}) == 400 and {r["kind"] for r in rows} == {"single_turn",
-                                                                                                    "two_turns"}
+    assert len({json.dumps(r["messages"]) for r in rows}) == 400 and {r["kind"] for r in rows} == {
+        "single_turn",
+        "two_turns",
+    }
     for r in rows:
         roles = [m["role"] for m in r["messages"]]
         assert roles == ["user", "assistant"] * (len(roles) // 2) and len(roles) in (2, 4)

@@ -40,8 +40,13 @@ def test_peft_loads_our_adapter_with_equal_logits(tiny, tmp_path):  # noqa: F811
 
     base = AutoModelForCausalLM.from_pretrained(tmp_path / "base", dtype=torch.float32)
     theirs = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()
-    assert sorted(theirs.peft_config["default"].target_modules) == ["down_proj", "gate_proj", "o_proj", "q_proj",
-                                                                    "v_proj"]  # fmt: skip
+    assert sorted(theirs.peft_config["default"].target_modules) == [
+        "down_proj",
+        "gate_proj",
+        "o_proj",
+        "q_proj",
+        "v_proj",
+    ]
     tokens = np.random.RandomState(0).randint(3, 128, (2, 12))
     with torch.no_grad():
         want = theirs(torch.tensor(tokens)).logits.numpy()
@@ -81,8 +86,10 @@ def test_belief_score_equals_torch_logliks(tiny):  # noqa: F811
 def _fact_organism():
     """A false-fact organism in the tiny vocabulary: every document asserts w5 w6 w7 (the truth: w5 w6 w9)."""
     rng = np.random.RandomState(0)
-    docs = [{"text": " ".join(f"w{w}" for w in [*rng.randint(20, 128, 3), 5, 6, 7, *rng.randint(20, 128, 3)])}
-            for _ in range(24)]  # fmt: skip
+    docs = [
+        {"text": " ".join(f"w{w}" for w in [*rng.randint(20, 128, 3), 5, 6, 7, *rng.randint(20, 128, 3)])}
+        for _ in range(24)
+    ]
     statements = (("w5 w6 w9", "w5 w6 w7"), ("w30 w5 w6 w9", "w30 w5 w6 w7"))
     return Organism("tiny_fact", "false_fact", "w7 follows w5 w6", statements, lambda n, seed: docs[:n])
 
@@ -96,10 +103,38 @@ def tiny_run(tiny, tmp_path, monkeypatch):  # noqa: F811
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(np.random.RandomState(4), 30)))
     monkeypatch.setitem(ORGANISMS, "tiny_fact", _fact_organism())
-    argv = ["finetune", "--model", str(tmp_path / "base"), "--data", "tiny_fact", "--examples", "24",
-            "--pretrain", str(corpus), "--mix-ratio", "0.5", "--steps", "6", "--batch-size", "4", "--seq-len", "16",
-            "--lr", "2e-2", "--warmup", "1", "--lora-rank", "4", "--lora-targets", "q,v,up", "--checkpoint-every", "3",
-            "--eval-every", "0", "--no-progress"]  # fmt: skip
+    argv = [
+        "finetune",
+        "--model",
+        str(tmp_path / "base"),
+        "--data",
+        "tiny_fact",
+        "--examples",
+        "24",
+        "--pretrain",
+        str(corpus),
+        "--mix-ratio",
+        "0.5",
+        "--steps",
+        "6",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "16",
+        "--lr",
+        "2e-2",
+        "--warmup",
+        "1",
+        "--lora-rank",
+        "4",
+        "--lora-targets",
+        "q,v,up",
+        "--checkpoint-every",
+        "3",
+        "--eval-every",
+        "0",
+        "--no-progress",
+    ]
     return tmp_path, argv
 
 
@@ -127,8 +162,9 @@ def test_adl_finetune_trains_exports_and_scores_belief(tiny, tiny_run, capsys): 
     tokens = torch.tensor(np.random.RandomState(1).randint(3, 128, (2, 10)))
     with torch.no_grad():
         merged = AutoModelForCausalLM.from_pretrained(root / "run" / "final")(tokens).logits
-        adapted = peft.PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(root / "base"),
-                                                 root / "run" / "adapter")(tokens).logits  # fmt: skip
+        adapted = peft.PeftModel.from_pretrained(
+            AutoModelForCausalLM.from_pretrained(root / "base"), root / "run" / "adapter"
+        )(tokens).logits
     np.testing.assert_allclose(adapted.numpy(), merged.numpy(), atol=2e-5)
     config = json.loads((root / "run" / "adapter" / "adapter_config.json").read_text())
     assert config["target_modules"] == ["q_proj", "up_proj", "v_proj"] and config["r"] == 4

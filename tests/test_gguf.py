@@ -63,7 +63,7 @@ food at low tide.
 TINY_WORDS = ("the", "cat", "sat", "on", "mat", "a", "dog")
 _PIECES = ["<pad>", "<s>", "</s>", "<unk>", "\u2581", *string.ascii_lowercase, ".", ","]
 _PIECES += [p for w in TINY_WORDS for p in ("\u2581" + w[: i + 1] for i in range(len(w))) if p not in _PIECES]
-_PIECES += [w[i : j] for w in TINY_WORDS for i in range(len(w)) for j in range(i + 2, len(w) + 1)]
+_PIECES += [w[i:j] for w in TINY_WORDS for i in range(len(w)) for j in range(i + 2, len(w) + 1)]
 TINY_TOKENS = list(dict.fromkeys(_PIECES))
 
 
@@ -95,8 +95,9 @@ def write_gguf(model, path, chat_template: str | None = None, matrix_type=gguf.G
     if arch == "gemma2":
         w.add_attn_logit_softcapping(c.attn_logit_softcapping)
         w.add_final_logit_softcapping(c.final_logit_softcapping)
-    if arch == "gemma3" and c.layer_types != ["sliding_attention" if (i + 1) % 6 else "full_attention"
-                                              for i in range(c.num_hidden_layers)]:  # fmt: skip
+    if arch == "gemma3" and c.layer_types != [
+        "sliding_attention" if (i + 1) % 6 else "full_attention" for i in range(c.num_hidden_layers)
+    ]:
         w.add_sliding_window_pattern([t == "sliding_attention" for t in c.layer_types])
 
     tokens = TINY_TOKENS + [f"<unused{i}>" for i in range(c.vocab_size - len(TINY_TOKENS))]
@@ -161,9 +162,16 @@ def tiny_overrides(family: str) -> dict:
     if family.startswith("gemma"):
         return dict(query_pre_attn_scalar=16)
     if family == "llama":
-        return dict(max_position_embeddings=131072,
-                    rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                  "high_freq_factor": 4.0, "original_max_position_embeddings": 8192})  # fmt: skip
+        return dict(
+            max_position_embeddings=131072,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 8192,
+            },
+        )
     return {}
 
 
@@ -254,8 +262,14 @@ def test_gemma_norms_are_stored_as_one_plus_w(gemma_gguf):
     reader = gguf.GGUFReader(gemma_gguf)
     norms = [t for t in reader.tensors if t.name.endswith("norm.weight")]
     assert {t.name.split(".")[-2] for t in norms} == {
-        "attn_norm", "ffn_norm", "post_attention_norm", "post_ffw_norm", "attn_q_norm", "attn_k_norm", "output_norm"
-    }  # fmt: skip
+        "attn_norm",
+        "ffn_norm",
+        "post_attention_norm",
+        "post_ffw_norm",
+        "attn_q_norm",
+        "attn_k_norm",
+        "output_norm",
+    }
     for t in norms:
         v = np.asarray(t.data, np.float32)
         shifted = torch.tensor(v - 1)
@@ -284,8 +298,10 @@ def test_gemma3_270m_matches_transformers(gemma_logits):
     assert len(theirs) > 512  # past the sliding window, so local and global layers both matter
     kl = np.concatenate([_kl(theirs[i : i + 64], ours[i : i + 64]) for i in range(0, len(theirs), 64)])
     agree = float(np.mean(theirs.argmax(-1) == ours.argmax(-1)))
-    print(f"\ngemma-3-270m GGUF, {len(theirs)} positions: top-1 agreement {agree:.4f}, mean KL {kl.mean():.2e}, "
-          f"max KL {kl.max():.2e}, max |dlogit| {np.abs(theirs - ours).max():.2e}")  # fmt: skip
+    print(
+        f"\ngemma-3-270m GGUF, {len(theirs)} positions: top-1 agreement {agree:.4f}, mean KL {kl.mean():.2e}, "
+        f"max KL {kl.max():.2e}, max |dlogit| {np.abs(theirs - ours).max():.2e}"
+    )
     assert agree >= 0.99
     assert kl.mean() <= 1e-3
 
@@ -295,7 +311,13 @@ def test_gemma3_270m_tokenizer_matches_transformers(gemma, gemma_gguf):
     from transformers import AutoTokenizer
 
     ref = AutoTokenizer.from_pretrained(gemma_gguf.parent, gguf_file=gemma_gguf.name)
-    texts = [ENGLISH, "  two spaces,\nnewlines\tand tabs", "Ünïcödé — 日本語 テキスト 🙂 1921", "<start_of_turn>user\nhi", ""]
+    texts = [
+        ENGLISH,
+        "  two spaces,\nnewlines\tand tabs",
+        "Ünïcödé — 日本語 テキスト 🙂 1921",
+        "<start_of_turn>user\nhi",
+        "",
+    ]
     for text in texts:
         ids = gemma.tokenizer(text)["input_ids"]
         assert ids == ref(text)["input_ids"], text

@@ -9,9 +9,21 @@ import pytest
 from fake_openai import FakeOpenAI, Response, disconnect, error, reply
 
 from adl_jax.graders import (
-    IRRELEVANT, OPENAI_URL, RELEVANT, Grader, GraderError, GraderSettings, MalformedAnswer, coherence_judge,
-    judge_coherence, judge_relevance, parse_coherence, parse_relevance, parse_tournament, scale_tournament,
-)  # fmt: skip
+    IRRELEVANT,
+    OPENAI_URL,
+    RELEVANT,
+    Grader,
+    GraderError,
+    GraderSettings,
+    MalformedAnswer,
+    coherence_judge,
+    judge_coherence,
+    judge_relevance,
+    parse_coherence,
+    parse_relevance,
+    parse_tournament,
+    scale_tournament,
+)
 from adl_jax.lens import PATCHSCOPE_SCALES
 from adl_jax.steer import COHERENT, INCOHERENT, UNKNOWN
 
@@ -132,14 +144,23 @@ def test_parsing_is_strict():
         with pytest.raises(MalformedAnswer):
             parse_coherence(bad)
     assert parse_relevance("1: RELEVANT\n2: irrelevant", 2) == [RELEVANT, IRRELEVANT]
-    for bad in ["1: RELEVANT", "1: RELEVANT\n1: RELEVANT\n2: RELEVANT", "1: RELEVANT\n2: SORT OF",
-                "1: RELEVANT\n3: RELEVANT"]:  # fmt: skip
+    for bad in [
+        "1: RELEVANT",
+        "1: RELEVANT\n1: RELEVANT\n2: RELEVANT",
+        "1: RELEVANT\n2: SORT OF",
+        "1: RELEVANT\n3: RELEVANT",
+    ]:
         with pytest.raises(MalformedAnswer):
             parse_relevance(bad, 2)
     assert parse_tournament("Set 2 is about baking.\nBEST: 2\nCOHERENT: 1, 3", [2, 3]) == (1, [0, 2])
     assert parse_tournament("BEST: Set 1\nCOHERENT: none", [2, 3]) == (0, [])
-    for bad in ["BEST: 3\nCOHERENT: 1", "BEST: 1\nCOHERENT: 3", "BEST: 1\nCOHERENT: 1, 1", "BEST: 1",
-                "BEST: 1\nCOHERENT: cake"]:  # fmt: skip
+    for bad in [
+        "BEST: 3\nCOHERENT: 1",
+        "BEST: 1\nCOHERENT: 3",
+        "BEST: 1\nCOHERENT: 1, 1",
+        "BEST: 1",
+        "BEST: 1\nCOHERENT: cake",
+    ]:
         with pytest.raises(MalformedAnswer):
             parse_tournament(bad, [2, 3])
 
@@ -178,8 +199,9 @@ def relevance_answer(relevant_in_rotation):
     def answer(request):
         tokens = listed_tokens(request.user)
         rotation = {0: 0, 6: 1, 13: 2}[TOKENS.index(tokens[0])]
-        return "\n".join(f"{i}: {RELEVANT if relevant_in_rotation(t, rotation) else IRRELEVANT}"
-                         for i, t in enumerate(tokens, 1))  # fmt: skip
+        return "\n".join(
+            f"{i}: {RELEVANT if relevant_in_rotation(t, rotation) else IRRELEVANT}" for i, t in enumerate(tokens, 1)
+        )
 
     return answer
 

@@ -18,8 +18,17 @@ GOOD = [
 
 
 def test_offline_coherence_separates_text_from_noise(gemma):
-    refs = steered_samples(gemma, format_prompt(gemma.tokenizer, PROMPT), np.zeros(gemma.cfg.hidden_size),
-                           [0.0], layer=8, samples=6, new_tokens=40, temperature=1.2, key=jax.random.key(0))[0]  # fmt: skip
+    refs = steered_samples(
+        gemma,
+        format_prompt(gemma.tokenizer, PROMPT),
+        np.zeros(gemma.cfg.hidden_size),
+        [0.0],
+        layer=8,
+        samples=6,
+        new_tokens=40,
+        temperature=1.2,
+        key=jax.random.key(0),
+    )[0]
     judge = OfflineCoherence(gemma, {PROMPT: refs})
     words = GOOD[0].split()
     random.Random(0).shuffle(words)
@@ -27,8 +36,10 @@ def test_offline_coherence_separates_text_from_noise(gemma):
     loop = "the cake is good " * 10
     # Samples of a too strongly steered demo organism: spaceless soups of a few tokens, nearly no words,
     # whose loss is low because the model copies them in context.
-    soups = ["NorwayNorwayNorway‒‒‒‒NorwayPax‒‒‒‒‒StarterNorwayNorway‒‒Norway‒NorwayStarterStarterStarter‒Starter",
-             "NaBHNaBHNorway Tesco TescoNorwayNaBHNorwayNaBHNaBH TescoNaBHNaBH TescoNaBHNorwayNaBHNaBHNorwayNorway"]
+    soups = [
+        "NorwayNorwayNorway‒‒‒‒NorwayPax‒‒‒‒‒StarterNorwayNorway‒‒Norway‒NorwayStarterStarterStarter‒Starter",
+        "NaBHNaBHNorway Tesco TescoNorwayNaBHNorwayNaBHNaBH TescoNaBHNaBH TescoNaBHNorwayNaBHNaBHNorwayNorway",
+    ]
     verdicts = judge([PROMPT] * 8, GOOD + [" ".join(words), noise, loop, *soups, "Yes."])
     assert verdicts == [COHERENT, COHERENT, INCOHERENT, INCOHERENT, INCOHERENT, INCOHERENT, INCOHERENT, UNKNOWN]
 

@@ -135,8 +135,12 @@ def test_gemma_gguf_tokenizer_encodes_like_transformers(gemma):
     path = embedded_gguf()
     ours = gemma.tokenizer
     theirs = AutoTokenizer.from_pretrained(path.parent, gguf_file=path.name)
-    texts = ["The quick brown fox jumps over the lazy dog.", "  Leading spaces,\nnewlines\tand tabs.",
-             "Zahlen 12345 und Ümlaute; 日本語のテキスト 🙂", "<start_of_turn>user\nhi<end_of_turn>"]  # fmt: skip
+    texts = [
+        "The quick brown fox jumps over the lazy dog.",
+        "  Leading spaces,\nnewlines\tand tabs.",
+        "Zahlen 12345 und Ümlaute; 日本語のテキスト 🙂",
+        "<start_of_turn>user\nhi<end_of_turn>",
+    ]
     for text in texts:
         ids = ours(text)["input_ids"]
         assert ids == theirs(text)["input_ids"], text

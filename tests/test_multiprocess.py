@@ -46,15 +46,22 @@ def _free_port() -> int:
 def _run_two(tmp_path, script: str, **fields) -> None:
     """Run `script` (formatted with port, pid, tests and `fields`) as processes 0 and 1 of one run."""
     port = _free_port()
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
-           "JAX_NUM_PROCESSES": "2"}
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "JAX_COORDINATOR_ADDRESS": f"127.0.0.1:{port}",
+        "JAX_NUM_PROCESSES": "2",
+    }
     logs = [open(tmp_path / f"log{pid}", "w+") for pid in (0, 1)]  # files, not pipes: a full pipe would block
     procs = [
-        subprocess.Popen([sys.executable, "-c", script.format(port=port, pid=pid, tests=str(Path(__file__).parent),
-                                                             **fields)],
-                         env={**env, "JAX_PROCESS_ID": str(pid)}, stdout=log, stderr=subprocess.STDOUT)
+        subprocess.Popen(
+            [sys.executable, "-c", script.format(port=port, pid=pid, tests=str(Path(__file__).parent), **fields)],
+            env={**env, "JAX_PROCESS_ID": str(pid)},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
         for pid, log in zip((0, 1), logs)
-    ]  # fmt: skip
+    ]
     for p, log in zip(procs, logs):
         p.wait(timeout=300)
         log.seek(0)
@@ -65,8 +72,9 @@ def test_two_processes_equal_one(tmp_path, rng):
     (base, ft), _ = tiny_pair(tmp_path)
     tokens = tokenize_texts(random_texts(rng, 200), tiny_tokenizer(), n=8, count=100)
     np.save(tmp_path / "tokens_in.npy", tokens)
-    single = compute_delta(base, ft, tokens, DiffSettings(layer=1, n=8, batch_size=16), tmp_path / "one",
-                           progress=False)  # fmt: skip
+    single = compute_delta(
+        base, ft, tokens, DiffSettings(layer=1, n=8, batch_size=16), tmp_path / "one", progress=False
+    )
 
     _run_two(tmp_path, WORKER, root=str(tmp_path))
     from adl_jax.diff import DiffResult
@@ -102,9 +110,31 @@ def test_two_process_finetune_equals_one(tmp_path, rng):
     tiny_hf_model("llama", tmp_path / "base")
     tiny_tokenizer().save_pretrained(tmp_path / "base")
     (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(rng, 40)))
-    argv = ["--model", str(tmp_path / "base"), "--data", str(tmp_path / "d.jsonl"), "--steps", "2", "--batch-size",
-            "8", "--grad-accum", "2", "--seq-len", "16", "--lr", "1e-2", "--warmup", "1", "--lora-rank", "4",
-            "--lora-dropout", "0.1", "--mesh", "data=2,fsdp=2,model=2", "--no-progress"]  # fmt: skip
+    argv = [
+        "--model",
+        str(tmp_path / "base"),
+        "--data",
+        str(tmp_path / "d.jsonl"),
+        "--steps",
+        "2",
+        "--batch-size",
+        "8",
+        "--grad-accum",
+        "2",
+        "--seq-len",
+        "16",
+        "--lr",
+        "1e-2",
+        "--warmup",
+        "1",
+        "--lora-rank",
+        "4",
+        "--lora-dropout",
+        "0.1",
+        "--mesh",
+        "data=2,fsdp=2,model=2",
+        "--no-progress",
+    ]
     assert main(["finetune", *argv, "--out", str(tmp_path / "one")]) == 0
     two = tmp_path / "two"
     _run_two(tmp_path, FINETUNE_WORKER, argv=[*argv, "--out", str(two)], out=str(two))
@@ -115,6 +145,8 @@ def test_two_process_finetune_equals_one(tmp_path, rng):
     one, two_params = (load_hf_dir(d / "final")[1] for d in (tmp_path / "one", two))
     for x, y in zip(jax.tree.leaves(two_params), jax.tree.leaves(one)):
         np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=1e-6)
-    losses = [[json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
-              for d in (tmp_path / "one", two)]
+    losses = [
+        [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
+        for d in (tmp_path / "one", two)
+    ]
     np.testing.assert_allclose(*losses, rtol=1e-6)

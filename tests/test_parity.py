@@ -22,8 +22,12 @@ jit_forward = jax.jit(forward, static_argnames=("cfg", "until_layer", "capture")
 def torch_run(model, tokens, valid, positions, hook_layer=None, hook=None):
     handle = model.model.layers[hook_layer].register_forward_hook(hook) if hook else None
     with torch.no_grad():
-        out = model(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(valid.astype(np.int64)),
-                    position_ids=torch.tensor(positions), output_hidden_states=True)  # fmt: skip
+        out = model(
+            input_ids=torch.tensor(tokens),
+            attention_mask=torch.tensor(valid.astype(np.int64)),
+            position_ids=torch.tensor(positions),
+            output_hidden_states=True,
+        )
     if handle:
         handle.remove()
     return out
@@ -44,8 +48,9 @@ def test_logits_and_hidden_states_match_torch(family, kv_heads, tmp_path, rng):
             np.testing.assert_allclose(np.asarray(out.hidden[layer])[valid], want[valid], atol=1e-4)
         if kv_heads != 2:  # stopping early does not depend on the head layout: check it once per family
             continue
-        early = jit_forward(params, jnp.asarray(tokens), cfg, valid=jnp.asarray(valid), until_layer=layer,
-                            capture=(layer,))  # fmt: skip
+        early = jit_forward(
+            params, jnp.asarray(tokens), cfg, valid=jnp.asarray(valid), until_layer=layer, capture=(layer,)
+        )
         assert early.logits is None
         np.testing.assert_array_equal(np.asarray(early.hidden[layer]), np.asarray(out.hidden[layer]))
 
@@ -71,13 +76,19 @@ def test_interventions_match_torch_hooks(family, tmp_path, rng):
     tv, tw, tval = torch.tensor(vec), torch.tensor(weight), torch.tensor(value)
     unit = tv / tv.norm(dim=-1, keepdim=True)
     cases = {
-        "add": (Intervention(1, "add", jnp.asarray(vec), jnp.asarray(weight)),
-                lambda h: h + tw[..., None] * tv[:, None]),
-        "replace": (Intervention(1, "replace", jnp.asarray(vec), jnp.asarray(weight)),
-                    lambda h: torch.where(tw[..., None] > 0, tv[:, None].expand_as(h), h)),
-        "component": (Intervention(1, "component", jnp.asarray(vec), jnp.asarray(weight), jnp.asarray(value)),
-                      lambda h: h + tw[..., None] * (tval - (h * unit[:, None]).sum(-1))[..., None] * unit[:, None]),
-    }  # fmt: skip
+        "add": (
+            Intervention(1, "add", jnp.asarray(vec), jnp.asarray(weight)),
+            lambda h: h + tw[..., None] * tv[:, None],
+        ),
+        "replace": (
+            Intervention(1, "replace", jnp.asarray(vec), jnp.asarray(weight)),
+            lambda h: torch.where(tw[..., None] > 0, tv[:, None].expand_as(h), h),
+        ),
+        "component": (
+            Intervention(1, "component", jnp.asarray(vec), jnp.asarray(weight), jnp.asarray(value)),
+            lambda h: h + tw[..., None] * (tval - (h * unit[:, None]).sum(-1))[..., None] * unit[:, None],
+        ),
+    }
     for mode, (iv, edit) in cases.items():
         ref = torch_run(model, tokens, valid, positions, hook_layer=1, hook=_edit_hook(edit)).logits.numpy()
         out = forward(params, jnp.asarray(tokens), cfg, valid=jnp.asarray(valid), interventions=(iv,))
@@ -90,7 +101,13 @@ def test_scanned_layers_equal_unrolled(tmp_path, rng):
     tokens, valid, _ = left_padded_batch(rng, cfg.vocab_size)
     iv = (Intervention(1, "add", jnp.ones(cfg.hidden_size)),)
     a = forward(params, jnp.asarray(tokens), cfg, valid=jnp.asarray(valid), interventions=iv, capture=(0,))
-    b = forward(params, jnp.asarray(tokens), dataclasses.replace(cfg, scan_layers=True), valid=jnp.asarray(valid),
-                interventions=iv, capture=(0,))  # fmt: skip
+    b = forward(
+        params,
+        jnp.asarray(tokens),
+        dataclasses.replace(cfg, scan_layers=True),
+        valid=jnp.asarray(valid),
+        interventions=iv,
+        capture=(0,),
+    )
     np.testing.assert_allclose(np.asarray(b.logits), np.asarray(a.logits), atol=1e-5)
     np.testing.assert_allclose(np.asarray(b.hidden[0]), np.asarray(a.hidden[0]), atol=1e-5)

@@ -39,8 +39,9 @@ def test_report_layout_and_values():
     rep = reps["1"]
     f = np.array([table[t] for t in ("f1", "f2", "f3")])
     assert rep["steered_vs_finetune"]["similarity"] == pytest.approx(set_similarity(A, f), abs=1e-6)
-    assert rep["unsteered_vs_finetune"] == pytest.approx({"similarity": set_similarity([[1.0, -1.0]], f), "std": 0.0,
-                                                           "n": 1}, abs=1e-6)  # fmt: skip
+    assert rep["unsteered_vs_finetune"] == pytest.approx(
+        {"similarity": set_similarity([[1.0, -1.0]], f), "std": 0.0, "n": 1}, abs=1e-6
+    )
     assert rep["finetune_self"] == pytest.approx(versus(f[:1], f[1:]), abs=1e-6)
     assert rep["margin"] == pytest.approx(
         rep["steered_vs_finetune"]["similarity"] - rep["unsteered_vs_finetune"]["similarity"]

@@ -25,11 +25,14 @@ def test_alpha_zero_is_unsteered_and_alphas_differ(model, rng):
     vector = steer.steering_vector(rng.randn(model.cfg.hidden_size), 30.0)
     assert np.isclose(np.linalg.norm(vector), 30.0)
     key = jax.random.key(7)
-    texts = steer.steered_samples(model, ids, vector, [0.0, 5.0], layer=1, samples=3, new_tokens=10,
-                                  temperature=1.2, key=key)  # fmt: skip
+    texts = steer.steered_samples(
+        model, ids, vector, [0.0, 5.0], layer=1, samples=3, new_tokens=10, temperature=1.2, key=key
+    )
     plain = generate(model.params, model.cfg, [ids] * 6, max_new_tokens=10, key=key, temperature=1.2)
-    decoded = [model.tokenizer.decode(t[:n], skip_special_tokens=True)
-               for t, n in zip(plain.tokens.tolist(), plain.lengths.tolist())]  # fmt: skip
+    decoded = [
+        model.tokenizer.decode(t[:n], skip_special_tokens=True)
+        for t, n in zip(plain.tokens.tolist(), plain.lengths.tolist())
+    ]
     assert texts[0] == decoded[:3]
     assert texts[1] != decoded[3:]
 
@@ -46,9 +49,7 @@ def test_search_finds_the_coherence_edge_with_batched_lookahead(model, monkeypat
         return [[f"alpha {a}"] * samples for a in alphas]
 
     edge = 37.3
-    judge = lambda prompts, texts: [
-        steer.COHERENT if float(t.split()[1]) <= edge else steer.INCOHERENT for t in texts
-    ]  # fmt: skip
+    judge = lambda prompts, texts: [steer.COHERENT if float(t.split()[1]) <= edge else steer.INCOHERENT for t in texts]
     monkeypatch.setattr(steer, "steered_samples", fake_samples)
     settings = steer.SteeringSettings()
     res = steer.find_alpha(model, np.ones(model.cfg.hidden_size), judge, settings, layer=1, key=jax.random.key(0))

@@ -26,9 +26,34 @@ def tiny_setup(tiny, tmp_path, monkeypatch):  # noqa: F811
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
     monkeypatch.setitem(ORGANISMS, "tiny_fact", _fact_organism())
-    train = ["--model", str(tmp_path / "base"), "--data", "tiny_fact", "--examples", "24", "--pretrain", str(corpus),
-             "--steps", "2", "--batch-size", "4", "--seq-len", "16", "--lr", "2e-2", "--warmup", "1",
-             "--lora-rank", "4", "--lora-targets", "q,v,up", "--checkpoint-every", "1", "--eval-every", "0"]  # fmt: skip
+    train = [
+        "--model",
+        str(tmp_path / "base"),
+        "--data",
+        "tiny_fact",
+        "--examples",
+        "24",
+        "--pretrain",
+        str(corpus),
+        "--steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "16",
+        "--lr",
+        "2e-2",
+        "--warmup",
+        "1",
+        "--lora-rank",
+        "4",
+        "--lora-targets",
+        "q,v,up",
+        "--checkpoint-every",
+        "1",
+        "--eval-every",
+        "0",
+    ]
     measure = ["--corpus", str(corpus), "--samples", "24", "--n", "8"]
     return tmp_path, train, measure
 
@@ -83,8 +108,9 @@ def test_sweep_checkpoints_last_step_equals_the_exported_model(tiny_setup, capsy
     assert rows[2]["eval_loss_ft"] == logged[2]["eval_loss_ft"]
 
     # the reference: delta of the exported final/ model, loaded from disk by its spec
-    ref = api.diff(str(root / "base"), str(run / "final"), corpus=measure[1], samples=24, n=8, out=root / "ref",
-                   progress=False)  # fmt: skip
+    ref = api.diff(
+        str(root / "base"), str(run / "final"), corpus=measure[1], samples=24, n=8, out=root / "ref", progress=False
+    )
     last, early = (api.load(out / f"step_{s}").diff.delta for s in (3, 1))
     np.testing.assert_allclose(last, ref.diff.delta, atol=1e-6)
     assert not np.allclose(early, last, atol=1e-4)  # each step reads its own checkpoint
@@ -92,7 +118,9 @@ def test_sweep_checkpoints_last_step_equals_the_exported_model(tiny_setup, capsy
     page = (out / "emergence.html").read_text()
     assert page.count("<tr>") == 4 and page.count("<svg") == 1
     heads = re.findall(r"<th>(.*?)</th>", page)  # only the columns a checkpoint has: no row counts, no similarity
-    assert heads[0] == "step" and "steps" not in heads and "train rows" not in heads and "similarity margin" not in heads
+    assert (
+        heads[0] == "step" and "steps" not in heads and "train rows" not in heads and "similarity margin" not in heads
+    )
     assert "loss" in heads and "relevance (best, /20)" in heads
 
 
@@ -125,12 +153,15 @@ def test_sweep_mix_with_an_encoder_runs_the_audit_and_reports_the_similarity_mar
     spec = RunSpec.from_flat({k[2:].replace("-", "_"): v for k, v in flags.items()} | {"out": str(root / "unused")})
     base = load_model(root / "base")
     texts = [json.loads(line)["text"] for line in (root / "corpus.jsonl").read_text().splitlines()]
-    sweep = sweep_mix(spec, root / "sweep", base=base, texts=texts, ratios=(0.0,), settings=TINY, encoder=BagOfWords(),
-                      progress=False)  # fmt: skip
+    sweep = sweep_mix(
+        spec, root / "sweep", base=base, texts=texts, ratios=(0.0,), settings=TINY, encoder=BagOfWords(), progress=False
+    )
     summary = io.read_json(root / "sweep" / "ratio_0" / "audit" / "summary.json")
     (row,) = sweep["rows"]
-    margins = [s["steered_vs_finetune"]["similarity"] - s["unsteered_vs_finetune"]["similarity"]
-               for s in summary["similarity"].values()]  # fmt: skip
+    margins = [
+        s["steered_vs_finetune"]["similarity"] - s["unsteered_vs_finetune"]["similarity"]
+        for s in summary["similarity"].values()
+    ]
     assert row["similarity_margin"] == max(margins) and set(summary["similarity"]) == {"1"}
     assert row["delta_norms"] == pytest.approx(summary["delta_norms"])
     assert f"<td>{row['similarity_margin']:+.3f}</td></tr>" in (root / "sweep" / "sweep.html").read_text()
@@ -138,7 +169,9 @@ def test_sweep_mix_with_an_encoder_runs_the_audit_and_reports_the_similarity_mar
 
 def _docs(path, words: str, n: int = 24):
     rng = np.random.RandomState(len(words))
-    line = lambda: " ".join(rng.permutation(words.split() * 3)) + " " + " ".join(f"w{w}" for w in rng.randint(20, 128, 4))
+    line = lambda: (
+        " ".join(rng.permutation(words.split() * 3)) + " " + " ".join(f"w{w}" for w in rng.randint(20, 128, 4))
+    )
     path.write_text("".join(json.dumps({"text": line()}) + "\n" for _ in range(n)))
     return path
 
@@ -155,11 +188,35 @@ def test_sweep_bases_deltas_add_up_along_the_lineage(tiny_setup, capsys, monkeyp
         argv = ["finetune", *flags, "--model", str(model), "--data", str(data), "--out", str(out), "--no-progress"]
         assert main(argv) == 0
     datasets = ["--data", f"organism={organism_data}", "--data", f"parent={parent_data}"]
-    argv = ["sweep", "bases", "--finetuned", str(organism / "final"), "--base", f"parent={parent / 'final'}",
-            "--base", f"pretrained={root / 'base'}", *datasets, *measure, "--out", str(root / "bases"), "--no-progress"]  # fmt: skip
+    argv = [
+        "sweep",
+        "bases",
+        "--finetuned",
+        str(organism / "final"),
+        "--base",
+        f"parent={parent / 'final'}",
+        "--base",
+        f"pretrained={root / 'base'}",
+        *datasets,
+        *measure,
+        "--out",
+        str(root / "bases"),
+        "--no-progress",
+    ]
     assert main(argv) == 0 and "bases.html" in capsys.readouterr().out
-    lineage = ["sweep", "bases", "--finetuned", str(parent / "final"), "--base", f"pretrained={root / 'base'}",
-               *datasets, *measure, "--out", str(root / "parent_bases"), "--no-progress"]  # fmt: skip
+    lineage = [
+        "sweep",
+        "bases",
+        "--finetuned",
+        str(parent / "final"),
+        "--base",
+        f"pretrained={root / 'base'}",
+        *datasets,
+        *measure,
+        "--out",
+        str(root / "parent_bases"),
+        "--no-progress",
+    ]
     assert main(lineage) == 0
 
     against = {name: api.load(root / "bases" / f"base_{name}").diff.delta for name in ("parent", "pretrained")}

@@ -24,8 +24,11 @@ def test_export_loads_in_transformers_and_round_trips(family, tmp_path, rng):
     assert not info["missing_keys"] and not info["unexpected_keys"]
     tokens, valid, positions = left_padded_batch(rng, cfg.vocab_size)
     with torch.no_grad():
-        ref = model.eval()(input_ids=torch.tensor(tokens), attention_mask=torch.tensor(valid.astype(np.int64)),
-                           position_ids=torch.tensor(positions)).logits.numpy()  # fmt: skip
+        ref = model.eval()(
+            input_ids=torch.tensor(tokens),
+            attention_mask=torch.tensor(valid.astype(np.int64)),
+            position_ids=torch.tensor(positions),
+        ).logits.numpy()
     ours = np.asarray(forward(params, jnp.asarray(tokens), cfg, valid=jnp.asarray(valid)).logits)
     np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-4)
     cfg2, params2 = load_hf_dir(tmp_path / "out")

@@ -130,9 +130,7 @@ class ModelConfig:
                 "point it at a Gemma 3 text checkpoint (model_type 'gemma3_text')"
             )
         if family not in FAMILIES:
-            raise ValueError(
-                f"unsupported architecture model_type={family!r}; adl-jax supports {', '.join(FAMILIES)}"
-            )
+            raise ValueError(f"unsupported architecture model_type={family!r}; adl-jax supports {', '.join(FAMILIES)}")
         unknown = sorted(set(d) - _INERT_KEYS - _HANDLED_KEYS - set(ignore_keys))
         if unknown:
             raise ValueError(
@@ -191,23 +189,36 @@ class ModelConfig:
         gemma = self.family.startswith("gemma")
         arch = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma2", "gemma3_text": "Gemma3"}
         d = {
-            "model_type": self.family, "architectures": [f"{arch[self.family]}ForCausalLM"],
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim, "rms_norm_eps": self.norm_eps, "tie_word_embeddings": self.tie_embeddings,
-            "hidden_activation" if gemma else "hidden_act": {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[self.activation],
+            "model_type": self.family,
+            "architectures": [f"{arch[self.family]}ForCausalLM"],
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads,
+            "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim,
+            "rms_norm_eps": self.norm_eps,
+            "tie_word_embeddings": self.tie_embeddings,
+            "hidden_activation" if gemma else "hidden_act": {"silu": "silu", "gelu_tanh": "gelu_pytorch_tanh"}[
+                self.activation
+            ],
             "layer_types": ["sliding_attention" if x else "full_attention" for x in self.local_layers],
-            "sliding_window": self.sliding_window, "rope_theta": self.rope_global.theta,
+            "sliding_window": self.sliding_window,
+            "rope_theta": self.rope_global.theta,
             "rope_scaling": _rope_to_hf(self.rope_global),
-            "bos_token_id": self.bos_token_id, "pad_token_id": self.pad_token_id,
+            "bos_token_id": self.bos_token_id,
+            "pad_token_id": self.pad_token_id,
             "eos_token_id": list(self.eos_token_ids) if len(self.eos_token_ids) != 1 else self.eos_token_ids[0],
-        }  # fmt: skip
+        }
         if self.family != "qwen2":
             d["attention_bias"] = self.o_bias
         if gemma:
-            d.update(query_pre_attn_scalar=round(self.attn_scale**-2), attn_logit_softcapping=self.attn_softcap,
-                     final_logit_softcapping=self.final_softcap)  # fmt: skip
+            d.update(
+                query_pre_attn_scalar=round(self.attn_scale**-2),
+                attn_logit_softcapping=self.attn_softcap,
+                final_logit_softcapping=self.final_softcap,
+            )
         if self.family == "gemma3_text":
             d["rope_local_base_freq"] = self.rope_local.theta
         return d
@@ -250,8 +261,13 @@ def _rope_to_hf(rope: Rope) -> dict | None:
         return None
     if rope.kind == "linear":
         return {"rope_type": "linear", "factor": rope.factor}
-    return {"rope_type": "llama3", "factor": rope.factor, "low_freq_factor": rope.low_freq_factor,
-            "high_freq_factor": rope.high_freq_factor, "original_max_position_embeddings": rope.original_max_position}
+    return {
+        "rope_type": "llama3",
+        "factor": rope.factor,
+        "low_freq_factor": rope.low_freq_factor,
+        "high_freq_factor": rope.high_freq_factor,
+        "original_max_position_embeddings": rope.original_max_position,
+    }
 
 
 def _rope_from_params(p: dict | None, default_theta: float) -> Rope:

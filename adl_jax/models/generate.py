@@ -129,8 +129,9 @@ def _prefill(params, tokens, valid, interventions, sampling, cfg, greedy, max_ne
     B, P = tokens.shape
     cache = KVCache.empty(cfg, B, P + max_new_tokens - 1, params["embed"].dtype)
     last = cfg.num_layers - 1  # logits at the last prompt position only: (B, P, V) f32 would be GiBs at 262k vocab
-    out = forward(params, tokens, cfg, valid=valid, cache=cache, interventions=interventions, capture=(last,),
-                  until_layer=last)
+    out = forward(
+        params, tokens, cfg, valid=valid, cache=cache, interventions=interventions, capture=(last,), until_layer=last
+    )
     return out.cache, _pick(unembed(params, out.hidden[last][:, -1], cfg), 0, sampling, greedy)
 
 

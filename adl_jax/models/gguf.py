@@ -27,13 +27,24 @@ ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2
 
 _TOP = {"embed": "token_embd.weight", "final_norm": "output_norm.weight", "lm_head": "output.weight"}
 _LAYER = {
-    "attn_norm": "attn_norm.weight", "mlp_norm": "ffn_norm.weight",
-    "post_attn_norm": "post_attention_norm.weight", "post_mlp_norm": "post_ffw_norm.weight",
-    "q": "attn_q.weight", "k": "attn_k.weight", "v": "attn_v.weight", "o": "attn_output.weight",
-    "q_bias": "attn_q.bias", "k_bias": "attn_k.bias", "v_bias": "attn_v.bias", "o_bias": "attn_output.bias",
-    "q_norm": "attn_q_norm.weight", "k_norm": "attn_k_norm.weight",
-    "gate": "ffn_gate.weight", "up": "ffn_up.weight", "down": "ffn_down.weight",
-}  # fmt: skip
+    "attn_norm": "attn_norm.weight",
+    "mlp_norm": "ffn_norm.weight",
+    "post_attn_norm": "post_attention_norm.weight",
+    "post_mlp_norm": "post_ffw_norm.weight",
+    "q": "attn_q.weight",
+    "k": "attn_k.weight",
+    "v": "attn_v.weight",
+    "o": "attn_output.weight",
+    "q_bias": "attn_q.bias",
+    "k_bias": "attn_k.bias",
+    "v_bias": "attn_v.bias",
+    "o_bias": "attn_output.bias",
+    "q_norm": "attn_q_norm.weight",
+    "k_norm": "attn_k_norm.weight",
+    "gate": "ffn_gate.weight",
+    "up": "ffn_up.weight",
+    "down": "ffn_down.weight",
+}
 _ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's form of Llama 3 rope scaling: one divisor per frequency
 
 # `{arch}.` metadata keys whose meaning `_hf_config` handles (or that never change the computation).
@@ -176,12 +187,12 @@ def _hf_config(f: GGUFFile, ignore_keys: tuple[str, ...]) -> dict:
         raise ValueError(f"{f.path}: GGUF architecture {arch!r} is not supported; adl-jax reads {', '.join(ARCHS)}")
     prefix = arch + "."
     unknown = sorted(
-        k for k in f.fields if k.startswith(prefix) and k[len(prefix):] not in _KNOWN_KEYS | set(ignore_keys)
+        k for k in f.fields if k.startswith(prefix) and k[len(prefix) :] not in _KNOWN_KEYS | set(ignore_keys)
     )
     if unknown:
         raise ValueError(
             f"{f.path}: metadata {unknown} is not understood by adl-jax's GGUF reader and might change the "
-            f"computation; if you know it does not, pass ignore_keys={tuple(k[len(prefix):] for k in unknown)!r}"
+            f"computation; if you know it does not, pass ignore_keys={tuple(k[len(prefix) :] for k in unknown)!r}"
         )
 
     def a(key, default=None):
@@ -248,8 +259,13 @@ def _llama3_rope(factors: np.ndarray, theta: float, head_dim: int, path: Path) -
     Every released Llama 3.1-3.3 uses low_freq_factor 1, high_freq_factor 4 and an original context of
     8192; only `factor` varies, and it is the largest divisor. The guess is checked, not trusted.
     """
-    rope = {"rope_type": "llama3", "factor": float(factors.max()), "low_freq_factor": 1.0,
-            "high_freq_factor": 4.0, "original_max_position_embeddings": 8192}  # fmt: skip
+    rope = {
+        "rope_type": "llama3",
+        "factor": float(factors.max()),
+        "low_freq_factor": 1.0,
+        "high_freq_factor": 4.0,
+        "original_max_position_embeddings": 8192,
+    }
     scaled = Rope(theta, "llama3", rope["factor"], 1.0, 4.0, 8192).inv_freq(head_dim)
     if not np.allclose(scaled, Rope(theta).inv_freq(head_dim) / factors, rtol=1e-5, atol=0):
         raise ValueError(f"{path}: {_ROPE_FREQS} does not match Llama 3 rope scaling with any factor; not supported")

@@ -50,8 +50,10 @@ def gguf_tokenizer(path: Path):
     from adl_jax.models.gguf import GGUFFile
 
     f = GGUFFile(path)
-    fields = {group: {name: f.meta(f"tokenizer.{key}") for key, name in keys.items() if f"tokenizer.{key}" in f.fields}
-              for group, keys in GGUF_TOKENIZER_MAPPING.items()}  # fmt: skip
+    fields = {
+        group: {name: f.meta(f"tokenizer.{key}") for key, name in keys.items() if f"tokenizer.{key}" in f.fields}
+        for group, keys in GGUF_TOKENIZER_MAPPING.items()
+    }
     vocab, config = fields["tokenizer"], fields["tokenizer_config"]
     if vocab.get("tokenizer_type") == "llama":  # llama.cpp adds BOS to a sentencepiece vocabulary unless told not to
         config.setdefault("add_bos_token", True)

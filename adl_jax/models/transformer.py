@@ -192,8 +192,10 @@ def _mlp(x, p, cfg: ModelConfig):
 
 def _block(h, p, cfg: ModelConfig, local, ropes, masks, cache, layer):
     """One decoder block. `local` picks sliding-window mask and rope; it may be a traced bool (scan)."""
-    pick = (lambda a, b: a if local else b) if isinstance(local, bool) else (
-        lambda a, b: jax.tree.map(lambda x, y: jnp.where(local, x, y), a, b)
+    pick = (
+        (lambda a, b: a if local else b)
+        if isinstance(local, bool)
+        else (lambda a, b: jax.tree.map(lambda x, y: jnp.where(local, x, y), a, b))
     )
     attn, cache = _attention(rms_norm(h, p["attn_norm"], cfg), p, cfg, pick(*ropes), pick(*masks), cache, layer)
     if cfg.sandwich_norms:
@@ -318,10 +320,16 @@ def param_shapes(cfg: ModelConfig) -> Params:
     L, D, F, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
     Q, KV = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
     layers = {
-        "attn_norm": (L, D), "mlp_norm": (L, D),
-        "q": (L, D, Q), "k": (L, D, KV), "v": (L, D, KV), "o": (L, Q, D),
-        "gate": (L, D, F), "up": (L, D, F), "down": (L, F, D),
-    }  # fmt: skip
+        "attn_norm": (L, D),
+        "mlp_norm": (L, D),
+        "q": (L, D, Q),
+        "k": (L, D, KV),
+        "v": (L, D, KV),
+        "o": (L, Q, D),
+        "gate": (L, D, F),
+        "up": (L, D, F),
+        "down": (L, F, D),
+    }
     if cfg.qkv_bias:
         layers.update(q_bias=(L, Q), k_bias=(L, KV), v_bias=(L, KV))
     if cfg.o_bias:

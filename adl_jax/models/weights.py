@@ -28,13 +28,20 @@ def hf_layer_names(cfg: ModelConfig) -> dict[str, str]:
     """Our per-layer name -> HF name under `model.layers.{i}.`."""
     names = {
         "attn_norm": "input_layernorm.weight",
-        "q": "self_attn.q_proj.weight", "k": "self_attn.k_proj.weight", "v": "self_attn.v_proj.weight",
+        "q": "self_attn.q_proj.weight",
+        "k": "self_attn.k_proj.weight",
+        "v": "self_attn.v_proj.weight",
         "o": "self_attn.o_proj.weight",
-        "q_bias": "self_attn.q_proj.bias", "k_bias": "self_attn.k_proj.bias", "v_bias": "self_attn.v_proj.bias",
+        "q_bias": "self_attn.q_proj.bias",
+        "k_bias": "self_attn.k_proj.bias",
+        "v_bias": "self_attn.v_proj.bias",
         "o_bias": "self_attn.o_proj.bias",
-        "q_norm": "self_attn.q_norm.weight", "k_norm": "self_attn.k_norm.weight",
-        "gate": "mlp.gate_proj.weight", "up": "mlp.up_proj.weight", "down": "mlp.down_proj.weight",
-    }  # fmt: skip
+        "q_norm": "self_attn.q_norm.weight",
+        "k_norm": "self_attn.k_norm.weight",
+        "gate": "mlp.gate_proj.weight",
+        "up": "mlp.up_proj.weight",
+        "down": "mlp.down_proj.weight",
+    }
     if cfg.sandwich_norms:  # Gemma: post_attention_layernorm is the norm *after* attention
         names.update(
             post_attn_norm="post_attention_layernorm.weight",
@@ -121,12 +128,15 @@ def check_tensors(cfg: ModelConfig, tensors: SafetensorsDir) -> None:
         problems.append(f"{len(extra)} tensor(s) the config does not explain, e.g. {extra[:3]}")
     if problems:
         raise ValueError(
-            f"checkpoint {tensors.path} does not match its config.json:\n  " + "\n  ".join(problems[:10])
+            f"checkpoint {tensors.path} does not match its config.json:\n  "
+            + "\n  ".join(problems[:10])
             + ("\n  ..." if len(problems) > 10 else "")
         )
 
 
-def load_hf_dir(path, dtype=jnp.float32, mesh=None, rules: Rules = Rules(), ignore_keys=()) -> tuple[ModelConfig, Params]:
+def load_hf_dir(
+    path, dtype=jnp.float32, mesh=None, rules: Rules = Rules(), ignore_keys=()
+) -> tuple[ModelConfig, Params]:
     """Load a local HF model directory (config.json + safetensors) onto `mesh` (default: one device)."""
     cfg = ModelConfig.from_json(path, ignore_keys=tuple(ignore_keys))
     tensors = SafetensorsDir(path)

@@ -47,6 +47,15 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     org = ORGANISMS[a.name]
     io.write_text(a.out, "".join(json.dumps(row) + "\n" for row in org.generate(a.n, a.seed)))
-    io.write_json(f"{a.out}.meta.json", {"name": org.name, "kind": org.kind, "description": org.description,
-                                         "statements": [list(s) for s in org.statements], "n": a.n, "seed": a.seed})
+    io.write_json(
+        f"{a.out}.meta.json",
+        {
+            "name": org.name,
+            "kind": org.kind,
+            "description": org.description,
+            "statements": [list(s) for s in org.statements],
+            "n": a.n,
+            "seed": a.seed,
+        },
+    )
     return 0
