@@ -68,9 +68,9 @@ def cmd_info(a) -> None:
 def cmd_audit(a) -> None:
     from pathlib import Path
 
-    from adl_jax.audit import AuditSettings, audit, default_encoder
-    from adl_jax.corpus import local_texts
-    from adl_jax.graders import Grader, GraderSettings
+    from adl_jax.experiments.audit import AuditSettings, audit, default_encoder
+    from adl_jax.method.corpus import local_texts
+    from adl_jax.judging.graders import Grader, GraderSettings
     from adl_jax.models.load import load_model
 
     settings = AuditSettings.quick() if a.quick else AuditSettings()
@@ -99,21 +99,21 @@ def cmd_audit(a) -> None:
 def _corpus(a, base, count: int) -> list[str]:
     """The pretraining-like texts of --corpus: a corpus spec, or base-samples (sampled offline from `base`),
     with room for the texts too short to use."""
-    from adl_jax.samples import pretraining_texts
+    from adl_jax.method.samples import pretraining_texts
 
     return pretraining_texts(a.corpus, base, count, column=a.column, room=True)
 
 
 def _examples(path: str) -> list:
     """A JSONL of {'text'} / {'messages'} examples, or a plain corpus file of texts."""
-    from adl_jax.corpus import local_texts
+    from adl_jax.method.corpus import local_texts
     from finetune.data import read_jsonl
 
     return read_jsonl(path) if str(path).endswith(".jsonl") else local_texts(path)
 
 
 def cmd_ablate(a) -> None:
-    from adl_jax.ablate import AblationSettings, ablation_table, run_ablation
+    from adl_jax.experiments.ablate import AblationSettings, ablation_table, run_ablation
     from adl_jax.models.load import load_model
 
     base, ft = load_model(a.base, dtype=_dtype(a.dtype)), load_model(a.finetuned, dtype=_dtype(a.dtype))
@@ -143,8 +143,8 @@ def cmd_ablate(a) -> None:
 def cmd_agent(a) -> None:
     from pathlib import Path
 
-    from adl_jax.agent import AgentSettings, Evidence, evaluate, format_table
-    from adl_jax.graders import Grader, GraderSettings
+    from adl_jax.experiments.agent import AgentSettings, Evidence, evaluate, format_table
+    from adl_jax.judging.graders import Grader, GraderSettings
     from adl_jax.models.load import load_model
 
     agent, grader = GraderSettings.from_env("ADL_AGENT"), GraderSettings.from_env("ADL_GRADER")
@@ -200,8 +200,8 @@ def cmd_finetune(a) -> None:
 def cmd_sweep(a) -> None:
     import jax.numpy as jnp
 
-    from adl_jax import sweep
-    from adl_jax.audit import AuditSettings, default_encoder
+    from adl_jax.experiments import sweep
+    from adl_jax.experiments.audit import AuditSettings, default_encoder
     from adl_jax.models.load import load_model
     from finetune.run import spec_from_args
 
@@ -250,7 +250,7 @@ def _named(pairs: list[str], flag: str) -> dict[str, str]:
 
 
 def _sweep_bases(a, settings) -> None:
-    from adl_jax import sweep
+    from adl_jax.experiments import sweep
     from adl_jax.models.load import load_model
 
     bases, data = _named(a.base, "--base"), _named(a.data, "--data")
@@ -277,7 +277,7 @@ def _sweep_flags(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_report(a) -> None:
-    from adl_jax.report import screenshot, write_report
+    from adl_jax.report.audit import screenshot, write_report
 
     page = write_report(a.dir)
     print(page)
@@ -286,7 +286,7 @@ def cmd_report(a) -> None:
 
 
 def cmd_plan(a) -> None:
-    from adl_jax import plan as pl
+    from adl_jax.experiments import plan as pl
 
     cfg = pl.model_config(a.model)
     run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len)
@@ -306,7 +306,7 @@ def cmd_plan(a) -> None:
 
 
 def cmd_demo(a) -> None:
-    from adl_jax.demo import run_demo
+    from adl_jax.experiments.demo import run_demo
 
     run_demo(cache=a.cache, organism=a.organism)
 

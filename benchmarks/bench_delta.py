@@ -16,7 +16,7 @@ import jax
 import numpy as np
 import torch
 
-from adl_jax.diff import DiffSettings, _batch_sums, compute_delta
+from adl_jax.method.diff import DiffSettings, _batch_sums, compute_delta
 from benchmarks.common import ENGLISH, best_time, compiled_flops, load_pair, matmul_peak
 
 

@@ -22,7 +22,8 @@ import numpy as np
 from adl_jax.models.generate import generate
 from adl_jax.models.load import load_model
 from adl_jax.models.transformer import Intervention, forward
-from adl_jax.steer import STEERING_PROMPTS, SteeringSettings, _lookahead_alphas, format_prompt
+from adl_jax.method.steer import STEERING_PROMPTS, format_prompt
+from adl_jax.judging.alpha_search import SteeringSettings, _lookahead_alphas
 from benchmarks.common import ENGLISH
 
 

@@ -2,7 +2,7 @@
 the true statement it contradicts?
 
 Each held-out (true, false) pair is scored by the summed log-likelihood of each statement's tokens after
-BOS (EOS for tokenizers without one), with our own forward (`adl_jax.judges.mean_nll`). Summed scores
+BOS (EOS for tokenizers without one), with our own forward (`adl_jax.judging.offline.mean_nll`). Summed scores
 favour shorter statements, so the absolute level is biased per pair; the change from the base model to
 the finetuned one is what shows the implanted belief.
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from adl_jax.judges import mean_nll
+from adl_jax.method.likelihood import mean_nll
 
 
 def statement_logliks(model, texts: list[str], batch_size: int = 8) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from adl_jax import io
 from adl_jax.models.load import EMBEDDED
-from adl_jax.samples import BASE_SAMPLES, pretraining_texts
+from adl_jax.method.samples import BASE_SAMPLES, pretraining_texts
 from finetune.lora import LoraConfig, resolve_targets
 from finetune.train import BOOKKEEPING, TrainConfig, differences
 

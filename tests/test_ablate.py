@@ -4,7 +4,14 @@ import numpy as np
 import pytest
 import torch
 
-from adl_jax.ablate import AblationSettings, ablate, ablation_table, percent_change, subset_masks, token_losses
+from adl_jax.experiments.ablate import (
+    AblationSettings,
+    ablate,
+    ablation_table,
+    percent_change,
+    subset_masks,
+    token_losses,
+)
 from conftest import random_texts
 from finetune.data import encode_document, pad_rows
 from test_diff import tiny_pair

@@ -6,8 +6,8 @@ import pytest
 from fake_openai import FakeOpenAI, reply
 from test_audit import audited  # noqa: F401 - the module-scoped tiny audit, reused as the agent's evidence
 
-from adl_jax.agent import FINAL, AgentSettings, Evidence, grade, run_agent
-from adl_jax.graders import Grader, GraderSettings
+from adl_jax.experiments.agent import FINAL, AgentSettings, Evidence, grade, run_agent
+from adl_jax.judging.graders import Grader, GraderSettings
 
 SETTINGS = AgentSettings(budget=1, new_tokens=6)
 
@@ -99,7 +99,7 @@ def test_grade_averages_runs_and_retries_malformed_answers(tmp_path):
 
 
 def test_evaluate_tables_success_rates_and_resumes(evidence, tmp_path):
-    from adl_jax.agent import evaluate, format_table
+    from adl_jax.experiments.agent import evaluate, format_table
 
     def answer(request):
         if "GRADE" in request.body["messages"][0]["content"]:

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from adl_jax import api, io
-from adl_jax.audit import AuditSettings, audit
-from adl_jax.steer import SteeringSettings
+from adl_jax.experiments.audit import AuditSettings, audit
+from adl_jax.judging.alpha_search import SteeringSettings
 from conftest import random_texts
 from test_diff import tiny_pair
 
@@ -90,7 +90,7 @@ def test_audit_writes_every_stage(audited):
 
 
 def test_finished_stages_are_reused(audited, monkeypatch):
-    import adl_jax.audit as audit_mod
+    import adl_jax.experiments.audit as audit_mod
 
     monkeypatch.setattr(audit_mod, "find_alpha", lambda *a, **k: pytest.fail("steering stage was recomputed"))
     again = audit(
@@ -124,7 +124,7 @@ def test_report_renders_in_headless_chromium(audited, tmp_path):
     highlighted token cells, not just text (an unrendered or broken SVG leaves none of those colours)."""
     from matplotlib.image import imread
 
-    from adl_jax.report import BROWSERS, screenshot
+    from adl_jax.report.audit import BROWSERS, screenshot
 
     if not any(map(shutil.which, BROWSERS)):
         pytest.skip("no Chromium installed (.ci/run installs it)")
@@ -147,7 +147,7 @@ def test_graded_audit_over_real_http(tmp_path, rng):
     first rate-limits and once answers malformed."""
     from fake_openai import FakeOpenAI, error
 
-    from adl_jax.graders import Grader, GraderSettings
+    from adl_jax.judging.graders import Grader, GraderSettings
 
     (base, ft), _ = tiny_pair(tmp_path)
 

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from adl_jax.corpus import local_texts, tokenize_chats, tokenize_texts
+from adl_jax.method.corpus import local_texts, tokenize_chats, tokenize_texts
 from conftest import tiny_tokenizer
 
 TEMPLATE = (

@@ -3,9 +3,9 @@ silently break: every stage runs, the verdict is printed, and a second run reuse
 
 import pytest
 
-from adl_jax.audit import AuditSettings
-from adl_jax.demo import DemoSettings, run_demo
-from adl_jax.steer import SteeringSettings
+from adl_jax.experiments.audit import AuditSettings
+from adl_jax.experiments.demo import DemoSettings, run_demo
+from adl_jax.judging.alpha_search import SteeringSettings
 from conftest import tiny_hf_model, tiny_tokenizer
 
 MINI = DemoSettings(
@@ -40,7 +40,7 @@ def test_demo_miniature_end_to_end_and_cached(tmp_path, capsys, monkeypatch):
     assert (run / "audit" / "report.html").exists() and (run / "train" / "checkpoints" / "2").exists()
     assert summary["samples"] == MINI.corpus_texts and set(summary["alphas"]) == {"1"}
 
-    import adl_jax.audit as audit_mod
+    import adl_jax.experiments.audit as audit_mod
     import finetune.train as train_mod
 
     monkeypatch.setattr(audit_mod, "find_alpha", lambda *a, **k: pytest.fail("steering was recomputed"))

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from adl_jax.corpus import tokenize_texts
-from adl_jax.diff import DiffResult, DiffSettings, compute_delta
+from adl_jax.method.corpus import tokenize_texts
+from adl_jax.method.diff import DiffResult, DiffSettings, compute_delta
 from adl_jax.models.weights import load_hf_dir
 from adl_jax.sharding import make_mesh
 from conftest import random_texts, tiny_hf_model, tiny_tokenizer
@@ -93,7 +93,7 @@ RUNNER = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
 from test_diff import tiny_pair_from_disk
-from adl_jax.diff import DiffSettings, compute_delta
+from adl_jax.method.diff import DiffSettings, compute_delta
 base, ft = tiny_pair_from_disk({root!r})
 tokens = np.load({root!r} + "/tokens_in.npy")
 compute_delta(base, ft, tokens, DiffSettings(layer=1, n=8, batch_size=4, checkpoint_every=2), {out!r}, progress=False)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from adl_jax.embed import _pooling, load_encoder, packaged_model_dir
+from adl_jax.models.encoders import _pooling, load_encoder, packaged_model_dir
 from conftest import random_texts, tiny_hf_model, tiny_tokenizer
 
 TEXTS = [

@@ -189,7 +189,7 @@ def test_adl_finetune_resume_is_explicit_and_bound_to_settings(tiny_run, capsys)
 
 
 def test_finetune_config_is_the_demo_and_bad_settings_are_refused(tmp_path, capsys):
-    from adl_jax.demo import DemoSettings
+    from adl_jax.experiments.demo import DemoSettings
 
     demo = DemoSettings()
     config = Path(__file__).parents[1] / "configs" / "finetune" / "orange_carrot_lora.json"

@@ -8,7 +8,7 @@ import time
 import pytest
 from fake_openai import FakeOpenAI, Response, disconnect, error, reply
 
-from adl_jax.graders import (
+from adl_jax.judging.graders import (
     IRRELEVANT,
     OPENAI_URL,
     RELEVANT,
@@ -24,8 +24,8 @@ from adl_jax.graders import (
     parse_tournament,
     scale_tournament,
 )
-from adl_jax.lens import PATCHSCOPE_SCALES
-from adl_jax.steer import COHERENT, INCOHERENT, UNKNOWN
+from adl_jax.method.lens import PATCHSCOPE_SCALES
+from adl_jax.judging.verdicts import COHERENT, INCOHERENT, UNKNOWN
 
 KEY = "sk-test"
 HELLO = [{"role": "user", "content": "hello"}]

@@ -5,8 +5,9 @@ import random
 import jax
 import numpy as np
 
-from adl_jax.judges import OfflineCoherence, dataset_overlap, diversity, frequent_tokens
-from adl_jax.steer import COHERENT, INCOHERENT, UNKNOWN, format_prompt, steered_samples
+from adl_jax.judging.offline import OfflineCoherence, dataset_overlap, diversity, frequent_tokens
+from adl_jax.judging.verdicts import COHERENT, INCOHERENT, UNKNOWN
+from adl_jax.method.steer import format_prompt, steered_samples
 
 PROMPT = "Tell me a story?"
 GOOD = [

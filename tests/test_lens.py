@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from adl_jax.lens import PATCHSCOPE_SCALES, TokenScores, gradable, logit_lens, patchscope, select_scale
+from adl_jax.method.lens import PATCHSCOPE_SCALES, TokenScores, gradable, logit_lens, patchscope, select_scale
 from adl_jax.models.weights import load_hf_dir
 from conftest import tiny_hf_model, tiny_tokenizer
 

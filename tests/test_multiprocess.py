@@ -10,8 +10,8 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from adl_jax.corpus import tokenize_texts
-from adl_jax.diff import DiffSettings, compute_delta
+from adl_jax.method.corpus import tokenize_texts
+from adl_jax.method.diff import DiffSettings, compute_delta
 from adl_jax.models.weights import load_hf_dir
 from conftest import random_texts, tiny_hf_model, tiny_tokenizer
 from test_diff import tiny_pair
@@ -26,7 +26,7 @@ jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address="127.0.0.1:{port}", num_processes=2, process_id={pid})
 import numpy as np
 from types import SimpleNamespace
-from adl_jax.diff import DiffSettings, compute_delta
+from adl_jax.method.diff import DiffSettings, compute_delta
 from adl_jax.models.weights import load_hf_dir
 from adl_jax.sharding import make_mesh
 mesh = make_mesh("data=4,model=2")
@@ -77,7 +77,7 @@ def test_two_processes_equal_one(tmp_path, rng):
     )
 
     _run_two(tmp_path, WORKER, root=str(tmp_path))
-    from adl_jax.diff import DiffResult
+    from adl_jax.method.diff import DiffResult
 
     two = DiffResult.load(tmp_path / "p0")
     assert not (tmp_path / "p1" / "delta.safetensors").exists()  # only process 0 writes

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from adl_jax import plan as pl
+from adl_jax.experiments import plan as pl
 from adl_jax.cli import main
 from adl_jax.models.weights import load_hf_dir
 from adl_jax.sharding import Rules, batch_sharding, make_mesh

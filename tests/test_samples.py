@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 import pytest
 
-import adl_jax.samples as samples
+import adl_jax.method.samples as samples
 from adl_jax.models.weights import load_hf_dir
 from conftest import tiny_hf_model, tiny_tokenizer
 

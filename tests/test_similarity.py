@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from adl_jax.similarity import set_similarity, similarity_report, versus
+from adl_jax.judging.similarity import set_similarity, similarity_report, versus
 
 A = np.array([[3.0, 4.0], [1.0, 0.0]])  # unit rows (.6, .8), (1, 0): centroid (.8, .4)
 B = np.array([[0.0, 2.0], [1.0, 1.0]])  # unit rows (0, 1), (.7071, .7071): centroid (.35355, .85355)

@@ -6,7 +6,9 @@ import jax
 import numpy as np
 import pytest
 
-import adl_jax.steer as steer
+import adl_jax.judging.alpha_search as alpha_search
+import adl_jax.judging.verdicts as verdicts
+import adl_jax.method.steer as steer
 from adl_jax.models.generate import generate
 from adl_jax.models.weights import load_hf_dir
 from conftest import tiny_hf_model, tiny_tokenizer
@@ -38,7 +40,7 @@ def test_alpha_zero_is_unsteered_and_alphas_differ(model, rng):
 
 
 def test_lookahead_alphas_are_the_next_three_levels():
-    assert steer._lookahead_alphas(0, 100, 3) == [50, 25, 75, 12.5, 37.5, 62.5, 87.5]
+    assert alpha_search._lookahead_alphas(0, 100, 3) == [50, 25, 75, 12.5, 37.5, 62.5, 87.5]
 
 
 def test_search_finds_the_coherence_edge_with_batched_lookahead(model, monkeypatch):
@@ -49,10 +51,14 @@ def test_search_finds_the_coherence_edge_with_batched_lookahead(model, monkeypat
         return [[f"alpha {a}"] * samples for a in alphas]
 
     edge = 37.3
-    judge = lambda prompts, texts: [steer.COHERENT if float(t.split()[1]) <= edge else steer.INCOHERENT for t in texts]
+    judge = lambda prompts, texts: [
+        verdicts.COHERENT if float(t.split()[1]) <= edge else verdicts.INCOHERENT for t in texts
+    ]
     monkeypatch.setattr(steer, "steered_samples", fake_samples)
-    settings = steer.SteeringSettings()
-    res = steer.find_alpha(model, np.ones(model.cfg.hidden_size), judge, settings, layer=1, key=jax.random.key(0))
+    settings = alpha_search.SteeringSettings()
+    res = alpha_search.find_alpha(
+        model, np.ones(model.cfg.hidden_size), judge, settings, layer=1, key=jax.random.key(0)
+    )
     first = res.thresholds[steer.STEERING_PROMPTS[0]]
     assert first <= edge < first + 100 / 2**12
     assert [len(c) for c in calls[:4]] == [7, 7, 7, 7]  # 12 steps = 4 batched calls of 7 alphas
@@ -62,7 +68,7 @@ def test_search_finds_the_coherence_edge_with_batched_lookahead(model, monkeypat
 
 
 def test_pass_rule_ignores_unknown():
-    C, I, U = steer.COHERENT, steer.INCOHERENT, steer.UNKNOWN
-    assert steer.passes([C, C, C, I, U, U], 0.75)
-    assert not steer.passes([C, C, I, I], 0.75)
-    assert not steer.passes([U, U], 0.75)
+    C, I, U = verdicts.COHERENT, verdicts.INCOHERENT, verdicts.UNKNOWN
+    assert verdicts.passes([C, C, C, I, U, U], 0.75)
+    assert not verdicts.passes([C, C, I, I], 0.75)
+    assert not verdicts.passes([U, U], 0.75)

@@ -144,7 +144,7 @@ def test_sweep_mix_with_an_encoder_runs_the_audit_and_reports_the_similarity_mar
     """With an encoder each ratio gets the whole audit (steering), and its row the best steered-minus-unsteered
     similarity, read back from the audit's own summary."""
     from adl_jax.models.load import load_model
-    from adl_jax.sweep import sweep_mix
+    from adl_jax.experiments.sweep import sweep_mix
     from finetune.run import RunSpec
     from test_audit import TINY, BagOfWords
 
@@ -233,9 +233,11 @@ def test_sweep_bases_deltas_add_up_along_the_lineage(tiny_setup, capsys, monkeyp
     page = (root / "bases" / "bases.html").read_text()
     assert page.count("<tr>") == 3 and "relevance to organism" in page and "relevance to parent" in page
 
-    import adl_jax.diff
+    import adl_jax.method.diff
 
-    monkeypatch.setattr(adl_jax.diff, "_batch_sums", lambda *a, **k: pytest.fail("a finished delta was recomputed"))
+    monkeypatch.setattr(
+        adl_jax.method.diff, "_batch_sums", lambda *a, **k: pytest.fail("a finished delta was recomputed")
+    )
     assert main(argv) == 0
     assert io.read_json(root / "bases" / "bases.json")["rows"] == table["rows"]
 

@@ -30,8 +30,8 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 
 from adl_jax.io import read_json, write_json
-from adl_jax.prompts import coherence_messages, relevance_messages, tournament_messages
-from adl_jax.steer import COHERENT, INCOHERENT, UNKNOWN, Judge
+from adl_jax.judging.prompts import coherence_messages, relevance_messages, tournament_messages
+from adl_jax.judging.verdicts import COHERENT, INCOHERENT, UNKNOWN, Judge
 
 RELEVANT, IRRELEVANT = "RELEVANT", "IRRELEVANT"
 OPENAI_URL = "https://api.openai.com/v1"

@@ -10,9 +10,9 @@ import dataclasses
 import time
 from pathlib import Path
 
-from adl_jax.audit import AuditSettings, audit, default_encoder
+from adl_jax.experiments.audit import AuditSettings, audit, default_encoder
 from adl_jax.models.load import EMBEDDED, cache_root, load_model
-from adl_jax.samples import sample_texts, with_spare
+from adl_jax.method.samples import sample_texts, with_spare
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,9 +88,9 @@ def run_demo(
 
 
 def _print_verdict(summary: dict, run: Path) -> None:
-    from adl_jax import api
+    from adl_jax.method import adl
 
-    lenses = api.load(run).lenses
+    lenses = adl.load(run).lenses
     print("\nTop patchscope / logit-lens tokens per position:")
     print(lenses.table(top=10))
     rel = summary.get("relevance")

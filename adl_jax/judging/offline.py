@@ -10,46 +10,16 @@ non-generic tokens.
 
 from __future__ import annotations
 
-import functools
 import re
 from collections import Counter
 
-import jax
-import jax.numpy as jnp
 import numpy as np
 
-from adl_jax.models.config import ModelConfig
-from adl_jax.models.transformer import forward
-from adl_jax.steer import COHERENT, INCOHERENT, UNKNOWN, format_prompt
+from adl_jax.method.likelihood import mean_nll
+from adl_jax.judging.verdicts import COHERENT, INCOHERENT, UNKNOWN
+from adl_jax.method.steer import format_prompt
 
 OFFLINE = "offline"
-
-
-@functools.partial(jax.jit, static_argnames="cfg")
-def _token_nll(params, tokens, valid, scored, *, cfg: ModelConfig):
-    """Mean next-token loss over the `scored` positions of each row (left-padded batch)."""
-    logits = forward(params, tokens, cfg, valid=valid).logits[:, :-1]
-    logp = jax.nn.log_softmax(logits, axis=-1)
-    nll = -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-    w = scored[:, 1:].astype(jnp.float32)
-    return (nll * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
-
-
-def mean_nll(model, prompt_ids: list[int], texts: list[str], max_tokens: int = 256) -> np.ndarray:
-    """The model's mean loss per token of each text continuing the prompt."""
-    rows = [
-        (prompt_ids + model.tokenizer(t, add_special_tokens=False)["input_ids"])[: len(prompt_ids) + max_tokens]
-        for t in texts
-    ]
-    width = -(-max(map(len, rows)) // 32) * 32  # bucketed: fewer compilations
-    tokens = np.zeros((len(rows), width), np.int32)
-    valid = np.zeros((len(rows), width), bool)
-    scored = np.zeros((len(rows), width), bool)
-    for r, row in enumerate(rows):
-        tokens[r, width - len(row) :] = row
-        valid[r, width - len(row) :] = True
-        scored[r, width - len(row) + len(prompt_ids) :] = True
-    return np.asarray(_token_nll(model.params, tokens, valid, scored, cfg=model.cfg))
 
 
 def diversity(tokens, window: int = 64) -> float:

@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adl_jax.method.diff import DiffResult
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import Intervention, forward, unembed
 
@@ -157,3 +158,81 @@ def select_scale(params, by_scale: dict[float, TokenScores]) -> float:
     """The unsupervised rule: the scale whose tokens are most coherent in embedding space."""
     center = np.asarray(jnp.mean(params["embed"].astype(jnp.float32), axis=0))
     return max(by_scale, key=lambda s: embedding_coherence(params, by_scale[s], center))
+
+
+LENS = "lens.json"
+
+
+@dataclasses.dataclass
+class LensResult:
+    """Per position: logit lens of delta, -delta and the two means; patchscope of delta at every scale."""
+
+    positions: list[dict]
+
+    def to_json(self) -> dict:
+        def conv(x):
+            if isinstance(x, TokenScores):
+                return x.to_json()
+            if isinstance(x, dict):
+                return {str(k): conv(v) for k, v in x.items()}
+            return x
+
+        return {"positions": [conv(p) for p in self.positions]}
+
+    @classmethod
+    def from_json(cls, d: dict) -> LensResult:
+        def conv(x):
+            if isinstance(x, list) and x and isinstance(x[0], list):
+                return TokenScores([r[1] for r in x], [r[0] for r in x], [r[2] for r in x])
+            if isinstance(x, dict):
+                return {k: conv(v) for k, v in x.items()}
+            return x
+
+        return cls([conv(p) for p in d["positions"]])
+
+    def table(self, top: int = 8) -> str:
+        lines = []
+        for p in self.positions:
+            s = p["patchscope_scale"]
+            lines.append(f"position {p['position']}")
+            lines.append(f"  logit lens  delta : {_fmt(p['logit_lens']['delta'], top)}")
+            lines.append(f"  logit lens -delta : {_fmt(p['logit_lens']['neg_delta'], top)}")
+            lines.append(f"  patchscope @ {s:<5}: {_fmt(p['patchscope'][str(s)], top)}")
+        return "\n".join(lines)
+
+
+def _fmt(ts: TokenScores, top: int) -> str:
+    return "  ".join(repr(t) for t in ts.tokens[:top])
+
+
+def read_lenses(base, ft, result: DiffResult, *, scales=PATCHSCOPE_SCALES, top: int = 100) -> LensResult:
+    """Logit lens (finetuned model's norm + head) and patchscope for every analysed position."""
+    layer = result.meta["layer"]
+    ll = logit_lens(
+        ft.params,
+        ft.cfg,
+        np.concatenate([result.delta, -result.delta, result.mean_base, result.mean_ft]),
+        ft.tokenizer,
+        top=top,
+    )
+    k = len(result.delta)
+    ps = patchscope(ft.params, ft.cfg, ft.tokenizer, result.delta, layer, result.ft_norm, scales=scales)
+    positions = []
+    for j in range(k):
+        chosen = select_scale(ft.params, ps[j])
+        positions.append(
+            {
+                "position": j,
+                "delta_norm": float(np.linalg.norm(result.delta[j])),
+                "logit_lens": {
+                    "delta": ll[j],
+                    "neg_delta": ll[k + j],
+                    "base_mean": ll[2 * k + j],
+                    "ft_mean": ll[3 * k + j],
+                },
+                "patchscope": {str(s): v for s, v in ps[j].items()},
+                "patchscope_scale": chosen,
+                "patchscope_scale_rule": "embedding coherence (offline)",
+            }
+        )
+    return LensResult(positions)

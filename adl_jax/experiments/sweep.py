@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from adl_jax import io
-from adl_jax.audit import AuditSettings, audit, measure, relevance
-from adl_jax.report import CSS, svg
+from adl_jax.experiments.audit import AuditSettings, audit, measure, relevance
+from adl_jax.report.audit import CSS, svg
 
 GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0)  # the paper's mixing ratios
 DEFAULT_RATIOS = (0.0, 0.1, 0.5, 1.0, 2.0)

@@ -1,6 +1,6 @@
 """The LLM graders' prompts, written for this project, and the chat messages built from them.
 
-Every prompt ends by fixing an answer format that `adl_jax.graders` parses strictly (`NAME: value` lines;
+Every prompt ends by fixing an answer format that `adl_jax.judging.graders` parses strictly (`NAME: value` lines;
 a short reasoning may come first). Tokens are shown as JSON strings, so leading spaces, newlines and odd
 bytes stay visible and unambiguous, and they are numbered, so answers refer to them by number rather than
 by re-typing them.

@@ -42,7 +42,7 @@ def pretraining_texts(
     """`count` texts of a corpus spec, or for `base-samples` samples of `base` (offline, cached). `room`:
     more (an eighth more samples, four times as many corpus texts) for a consumer that drops texts too
     short to use. `seed` shuffles the corpus or seeds the samples (default: each source's own)."""
-    from adl_jax.api import corpus_texts
+    from adl_jax.method.corpus import corpus_texts
     from adl_jax.models.load import cache_root
 
     seeded = {} if seed is None else {"seed": seed}

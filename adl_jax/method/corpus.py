@@ -3,7 +3,7 @@
 A source is any iterable of strings. ADL only reads the first few tokens of each text, so sources are
 consumed lazily and each text is cut to `10 * n` characters before tokenizing (as the paper does).
 Sources: local .txt (one text per line) / .jsonl / .parquet files, HF `datasets` streaming, TFDS, and
-an offline source of unconditional samples from the base model (see `adl_jax.samples`).
+an offline source of unconditional samples from the base model (see `adl_jax.method.samples`).
 """
 
 from __future__ import annotations
@@ -127,3 +127,14 @@ def tokenize_chats(
             f"start and {before} before it, but {count} were requested: lower --samples or --n, or allow fewer"
         )
     return np.asarray(rows, dtype=np.int32)
+
+
+def corpus_texts(spec: str, column: str = "text", seed: int = 42):
+    """A corpus spec -> texts: a local .txt/.jsonl/.parquet path, `hf:NAME[:split]`, or `tfds:NAME[:split]`."""
+    if spec.startswith("hf:"):
+        name, _, split = spec[3:].partition(":")
+        return hf_texts(name, split or "train", column, seed)
+    if spec.startswith("tfds:"):
+        name, _, split = spec[5:].partition(":")
+        return tfds_texts(name, split or "train", column, seed)
+    return local_texts(spec, column, seed)

@@ -15,16 +15,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from adl_jax import api, io
-from adl_jax.judges import OFFLINE, OfflineCoherence, dataset_overlap, frequent_tokens
-from adl_jax.steer import (
-    STEERING_PROMPTS,
-    SteeringSettings,
-    find_alpha,
-    format_prompt,
-    steered_samples,
-    steering_vector,
-)
+from adl_jax import io
+from adl_jax.method import adl
+from adl_jax.judging.offline import OFFLINE, OfflineCoherence, dataset_overlap, frequent_tokens
+from adl_jax.method.steer import STEERING_PROMPTS, format_prompt, steered_samples, steering_vector
+from adl_jax.judging.alpha_search import SteeringSettings, find_alpha
 
 # Prompts for the final steered/unsteered generations (the paper uses 20 such everyday chat prompts).
 FINAL_PROMPTS = (
@@ -81,7 +76,7 @@ class AuditSettings:
 def default_encoder():
     """The MiniLM sentence encoder for steering similarity when it is available, else None."""
     try:
-        from adl_jax.embed import load_encoder
+        from adl_jax.models.encoders import load_encoder
 
         return load_encoder()
     except (ImportError, FileNotFoundError):
@@ -152,8 +147,8 @@ def audit(
     """Run every stage for `base`/`ft` (loaded models) over the corpus `texts`; returns the summary dict.
 
     `finetune_texts` (a sample of the finetuning data) enables dataset-overlap relevance and steering
-    similarity; `encoder` (an `adl_jax.embed` sentence encoder) is needed for similarity. `grader` (an
-    `adl_jax.graders.Grader`) judges coherence with an LLM instead of the offline judge.
+    similarity; `encoder` (an `adl_jax.models.encoders` sentence encoder) is needed for similarity. `grader` (an
+    `adl_jax.judging.graders.Grader`) judges coherence with an LLM instead of the offline judge.
     """
     out = Path(out)
     res, rel = measure(
@@ -174,7 +169,7 @@ def audit(
     steered = ft if settings.steer_model == "finetuned" else base
 
     if grader is not None:
-        from adl_jax.graders import coherence_judge
+        from adl_jax.judging.graders import coherence_judge
 
         judge, judges = coherence_judge(grader), f"LLM grader {grader.settings.model}"
     else:
@@ -217,7 +212,7 @@ def audit(
 
     similarity = None
     if finetune_texts and encoder is not None:
-        from adl_jax.similarity import similarity_report
+        from adl_jax.judging.similarity import similarity_report
 
         similarity = _stage(
             out / "similarity.json",
@@ -241,7 +236,7 @@ def audit(
         "similarity": similarity,
     }
     io.write_json(out / "summary.json", summary)
-    from adl_jax.report import write_report
+    from adl_jax.report.audit import write_report
 
     write_report(out)
     return summary
@@ -258,13 +253,13 @@ def measure(
     finetune_texts: list[str] | None = None,
     grader=None,
     progress: bool = True,
-) -> tuple[api.ADLResult, dict | None]:
+) -> tuple[adl.ADLResult, dict | None]:
     """The stages of an audit that need no steering: delta, lenses and (with `finetune_texts`) relevance,
     staged in `out` exactly as `audit` stages them. Sweeps read the trace of many models this way, where
     a steering search per model would cost too much; an `audit` of the same directory reuses them."""
     out = Path(out)
     _claim(out, {"settings": dataclasses.asdict(settings), "grader": grader.settings.model if grader else None})
-    res = api.diff(
+    res = adl.diff(
         base,
         ft,
         texts=texts,
@@ -285,10 +280,10 @@ def measure(
     return res, rel
 
 
-def _choose_scales_by_tournament(grader, res: api.ADLResult) -> None:
+def _choose_scales_by_tournament(grader, res: adl.ADLResult) -> None:
     """The paper's scale selection: an LLM tournament over each position's patchscope token sets."""
-    from adl_jax.graders import scale_tournament
-    from adl_jax.lens import gradable
+    from adl_jax.judging.graders import scale_tournament
+    from adl_jax.method.lens import gradable
 
     for p in res.lenses.positions:
         by_scale = {}
@@ -298,20 +293,20 @@ def _choose_scales_by_tournament(grader, res: api.ADLResult) -> None:
         best, coherent = scale_tournament(grader, by_scale)
         if best is not None:
             p.update(patchscope_scale=best, patchscope_scale_rule="LLM tournament", patchscope_coherent=coherent)
-    io.write_json(res.out / api.LENS, res.lenses.to_json())
+    io.write_json(res.out / adl.LENS, res.lenses.to_json())
 
 
 def _flat(by_prompt: dict[str, list[str]]) -> list[str]:
     return [t for texts in by_prompt.values() for t in texts]
 
 
-def relevance(ft, res: api.ADLResult, finetune_texts: list[str], generic_texts, grader=None, description=None) -> dict:
+def relevance(ft, res: adl.ADLResult, finetune_texts: list[str], generic_texts, grader=None, description=None) -> dict:
     """Per position: how many of the top-20 lens tokens are relevant. Always the offline dataset overlap
     (`relevant`); with a grader and a description also the LLM's verdicts (`graded`, three rotations)."""
     generic = [t for _, t in zip(range(2000), generic_texts)]
     frequent = frequent_tokens(finetune_texts, ft.tokenizer, generic)
     if grader is not None and description:
-        from adl_jax.graders import RELEVANT, judge_relevance
+        from adl_jax.judging.graders import RELEVANT, judge_relevance
     rows = []
     for p in res.lenses.positions:
         patch = p["patchscope"][str(p["patchscope_scale"])]

@@ -17,13 +17,13 @@ import math
 from collections.abc import Mapping
 from pathlib import Path
 
-from adl_jax.audit import AuditSettings
-from adl_jax.diff import resolve_layer
-from adl_jax.lens import PATCHSCOPE_PROMPTS, PATCHSCOPE_SCALES
+from adl_jax.experiments.audit import AuditSettings
+from adl_jax.method.diff import resolve_layer
+from adl_jax.method.lens import PATCHSCOPE_PROMPTS, PATCHSCOPE_SCALES
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import param_shapes
 from adl_jax.sharding import MESH_AXES, Rules, param_specs, parse_mesh
-from adl_jax.steer import STEERING_PROMPTS
+from adl_jax.method.steer import STEERING_PROMPTS
 from finetune.lora import resolve_targets
 from finetune.train import TrainConfig, adapter_specs
 

@@ -232,12 +232,13 @@ def run_ablation(
     the pretraining corpus and optional chat data; writes ablation.json and ablation.html to `out`."""
     from pathlib import Path
 
-    from adl_jax import api, io
+    from adl_jax import io
+    from adl_jax.method import adl
 
     out = Path(out)
     if (out / "ablation.json").exists():
         return io.read_json(out / "ablation.json")
-    res = api.diff(
+    res = adl.diff(
         base,
         ft,
         texts=corpus,
@@ -269,7 +270,7 @@ def ablation_page(result: dict, subset: str = "all") -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from adl_jax.report import CSS, svg
+    from adl_jax.report.audit import CSS, svg
 
     names = list(result["datasets"])
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3), squeeze=False)
