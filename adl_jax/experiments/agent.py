@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from adl_jax import io
-from adl_jax.api import LENS, LensResult
+from adl_jax.method.lens import LENS, LensResult
 from adl_jax.judging.graders import Grader, MalformedAnswer, ask_parsed, one_field
 from adl_jax.models.generate import generate
 from adl_jax.method.steer import format_prompt, steered_samples, steering_vector

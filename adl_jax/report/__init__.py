@@ -1,1 +1,1 @@
-"""report"""
+"""HTML pages of results: self-contained files with inline SVG figures."""

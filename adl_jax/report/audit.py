@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from adl_jax import io
-from adl_jax.api import LENS, LensResult
+from adl_jax.method.lens import LENS, LensResult
 
 CSS = """
 body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
