@@ -54,7 +54,7 @@ def test_search_finds_the_coherence_edge_with_batched_lookahead(model, monkeypat
     judge = lambda prompts, texts: [
         verdicts.COHERENT if float(t.split()[1]) <= edge else verdicts.INCOHERENT for t in texts
     ]
-    monkeypatch.setattr(steer, "steered_samples", fake_samples)
+    monkeypatch.setattr(alpha_search, "steered_samples", fake_samples)
     settings = alpha_search.SteeringSettings()
     res = alpha_search.find_alpha(
         model, np.ones(model.cfg.hidden_size), judge, settings, layer=1, key=jax.random.key(0)
