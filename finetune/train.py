@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from adl_jax import io
 from adl_jax.models.config import ModelConfig
+from adl_jax.models.params import param_shardings
 from adl_jax.models.transformer import Params, forward
-from adl_jax.sharding import Rules, global_batch, make_mesh, param_shardings, process_rows
+from adl_jax.sharding import Rules, global_batch, make_mesh, process_rows
 from finetune.data import Rows, Splits, batch_at
 from finetune.lora import LoraConfig, apply_lora, init_adapters
 

@@ -8,12 +8,8 @@ ADL needs three things a stock forward lacks, so they are arguments here:
   * `capture`: return the residual stream after chosen blocks.
   * `interventions`: edits of the residual stream after a block, given as data (see `Intervention`).
 
-Param layout (per-layer tensors are stacked along a leading `num_layers` axis; matrices are (in, out)):
-    embed (V, D)        final_norm (D,)        lm_head (D, V)  [absent when embeddings are tied]
-    layers: attn_norm (L, D)   q (L, D, H*hd)  k, v (L, D, K*hd)  o (L, H*hd, D)
-            [q_bias (L, H*hd), k_bias, v_bias (L, K*hd), o_bias (L, D)]   [q_norm, k_norm (L, hd)]
-            mlp_norm (L, D)    gate, up (L, D, F)   down (L, F, D)    [post_attn_norm, post_mlp_norm (L, D)]
-Norm weights are stored as the checkpoint stores them; Gemma's (1 + w) lives in `cfg.norm_offset`.
+The param layout (names, shapes, which families have which) is declared in `params.py`: per-layer
+tensors are stacked along a leading `num_layers` axis and matrices are (in, out).
 """
 
 from __future__ import annotations
@@ -313,32 +309,3 @@ def _run_layers(h, layers, cfg: ModelConfig, start, stop, ropes, masks, cache):
     )
     (h, cache), _ = jax.lax.scan(body, (h, cache), xs)
     return h, cache
-
-
-def param_shapes(cfg: ModelConfig) -> Params:
-    """The shape of every parameter, as a pytree with the layout of the module docstring."""
-    L, D, F, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    Q, KV = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    layers = {
-        "attn_norm": (L, D),
-        "mlp_norm": (L, D),
-        "q": (L, D, Q),
-        "k": (L, D, KV),
-        "v": (L, D, KV),
-        "o": (L, Q, D),
-        "gate": (L, D, F),
-        "up": (L, D, F),
-        "down": (L, F, D),
-    }
-    if cfg.qkv_bias:
-        layers.update(q_bias=(L, Q), k_bias=(L, KV), v_bias=(L, KV))
-    if cfg.o_bias:
-        layers["o_bias"] = (L, D)
-    if cfg.qk_norm:
-        layers.update(q_norm=(L, cfg.head_dim), k_norm=(L, cfg.head_dim))
-    if cfg.sandwich_norms:
-        layers.update(post_attn_norm=(L, D), post_mlp_norm=(L, D))
-    shapes = {"embed": (V, D), "final_norm": (D,), "layers": layers}
-    if not cfg.tie_embeddings:
-        shapes["lm_head"] = (D, V)
-    return shapes

@@ -1,0 +1,51 @@
+"""The parameter table is the one declaration of every weight; a misspelt logical axis is refused."""
+
+from pathlib import Path
+
+import jax
+import pytest
+
+from adl_jax.models.config import ModelConfig
+from adl_jax.models.params import PARAMS, hf_tensor_names, param_shapes
+from adl_jax.sharding import Rules
+from conftest import FAMILIES, tiny_hf_model
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_each_checkpoint_name_is_written_once_in_the_package():
+    """Adding a parameter is one edit: each HF and GGUF name string appears in exactly one place in adl_jax/."""
+    sources = {p: p.read_text() for p in (ROOT / "adl_jax").rglob("*.py")}
+    names = {n for p in PARAMS.values() for n in (p.hf, p.hf_sandwich, p.gguf) if n}
+    for name in names:
+        found = [
+            (str(p.relative_to(ROOT)), text.count(f'"{name}"')) for p, text in sources.items() if f'"{name}"' in text
+        ]
+        assert found == [("adl_jax/models/params.py", 1)], name
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_table_matches_transformers_state_dict(family, tmp_path):
+    """Names, shapes and orientation derived from the table are those of transformers' own model."""
+    model = tiny_hf_model(family, tmp_path, tie_word_embeddings=False)
+    cfg = ModelConfig.from_json(tmp_path)
+    state = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    shapes = param_shapes(cfg)
+    for ours, names in hf_tensor_names(cfg).items():
+        p = PARAMS[ours]
+        full = shapes["layers"][ours] if p.per_layer else shapes[ours]
+        per_tensor = full[1:] if p.per_layer else full
+        assert len(names) == (cfg.num_layers if p.per_layer else 1)
+        for n in names:
+            assert state.pop(n) == (per_tensor[::-1] if p.transposed else per_tensor), n
+    assert [k for k in state if not k.endswith("rotary_emb.inv_freq")] == []
+
+
+def test_rules_refuse_an_unknown_logical_axis():
+    sizes = {"data": 1, "fsdp": 2, "model": 4}
+    assert Rules().spec(("layers", "embed", "heads"), (3, 8, 16), sizes) == jax.sharding.PartitionSpec(
+        None, ("fsdp",), ("model",)
+    )
+    assert Rules().spec(("norm",), (8,), sizes) == jax.sharding.PartitionSpec(None)
+    with pytest.raises(ValueError, match=r"unknown logical axis 'embd'.*'embed'"):
+        Rules().spec(("embd", "heads"), (8, 16), sizes)
