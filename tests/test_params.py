@@ -1,14 +1,17 @@
-"""The parameter table is the one declaration of every weight; a misspelt logical axis is refused."""
+"""The parameter table is the one declaration of every weight; bad logical axes and capture layers are refused."""
 
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
 
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.params import PARAMS, hf_tensor_names, param_shapes
+from adl_jax.models.transformer import forward
 from adl_jax.sharding import Rules
-from conftest import FAMILIES, tiny_hf_model
+from conftest import FAMILIES, tiny_hf_config, tiny_hf_model
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,3 +52,30 @@ def test_rules_refuse_an_unknown_logical_axis():
     assert Rules().spec(("norm",), (8,), sizes) == jax.sharding.PartitionSpec(None)
     with pytest.raises(ValueError, match=r"unknown logical axis 'embd'.*'embed'"):
         Rules().spec(("embd", "heads"), (8, 16), sizes)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = ModelConfig.from_hf(tiny_hf_config("llama").to_dict())
+    keys = iter(jax.random.split(jax.random.PRNGKey(0), 64))
+    params = jax.tree.map(
+        lambda s: 0.1 * jax.random.normal(next(keys), s), param_shapes(cfg), is_leaf=lambda x: isinstance(x, tuple)
+    )
+    return cfg, params
+
+
+def test_capture_outside_the_layers_run_is_refused(tiny):
+    cfg, params = tiny
+    tokens = jnp.asarray(np.arange(10).reshape(2, 5) % cfg.vocab_size)
+    last = cfg.num_layers - 1
+    with pytest.raises(ValueError, match=rf"capture of layer -1 is outside 0\.\.{last}"):
+        forward(params, tokens, cfg, capture=(-1,))
+    with pytest.raises(ValueError, match=rf"capture of layer {cfg.num_layers} is outside 0\.\.{last}"):
+        forward(params, tokens, cfg, capture=(cfg.num_layers,))
+    with pytest.raises(ValueError, match=r"capture of layer 1 is outside 0\.\.0"):
+        forward(params, tokens, cfg, capture=(0, 1), until_layer=0)
+    # within range: every asked layer comes back, the last equal to a run stopped there
+    full = forward(params, tokens, cfg, capture=(0, last))
+    stopped = forward(params, tokens, cfg, capture=(0,), until_layer=0)
+    assert sorted(full.hidden) == [0, last]
+    np.testing.assert_array_equal(np.asarray(full.hidden[0]), np.asarray(stopped.hidden[0]))

@@ -247,6 +247,7 @@ def forward(
     valid: (B, T) bool, False at (left) padding; positions default to the count of valid tokens before each.
     cache: when given, this call's keys/values are written at `cache.index` and attention reads the cache.
     until_layer: stop after that block; no later layer and no logits are computed.
+    capture: blocks whose output residual to return, each within 0..the last block run.
     Interventions at a layer are applied before that layer's residual is captured.
     """
     B, T = tokens.shape
@@ -263,6 +264,9 @@ def forward(
     for i in interventions:
         if not 0 <= i.layer <= last:
             raise ValueError(f"intervention at layer {i.layer} is outside 0..{last}")
+    for layer in capture:
+        if not 0 <= layer <= last:
+            raise ValueError(f"capture of layer {layer} is outside 0..{last}, the blocks this call runs")
 
     k_pos = jnp.where(valid, positions, -1)
     if cache is not None:
@@ -273,7 +277,7 @@ def forward(
     masks = _attention_masks(cfg, positions, k_pos)
 
     hidden = {}
-    boundaries = sorted({last, *capture, *(i.layer for i in interventions)} - {x for x in capture if x > last})
+    boundaries = sorted({last, *capture, *(i.layer for i in interventions)})
     start = 0
     for end in boundaries:
         h, cache = _run_layers(h, params["layers"], cfg, start, end + 1, ropes, masks, cache)
