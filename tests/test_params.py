@@ -1,5 +1,10 @@
-"""The parameter table is the one declaration of every weight; bad logical axes and capture layers are refused."""
+"""The parameter table is the one declaration of every weight; bad logical axes and capture layers are refused;
+docstrings keep reasons, not timings that go stale."""
 
+import ast
+import io
+import re
+import tokenize
 from pathlib import Path
 
 import jax
@@ -79,3 +84,19 @@ def test_capture_outside_the_layers_run_is_refused(tiny):
     stopped = forward(params, tokens, cfg, capture=(0,), until_layer=0)
     assert sorted(full.hidden) == [0, last]
     np.testing.assert_array_equal(np.asarray(full.hidden[0]), np.asarray(stopped.hidden[0]))
+
+
+# A number with a unit of time or throughput, or a speed-up factor: a measurement, which goes stale.
+_TIMING = re.compile(r"\d[\d.,]*\s*k?\s*(ms|µs|us|s|sec|seconds|minutes|tokens/s|tok/s|it/s)\b|\d(\.\d+)?x\b")
+
+
+@pytest.mark.parametrize("path", ["adl_jax/models/generate.py", "adl_jax/models/transformer.py", "finetune/train.py"])
+def test_docstrings_and_comments_state_no_timings(path):
+    source = (ROOT / path).read_text()
+    texts = [
+        ast.get_docstring(node) or ""
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef))
+    ]
+    texts += [t.string for t in tokenize.generate_tokens(io.StringIO(source).readline) if t.type == tokenize.COMMENT]
+    assert [m.group(0) for text in texts for m in _TIMING.finditer(text)] == []

@@ -134,7 +134,7 @@ def _low_rank_fwd(x, a, b):
 def _low_rank_bwd(residuals, g):
     """The gradients autodiff would give, written as row-major matmuls over the flattened tokens:
     derived automatically, XLA on CPU transposes the (tokens, out) cotangent for dB, a copy that
-    doubled the MLP's backward time in LoRA training."""
+    dominated the MLP's backward time in LoRA training."""
     x, a, b, xa = residuals
     flat = lambda t: t.reshape(-1, t.shape[-1])
     g_xa = jnp.einsum("btf,rf->btr", g, b)
