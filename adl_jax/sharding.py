@@ -1,7 +1,7 @@
 """Meshes, logical-axis rules, and placing parameters onto a mesh tensor by tensor.
 
-Every parameter dimension has a logical name (embed, heads, mlp, vocab, ...). A `Rules` value maps
-logical names to mesh axes (data, fsdp, model). Params are placed once, at load, with
+Every parameter dimension has a logical name (embed, heads, mlp, vocab, ...; declared with each parameter
+in `models/params.py`). A `Rules` value maps logical names to mesh axes (data, fsdp, model). Params are placed once, at load, with
 `jax.make_array_from_callback`, so each device reads only its own shard from disk and a model larger
 than one device never sits whole on one device. After that `jax.jit` propagates the shardings.
 
@@ -22,39 +22,13 @@ import jax
 import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-from adl_jax.models.config import ModelConfig
-from adl_jax.models.transformer import Params, param_shapes
-
 MESH_AXES = ("data", "fsdp", "model")
-
-# Logical axes of each parameter (per-layer tensors carry a leading "layers" axis).
-_LOGICAL = {
-    "embed": ("vocab", "embed"),
-    "lm_head": ("embed", "vocab"),
-    "final_norm": ("norm",),
-    "attn_norm": ("layers", "norm"),
-    "mlp_norm": ("layers", "norm"),
-    "post_attn_norm": ("layers", "norm"),
-    "post_mlp_norm": ("layers", "norm"),
-    "q_norm": ("layers", "head_dim"),
-    "k_norm": ("layers", "head_dim"),
-    "q": ("layers", "embed", "heads"),
-    "k": ("layers", "embed", "kv_heads"),
-    "v": ("layers", "embed", "kv_heads"),
-    "o": ("layers", "heads", "embed"),
-    "q_bias": ("layers", "heads"),
-    "k_bias": ("layers", "kv_heads"),
-    "v_bias": ("layers", "kv_heads"),
-    "o_bias": ("layers", "norm"),
-    "gate": ("layers", "embed", "mlp"),
-    "up": ("layers", "embed", "mlp"),
-    "down": ("layers", "mlp", "embed"),
-}
 
 
 @dataclasses.dataclass(frozen=True)
 class Rules:
-    """Which mesh axes shard each logical axis. Unlisted logical axes are replicated."""
+    """Which mesh axes shard each logical axis; an empty tuple replicates it. Every logical axis a tensor
+    names must be a field here, so a misspelt one is an error rather than silently replicated."""
 
     batch: tuple[str, ...] = ("data", "fsdp")
     embed: tuple[str, ...] = ("fsdp",)
@@ -62,13 +36,19 @@ class Rules:
     kv_heads: tuple[str, ...] = ("model",)
     mlp: tuple[str, ...] = ("model",)
     vocab: tuple[str, ...] = ("model",)
+    layers: tuple[str, ...] = ()
+    norm: tuple[str, ...] = ()
+    head_dim: tuple[str, ...] = ()
 
     def spec(self, logical: tuple[str, ...], shape: tuple[int, ...], sizes: Mapping[str, int]) -> PartitionSpec:
         """PartitionSpec for a tensor on a mesh of these axis sizes (`mesh.shape`); a dimension the mesh
         axes do not divide evenly stays replicated."""
+        known = [f.name for f in dataclasses.fields(self)]
         out = []
-        for name, size in zip(logical, shape):
-            axes = tuple(a for a in getattr(self, name, ()) if sizes[a] > 1)
+        for name, size in zip(logical, shape, strict=True):
+            if name not in known:
+                raise ValueError(f"unknown logical axis {name!r} in {logical}; the sharding rules know {known}")
+            axes = tuple(a for a in getattr(self, name) if sizes[a] > 1)
             n = int(np.prod([sizes[a] for a in axes])) if axes else 1
             out.append(axes if axes and size % n == 0 else None)
         return PartitionSpec(*out)
@@ -107,14 +87,9 @@ def make_mesh(spec: str | None = None, devices=None, batch_size: int | None = No
     return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3, devices=devices)
 
 
-def param_specs(cfg: ModelConfig, sizes: Mapping[str, int], rules: Rules = Rules()) -> Params:
-    """The PartitionSpec of every parameter on a mesh of these axis sizes; needs no devices (the planner)."""
-    return _map_named(param_shapes(cfg), lambda name, shape: rules.spec(_LOGICAL[name], shape, sizes))
-
-
-def param_shardings(cfg: ModelConfig, mesh: Mesh, rules: Rules = Rules()) -> Params:
-    specs = param_specs(cfg, mesh.shape, rules)
-    return jax.tree.map(lambda s: NamedSharding(mesh, s), specs, is_leaf=lambda x: isinstance(x, PartitionSpec))
+def partition_specs(shapes, logical, sizes: Mapping[str, int], rules: Rules = Rules()):
+    """The PartitionSpec of every tensor of a pytree of shapes, given the same pytree of logical axes."""
+    return jax.tree.map(lambda shape, axes: rules.spec(axes, shape, sizes), shapes, logical, is_leaf=_is_shape)
 
 
 def batch_sharding(mesh: Mesh, ndim: int = 2, rules: Rules = Rules()) -> NamedSharding:
@@ -171,23 +146,26 @@ def init_distributed(
 
 
 def materialize(
-    cfg: ModelConfig,
+    shapes,
+    logical,
     read: Callable[[str, tuple[slice, ...]], np.ndarray],
     dtype,
     mesh: Mesh | None = None,
     rules: Rules = Rules(),
-) -> Params:
-    """Build the param pytree from `read(name, index) -> np.ndarray`, one device shard at a time.
+):
+    """Build a pytree of arrays (`shapes`, with the `logical` axes of each) from `read(name, index) -> np.ndarray`,
+    one device shard at a time.
 
-    `name` is the leaf name of the layout (e.g. "q", "embed"); `index` is a tuple of slices into the
-    full tensor. Without a mesh everything goes to the default device.
+    `name` is the leaf's key (e.g. "q", "embed"); `index` is a tuple of slices into the full tensor.
+    Without a mesh everything goes to the default device.
     """
-    shapes = param_shapes(cfg)
     if mesh is None:
         mesh = make_mesh(devices=jax.local_devices()[:1])
-    shardings = param_shardings(cfg, mesh, rules)
+    specs = partition_specs(shapes, logical, mesh.shape, rules)
 
-    def build(name, shape, sharding):
+    def build(path, shape, spec):
+        name = path[-1].key
+
         def shard(index):
             arr = np.asarray(read(name, index))
             want = tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
@@ -195,16 +173,10 @@ def materialize(
                 raise ValueError(f"weight {name!r}: read a shard of shape {arr.shape}, expected {want}")
             return arr.astype(dtype)
 
-        return jax.make_array_from_callback(shape, sharding, shard, dtype=dtype)
+        return jax.make_array_from_callback(shape, NamedSharding(mesh, spec), shard, dtype=dtype)
 
-    return _map_named(shapes, lambda name, shape: build(name, shape, _leaf(shardings, name)))
-
-
-def _leaf(tree, name):
-    return tree["layers"][name] if name in tree.get("layers", {}) else tree[name]
+    return jax.tree_util.tree_map_with_path(build, shapes, specs, is_leaf=_is_shape)
 
 
-def _map_named(shapes: Params, fn) -> Params:
-    out = {k: fn(k, v) for k, v in shapes.items() if k != "layers"}
-    out["layers"] = {k: fn(k, v) for k, v in shapes["layers"].items()}
-    return out
+def _is_shape(x) -> bool:
+    return isinstance(x, tuple)

@@ -24,7 +24,8 @@ import jax
 import numpy as np
 import torch
 
-from adl_jax.sharding import Rules, batch_sharding, make_mesh, param_shardings
+from adl_jax.models.params import param_shardings
+from adl_jax.sharding import Rules, batch_sharding, make_mesh
 from benchmarks.common import compiled_flops, load_pair, matmul_peak
 from finetune.lora import LoraConfig
 from finetune.organisms import ORGANISMS

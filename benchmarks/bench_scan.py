@@ -16,7 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from adl_jax.models.config import ModelConfig
-from adl_jax.models.transformer import forward, param_shapes
+from adl_jax.models.params import param_shapes
+from adl_jax.models.transformer import forward
 from benchmarks.common import best_time
 from finetune.train import TrainConfig, make_optimizer, train_step
 

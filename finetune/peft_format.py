@@ -13,7 +13,7 @@ import numpy as np
 
 from adl_jax import io
 from adl_jax.models.config import ModelConfig
-from adl_jax.models.weights import hf_tensor_names
+from adl_jax.models.params import hf_tensor_names
 from finetune.lora import Adapters, LoraConfig
 
 

@@ -31,8 +31,9 @@ from tqdm.auto import tqdm
 
 from adl_jax import io
 from adl_jax.models.config import ModelConfig
+from adl_jax.models.params import param_shardings
 from adl_jax.models.transformer import Params, forward
-from adl_jax.sharding import Rules, global_batch, make_mesh, param_shardings, process_rows
+from adl_jax.sharding import Rules, global_batch, make_mesh, process_rows
 from finetune.data import Rows, Splits, batch_at
 from finetune.lora import LoraConfig, apply_lora, init_adapters
 
@@ -116,7 +117,7 @@ def model_params(trainable, base: Params, tc: TrainConfig, key=None) -> Params:
 def token_nll(params: Params, cfg: ModelConfig, tokens, valid, targets):
     """(sum, count) of the float32 next-token negative log-likelihood over target tokens."""
     # Every position's logits with the next token as label, the last masked: slicing the (B, T, vocab)
-    # logits to T - 1 positions would copy them (a tenth of a LoRA step on Gemma's 262k vocabulary).
+    # logits to T - 1 positions would copy them, a large cost with Gemma's 262k vocabulary.
     logits = forward(params, tokens, cfg, valid=valid).logits
     nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.roll(tokens, -1, axis=1))
     mask = jnp.pad(targets[:, 1:], ((0, 0), (0, 1)))

@@ -1,7 +1,7 @@
 """`adl plan`: will an audit or a finetuning run fit on a slice, and if not, what would? From the config alone.
 
 Weights, trainable copies and optimizer moments are counted exactly: every parameter's shape split by the
-PartitionSpec our loader places it with (`sharding.param_specs`), so the figure is what the loader and
+PartitionSpec our loader places it with (`params.param_specs`), so the figure is what the loader and
 trainer allocate per device. The KV cache, gradients, merged LoRA weights and activations are estimates of
 the peak working set of our code, with the assumptions stated next to each; for the train step they come
 to 0.7-0.9 of XLA's own count of its temporaries (`memory_analysis`, tests/test_plan.py). A plan fits when
@@ -21,15 +21,15 @@ from adl_jax.experiments.audit import AuditSettings
 from adl_jax.method.diff import resolve_layer
 from adl_jax.method.lens import PATCHSCOPE_PROMPTS, PATCHSCOPE_SCALES
 from adl_jax.models.config import ModelConfig
-from adl_jax.models.transformer import param_shapes
-from adl_jax.sharding import MESH_AXES, Rules, param_specs, parse_mesh
+from adl_jax.models.params import param_shapes, param_specs
+from adl_jax.sharding import MESH_AXES, Rules, parse_mesh
 from adl_jax.method.steer import STEERING_PROMPTS
 from finetune.lora import resolve_targets
 from finetune.train import TrainConfig, adapter_specs
 
 USABLE = 0.9
 GIB = 2**30
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 PROMPT_TOKENS = 64  # a chat-formatted steering or patchscope prompt, at most
 DTYPES = {"float32": 4, "f32": 4, "bfloat16": 2, "bf16": 2}
 

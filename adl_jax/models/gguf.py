@@ -1,8 +1,9 @@
 """GGUF files (llama.cpp's format) -> ModelConfig + our param pytree.
 
 The metadata is translated into an HF config dict, so `ModelConfig.from_hf` validates GGUF and
-safetensors models along one path. Tensors are dequantized lazily inside `sharding.materialize`'s read
-callback, per device shard and only the rows that shard needs (a quant block never crosses a row).
+safetensors models along one path. Tensor names and shapes come from `params.PARAMS`; tensors are
+dequantized lazily inside `params.read_params`'s read callback, per device shard and only the rows that
+shard needs (a quant block never crosses a row).
 llama.cpp's converter changed three things that are undone here: Gemma norm weights are stored as
 1 + w (every `*norm.weight`), llama-arch Q/K rows are interleaved for its rotary layout, and matrices
 are (out, in) like torch's.
@@ -18,33 +19,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from adl_jax.models.config import ModelConfig, Rope
-from adl_jax.models.transformer import Params, param_shapes
-from adl_jax.models.weights import _TRANSPOSED
-from adl_jax.sharding import Rules, materialize
+from adl_jax.models.params import GGUF_LAYER, PARAMS, ParamSpec, check_tensors, gguf_tensor_names, read_params
+from adl_jax.models.transformer import Params
+from adl_jax.sharding import Rules
 
 # llama.cpp architecture name -> HF model_type.
 ARCHS = {"llama": "llama", "qwen2": "qwen2", "qwen3": "qwen3", "gemma2": "gemma2", "gemma3": "gemma3_text"}
 
-_TOP = {"embed": "token_embd.weight", "final_norm": "output_norm.weight", "lm_head": "output.weight"}
-_LAYER = {
-    "attn_norm": "attn_norm.weight",
-    "mlp_norm": "ffn_norm.weight",
-    "post_attn_norm": "post_attention_norm.weight",
-    "post_mlp_norm": "post_ffw_norm.weight",
-    "q": "attn_q.weight",
-    "k": "attn_k.weight",
-    "v": "attn_v.weight",
-    "o": "attn_output.weight",
-    "q_bias": "attn_q.bias",
-    "k_bias": "attn_k.bias",
-    "v_bias": "attn_v.bias",
-    "o_bias": "attn_output.bias",
-    "q_norm": "attn_q_norm.weight",
-    "k_norm": "attn_k_norm.weight",
-    "gate": "ffn_gate.weight",
-    "up": "ffn_up.weight",
-    "down": "ffn_down.weight",
-}
 _ROPE_FREQS = "rope_freqs.weight"  # llama.cpp's form of Llama 3 rope scaling: one divisor per frequency
 
 # `{arch}.` metadata keys whose meaning `_hf_config` handles (or that never change the computation).
@@ -114,29 +95,20 @@ def load_gguf(
     f = GGUFFile(path)
     cfg = gguf_config(f, ignore_keys)
     names = gguf_tensor_names(cfg)
-    _check_tensors(f, cfg, names)
+    found = {n: f.shape(n) for n in f.tensors}
+    check_tensors(cfg, names, found, str(f.path), "metadata", lambda n: n == _ROPE_FREQS)
     f.check_types({n for ns in names.values() for n in ns})
-    permuted = {"q": cfg.num_heads, "k": cfg.num_kv_heads, "q_bias": cfg.num_heads, "k_bias": cfg.num_kv_heads}
-    heads = permuted if f.arch == "llama" else {}
+    permuted = f.arch == "llama"  # llama.cpp reorders the rotary rows of Q and K for llama only
     offset = 1.0 if f.arch.startswith("gemma") else 0.0
 
-    def read_one(ours: str, name: str, index: tuple[slice, ...]) -> np.ndarray:
-        transposed = ours in _TRANSPOSED
-        index = index[::-1] if transposed else index  # now in the file's (torch) order: rows first
+    def read_tensor(p: ParamSpec, name: str, index: tuple[slice, ...]) -> np.ndarray:
         n_rows = f.shape(name)[0]
-        rows = _unpermuted_rows(n_rows, heads[ours]) if ours in heads else np.arange(n_rows)
+        rotary = permuted and p.rotary_heads is not None
+        rows = _unpermuted_rows(n_rows, p.rotary_heads(cfg)) if rotary else np.arange(n_rows)
         arr = f.rows(name, rows[index[0]])[(slice(None), *index[1:])]
-        if offset and name.endswith("norm.weight"):
-            arr = arr - offset
-        return arr.T if transposed else arr
+        return arr - offset if offset and name.endswith("norm.weight") else arr
 
-    def read(ours: str, index: tuple[slice, ...]) -> np.ndarray:
-        if ours in _TOP:
-            return read_one(ours, names[ours][0], index)
-        layers = range(*index[0].indices(cfg.num_layers))
-        return np.stack([read_one(ours, names[ours][i], index[1:]) for i in layers])
-
-    return cfg, materialize(cfg, read, dtype, mesh, rules)
+    return cfg, read_params(cfg, names, read_tensor, dtype, mesh, rules)
 
 
 def gguf_config(f: GGUFFile | str | Path, ignore_keys=()) -> ModelConfig:
@@ -145,39 +117,11 @@ def gguf_config(f: GGUFFile | str | Path, ignore_keys=()) -> ModelConfig:
     return ModelConfig.from_hf(_hf_config(f, tuple(ignore_keys)))
 
 
-def gguf_tensor_names(cfg: ModelConfig) -> dict[str, list[str]]:
-    """Our name -> the GGUF tensor names it is made of (one per layer for stacked tensors)."""
-    shapes = param_shapes(cfg)
-    out = {k: [_TOP[k]] for k in shapes if k != "layers"}
-    out.update({k: [f"blk.{i}.{_LAYER[k]}" for i in range(cfg.num_layers)] for k in shapes["layers"]})
-    return out
-
-
 def _unpermuted_rows(n_rows: int, n_heads: int) -> np.ndarray:
     """The file rows holding HF rows 0..n_rows-1. llama.cpp's converter reorders each head's rows from
     [first half, second half] to interleaved pairs, for its rotary layout; this inverts that."""
     converted = np.arange(n_rows).reshape(n_heads, 2, -1).swapaxes(1, 2).reshape(-1)  # file row -> HF row
     return np.argsort(converted)
-
-
-def _check_tensors(f: GGUFFile, cfg: ModelConfig, names: dict[str, list[str]]) -> None:
-    """Every expected tensor present with the right shape, nothing unexplained left over."""
-    shapes = param_shapes(cfg)
-    problems = []
-    for ours, ns in names.items():
-        want = shapes["layers"][ours][1:] if ours in shapes["layers"] else shapes[ours]
-        want = want[::-1] if ours in _TRANSPOSED else want
-        for n in ns:
-            if n not in f.tensors:
-                problems.append(f"missing tensor {n}")
-            elif f.shape(n) != tuple(want):
-                problems.append(f"tensor {n} has shape {f.shape(n)}, the metadata implies {tuple(want)}")
-    known = {n for ns in names.values() for n in ns} | {_ROPE_FREQS}
-    extra = sorted(set(f.tensors) - known)
-    if extra:
-        problems.append(f"{len(extra)} tensor(s) adl-jax's {cfg.family} decoder does not use, e.g. {extra[:3]}")
-    if problems:
-        raise ValueError(f"{f.path} does not match its own metadata:\n  " + "\n  ".join(problems[:10]))
 
 
 def _hf_config(f: GGUFFile, ignore_keys: tuple[str, ...]) -> dict:
@@ -198,8 +142,9 @@ def _hf_config(f: GGUFFile, ignore_keys: tuple[str, ...]) -> dict:
     def a(key, default=None):
         return f.meta(prefix + key, default)
 
-    if "token_embd.weight" not in f.tensors:
-        raise ValueError(f"{f.path} has no token_embd.weight tensor")
+    embed = PARAMS["embed"].gguf
+    if embed not in f.tensors:
+        raise ValueError(f"{f.path} has no {embed} tensor")
     hidden, heads = a("embedding_length"), a("attention.head_count")
     head_dim = a("attention.key_length") or a("rope.dimension_count") or hidden // heads
     if a("attention.value_length", head_dim) != head_dim:
@@ -207,7 +152,7 @@ def _hf_config(f: GGUFFile, ignore_keys: tuple[str, ...]) -> dict:
     eos = [f.meta(f"tokenizer.ggml.{k}_token_id") for k in ("eos", "eot")]
     d = dict(
         model_type=ARCHS[arch],
-        vocab_size=f.shape("token_embd.weight")[0],
+        vocab_size=f.shape(embed)[0],
         hidden_size=hidden,
         intermediate_size=a("feed_forward_length"),
         num_hidden_layers=a("block_count"),
@@ -216,8 +161,8 @@ def _hf_config(f: GGUFFile, ignore_keys: tuple[str, ...]) -> dict:
         head_dim=head_dim,
         rms_norm_eps=a("attention.layer_norm_rms_epsilon", 1e-6 if arch.startswith("gemma") else 1e-5),
         rope_theta=a("rope.freq_base", 10000.0),
-        tie_word_embeddings="output.weight" not in f.tensors,
-        attention_bias=arch != "qwen2" and "blk.0.attn_q.bias" in f.tensors,
+        tie_word_embeddings=PARAMS["lm_head"].gguf not in f.tensors,
+        attention_bias=arch != "qwen2" and GGUF_LAYER.format(0) + PARAMS["q_bias"].gguf in f.tensors,
         bos_token_id=f.meta("tokenizer.ggml.bos_token_id"),
         eos_token_id=list(dict.fromkeys(e for e in eos if e is not None)) or None,
         pad_token_id=f.meta("tokenizer.ggml.padding_token_id"),

@@ -8,12 +8,8 @@ ADL needs three things a stock forward lacks, so they are arguments here:
   * `capture`: return the residual stream after chosen blocks.
   * `interventions`: edits of the residual stream after a block, given as data (see `Intervention`).
 
-Param layout (per-layer tensors are stacked along a leading `num_layers` axis; matrices are (in, out)):
-    embed (V, D)        final_norm (D,)        lm_head (D, V)  [absent when embeddings are tied]
-    layers: attn_norm (L, D)   q (L, D, H*hd)  k, v (L, D, K*hd)  o (L, H*hd, D)
-            [q_bias (L, H*hd), k_bias, v_bias (L, K*hd), o_bias (L, D)]   [q_norm, k_norm (L, hd)]
-            mlp_norm (L, D)    gate, up (L, D, F)   down (L, F, D)    [post_attn_norm, post_mlp_norm (L, D)]
-Norm weights are stored as the checkpoint stores them; Gemma's (1 + w) lives in `cfg.norm_offset`.
+The param layout (names, shapes, which families have which) is declared in `params.py`: per-layer
+tensors are stacked along a leading `num_layers` axis and matrices are (in, out).
 """
 
 from __future__ import annotations
@@ -138,7 +134,7 @@ def _low_rank_fwd(x, a, b):
 def _low_rank_bwd(residuals, g):
     """The gradients autodiff would give, written as row-major matmuls over the flattened tokens:
     derived automatically, XLA on CPU transposes the (tokens, out) cotangent for dB, a copy that
-    doubled the MLP's backward time in LoRA training."""
+    dominated the MLP's backward time in LoRA training."""
     x, a, b, xa = residuals
     flat = lambda t: t.reshape(-1, t.shape[-1])
     g_xa = jnp.einsum("btf,rf->btr", g, b)
@@ -251,6 +247,7 @@ def forward(
     valid: (B, T) bool, False at (left) padding; positions default to the count of valid tokens before each.
     cache: when given, this call's keys/values are written at `cache.index` and attention reads the cache.
     until_layer: stop after that block; no later layer and no logits are computed.
+    capture: blocks whose output residual to return, each within 0..the last block run.
     Interventions at a layer are applied before that layer's residual is captured.
     """
     B, T = tokens.shape
@@ -267,6 +264,9 @@ def forward(
     for i in interventions:
         if not 0 <= i.layer <= last:
             raise ValueError(f"intervention at layer {i.layer} is outside 0..{last}")
+    for layer in capture:
+        if not 0 <= layer <= last:
+            raise ValueError(f"capture of layer {layer} is outside 0..{last}, the blocks this call runs")
 
     k_pos = jnp.where(valid, positions, -1)
     if cache is not None:
@@ -277,7 +277,7 @@ def forward(
     masks = _attention_masks(cfg, positions, k_pos)
 
     hidden = {}
-    boundaries = sorted({last, *capture, *(i.layer for i in interventions)} - {x for x in capture if x > last})
+    boundaries = sorted({last, *capture, *(i.layer for i in interventions)})
     start = 0
     for end in boundaries:
         h, cache = _run_layers(h, params["layers"], cfg, start, end + 1, ropes, masks, cache)
@@ -313,32 +313,3 @@ def _run_layers(h, layers, cfg: ModelConfig, start, stop, ropes, masks, cache):
     )
     (h, cache), _ = jax.lax.scan(body, (h, cache), xs)
     return h, cache
-
-
-def param_shapes(cfg: ModelConfig) -> Params:
-    """The shape of every parameter, as a pytree with the layout of the module docstring."""
-    L, D, F, V = cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size
-    Q, KV = cfg.num_heads * cfg.head_dim, cfg.num_kv_heads * cfg.head_dim
-    layers = {
-        "attn_norm": (L, D),
-        "mlp_norm": (L, D),
-        "q": (L, D, Q),
-        "k": (L, D, KV),
-        "v": (L, D, KV),
-        "o": (L, Q, D),
-        "gate": (L, D, F),
-        "up": (L, D, F),
-        "down": (L, F, D),
-    }
-    if cfg.qkv_bias:
-        layers.update(q_bias=(L, Q), k_bias=(L, KV), v_bias=(L, KV))
-    if cfg.o_bias:
-        layers["o_bias"] = (L, D)
-    if cfg.qk_norm:
-        layers.update(q_norm=(L, cfg.head_dim), k_norm=(L, cfg.head_dim))
-    if cfg.sandwich_norms:
-        layers.update(post_attn_norm=(L, D), post_mlp_norm=(L, D))
-    shapes = {"embed": (V, D), "final_norm": (D,), "layers": layers}
-    if not cfg.tie_embeddings:
-        shapes["lm_head"] = (D, V)
-    return shapes

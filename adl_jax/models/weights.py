@@ -1,9 +1,8 @@
 """HF safetensors checkpoints <-> our param pytree.
 
-One table maps each of our parameter names to the HF tensor name (per layer where stacked) and says
-whether the matrix is transposed (torch's Linear stores (out, in); we store (in, out)). Loading checks
-every name and shape against the config before reading a byte, then reads shard by shard through
-`sharding.materialize`, so no process ever holds more than its devices' shards.
+The HF name, shape and orientation of every tensor come from `params.PARAMS`. Loading checks every
+name and shape against the config before reading a byte, then reads shard by shard through
+`params.read_params`, so no process ever holds more than its devices' shards.
 """
 
 from __future__ import annotations
@@ -17,58 +16,12 @@ import numpy as np
 from safetensors import safe_open
 
 from adl_jax.models.config import ModelConfig
-from adl_jax.models.transformer import Params, param_shapes
-from adl_jax.sharding import Rules, materialize
+from adl_jax.models.params import PARAMS, check_tensors, hf_tensor_names, read_params
+from adl_jax.models.transformer import Params
+from adl_jax.sharding import Rules
 
 # HF buffers some checkpoints carry that hold nothing we need.
 _IGNORED_TENSORS = ("rotary_emb.inv_freq",)
-
-
-def hf_layer_names(cfg: ModelConfig) -> dict[str, str]:
-    """Our per-layer name -> HF name under `model.layers.{i}.`."""
-    names = {
-        "attn_norm": "input_layernorm.weight",
-        "q": "self_attn.q_proj.weight",
-        "k": "self_attn.k_proj.weight",
-        "v": "self_attn.v_proj.weight",
-        "o": "self_attn.o_proj.weight",
-        "q_bias": "self_attn.q_proj.bias",
-        "k_bias": "self_attn.k_proj.bias",
-        "v_bias": "self_attn.v_proj.bias",
-        "o_bias": "self_attn.o_proj.bias",
-        "q_norm": "self_attn.q_norm.weight",
-        "k_norm": "self_attn.k_norm.weight",
-        "gate": "mlp.gate_proj.weight",
-        "up": "mlp.up_proj.weight",
-        "down": "mlp.down_proj.weight",
-    }
-    if cfg.sandwich_norms:  # Gemma: post_attention_layernorm is the norm *after* attention
-        names.update(
-            post_attn_norm="post_attention_layernorm.weight",
-            mlp_norm="pre_feedforward_layernorm.weight",
-            post_mlp_norm="post_feedforward_layernorm.weight",
-        )
-    else:
-        names["mlp_norm"] = "post_attention_layernorm.weight"
-    return {k: v for k, v in names.items() if k in param_shapes(cfg)["layers"]}
-
-
-_TOP_NAMES = {"embed": "model.embed_tokens.weight", "final_norm": "model.norm.weight", "lm_head": "lm_head.weight"}
-_TRANSPOSED = {"q", "k", "v", "o", "gate", "up", "down", "lm_head"}
-
-
-def hf_tensor_names(cfg: ModelConfig) -> dict[str, list[str]]:
-    """Our name -> the HF tensor names it is made of (one per layer for stacked tensors)."""
-    shapes = param_shapes(cfg)
-    out = {k: [_TOP_NAMES[k]] for k in shapes if k != "layers"}
-    for ours, hf in hf_layer_names(cfg).items():
-        out[ours] = [f"model.layers.{i}.{hf}" for i in range(cfg.num_layers)]
-    return out
-
-
-def _expected_hf_shape(name: str, shape: tuple[int, ...]) -> tuple[int, ...]:
-    per = shape[1:] if name not in _TOP_NAMES else shape
-    return tuple(reversed(per)) if name in _TRANSPOSED else tuple(per)
 
 
 class SafetensorsDir:
@@ -110,55 +63,19 @@ class SafetensorsDir:
             return np.asarray(self._handles[self.location[name]].get_slice(name)[index])
 
 
-def check_tensors(cfg: ModelConfig, tensors: SafetensorsDir) -> None:
-    """Every expected tensor present with the right shape, nothing unexplained left over."""
-    shapes = param_shapes(cfg)
-    expected = hf_tensor_names(cfg)
-    problems = []
-    for ours, names in expected.items():
-        want = _expected_hf_shape(ours, shapes["layers"][ours] if ours in shapes["layers"] else shapes[ours])
-        for n in names:
-            if n not in tensors.location:
-                problems.append(f"missing tensor {n}")
-            elif tensors.shape(n) != want:
-                problems.append(f"tensor {n} has shape {tensors.shape(n)}, config implies {want}")
-    known = {n for names in expected.values() for n in names} | {"lm_head.weight"}
-    extra = [n for n in tensors.location if n not in known and not n.endswith(_IGNORED_TENSORS)]
-    if extra:
-        problems.append(f"{len(extra)} tensor(s) the config does not explain, e.g. {extra[:3]}")
-    if problems:
-        raise ValueError(
-            f"checkpoint {tensors.path} does not match its config.json:\n  "
-            + "\n  ".join(problems[:10])
-            + ("\n  ..." if len(problems) > 10 else "")
-        )
-
-
 def load_hf_dir(
     path, dtype=jnp.float32, mesh=None, rules: Rules = Rules(), ignore_keys=()
 ) -> tuple[ModelConfig, Params]:
     """Load a local HF model directory (config.json + safetensors) onto `mesh` (default: one device)."""
     cfg = ModelConfig.from_json(path, ignore_keys=tuple(ignore_keys))
     tensors = SafetensorsDir(path)
-    check_tensors(cfg, tensors)
     names = hf_tensor_names(cfg)
-
-    def read(ours: str, index: tuple[slice, ...]) -> np.ndarray:
-        transposed = ours in _TRANSPOSED
-        if ours in _TOP_NAMES:
-            return _orient(tensors.read(names[ours][0], index[::-1] if transposed else index), transposed)
-        layer_slice, rest = index[0], index[1:]
-        per_layer = [
-            _orient(tensors.read(names[ours][i], rest[::-1] if transposed else rest), transposed)
-            for i in range(*layer_slice.indices(cfg.num_layers))
-        ]
-        return np.stack(per_layer)
-
-    return cfg, materialize(cfg, read, dtype, mesh, rules)
-
-
-def _orient(arr: np.ndarray, transposed: bool) -> np.ndarray:
-    return arr.T if transposed else arr
+    found = {n: tensors.shape(n) for n in tensors.location}
+    tied_head = PARAMS["lm_head"].hf_names(cfg)  # a tied model's checkpoint may still carry its LM head
+    unused_ok = lambda n: n in tied_head or n.endswith(_IGNORED_TENSORS)
+    check_tensors(cfg, names, found, f"checkpoint {tensors.path}", "config", unused_ok)
+    read = lambda p, name, index: tensors.read(name, index)
+    return cfg, read_params(cfg, names, read, dtype, mesh, rules)
 
 
 def save_hf_dir(params: Params, cfg: ModelConfig, path: str | Path) -> None:
@@ -176,10 +93,11 @@ def save_hf_dir(params: Params, cfg: ModelConfig, path: str | Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tensors = {}
     for ours, names in hf_tensor_names(cfg).items():
-        full = params["layers"][ours] if ours in params["layers"] else params[ours]
+        p = PARAMS[ours]
+        full = params["layers"][ours] if p.per_layer else params[ours]
         for i, name in enumerate(names):
-            arr = full if ours in _TOP_NAMES else full[i]
-            tensors[name] = jnp.asarray(_orient(arr, ours in _TRANSPOSED))
+            arr = full[i] if p.per_layer else full
+            tensors[name] = jnp.asarray(arr.T if p.transposed else arr)
     config = dict(cfg.to_hf(), dtype=str(jnp.dtype(params["embed"].dtype)))
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
