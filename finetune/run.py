@@ -60,7 +60,7 @@ class RunSpec:
         run = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
         tc = {f.name: getattr(self.train, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "lora"}
         lora = {f"lora_{k}": v for k, v in dataclasses.asdict(self.train.lora).items()}
-        return json.loads(json.dumps({**run, **tc, **lora}))  # as a JSON file holds it (targets a list)
+        return io.plain({**run, **tc, **lora})  # as a JSON file holds it (targets a list)
 
     @staticmethod
     def from_flat(settings: dict) -> RunSpec:

@@ -8,7 +8,6 @@ LLM graders when an endpoint is configured, else the offline judges; `summary.js
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -86,7 +85,7 @@ def default_encoder():
 def _claim(out: Path, identity: dict) -> None:
     """Bind a run directory to its settings: its staged files are only reused by an audit with the same ones."""
     path = out / "audit_settings.json"
-    identity = json.loads(json.dumps(identity))  # tuples -> lists, as they come back from disk
+    identity = io.plain(identity)
     if path.exists():
         old = io.read_json(path)
         if old != identity:

@@ -149,7 +149,7 @@ def sweep_mix(
     ft_texts = finetune_texts(load_examples(spec)[0])
     sweep = {
         "settings": {k: v for k, v in spec.flat().items() if k not in ("out", "mix_ratio")},
-        "audit": json.loads(json.dumps(dataclasses.asdict(settings))),
+        "audit": io.plain(dataclasses.asdict(settings)),
         "rows": [],
     }
     for i, ratio in enumerate(ratios, 1):
@@ -225,7 +225,7 @@ def sweep_checkpoints(
     logged = {}
     if (run_dir / "metrics.jsonl").exists():
         logged = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
-    emergence = {"run": str(run_dir), "audit": json.loads(json.dumps(dataclasses.asdict(settings))), "rows": []}
+    emergence = {"run": str(run_dir), "audit": io.plain(dataclasses.asdict(settings)), "rows": []}
     for i, step in enumerate(steps, 1):
         _say(progress, f"step {step} ({i}/{len(steps)}): measuring the trace")
         params = checkpoint_params(base.params, base.cfg, spec.train, run_dir, step)
@@ -266,7 +266,7 @@ def sweep_bases(
     _check_k(settings)
     check_bases(bases, datasets)
     out = Path(out)
-    table = {"finetuned": str(ft.spec), "audit": json.loads(json.dumps(dataclasses.asdict(settings))), "rows": []}
+    table = {"finetuned": str(ft.spec), "audit": io.plain(dataclasses.asdict(settings)), "rows": []}
     for i, (name, base) in enumerate(bases.items(), 1):
         _say(progress, f"against {name} ({i}/{len(bases)}): measuring the trace")
         res, _ = measure(base, ft, out / f"base_{name}", texts=texts, settings=settings, progress=progress)
