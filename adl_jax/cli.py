@@ -113,7 +113,8 @@ def _examples(path: str) -> list:
 
 
 def cmd_ablate(a) -> None:
-    from adl_jax.experiments.ablate import AblationSettings, ablation_table, run_ablation
+    from adl_jax.experiments.ablate import AblationSettings, run_ablation
+    from adl_jax.report.ablation import ablation_table
     from adl_jax.models.load import load_model
 
     base, ft = load_model(a.base, dtype=_dtype(a.dtype)), load_model(a.finetuned, dtype=_dtype(a.dtype))
