@@ -11,9 +11,10 @@ PROMPTS = ("w5 w9 w5 w9 w7", "w11 w4 w11 w4 w7 w8", "w20 w21 w7")
 
 
 def test_scale_grid_is_the_papers():
-    assert len(PATCHSCOPE_SCALES) == 30
-    assert PATCHSCOPE_SCALES[:3] == (0.5, 0.6, 0.7) and PATCHSCOPE_SCALES[15] == 2.0
-    assert PATCHSCOPE_SCALES[16:21] == (3.0, 4.0, 5.0, 10.0, 20.0) and PATCHSCOPE_SCALES[-1] == 200.0
+    """The paper's rule: 0.5 to 2.0 by 0.1, then 3, 4, 5, 10, 20, and 40 to 200 by 20 (30 scales)."""
+    fine = [tenths / 10 for tenths in range(5, 21)]
+    coarse = [3, 4, 5, 10, 20] + list(range(40, 201, 20))
+    assert PATCHSCOPE_SCALES == tuple(float(x) for x in fine + coarse) and len(PATCHSCOPE_SCALES) == 30
 
 
 def test_logit_lens_matches_torch(tmp_path, rng):
