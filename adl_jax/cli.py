@@ -113,7 +113,8 @@ def _examples(path: str) -> list:
 
 
 def cmd_ablate(a) -> None:
-    from adl_jax.experiments.ablate import AblationSettings, ablation_table, run_ablation
+    from adl_jax.experiments.ablate import AblationSettings, run_ablation
+    from adl_jax.report.ablation import ablation_table
     from adl_jax.models.load import load_model
 
     base, ft = load_model(a.base, dtype=_dtype(a.dtype)), load_model(a.finetuned, dtype=_dtype(a.dtype))
@@ -473,7 +474,7 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument(
         "--model",
         required=True,
-        help="a shipped config (configs/models, e.g. Qwen3-32B or its hub id), "
+        help="a shipped config (adl_jax/configs/models, e.g. Qwen3-32B or its hub id), "
         "an HF directory, a config.json, a .gguf file or a hub id",
     )
     pl.add_argument("--devices", required=True, help="e.g. v5e-16, v4-32 (TensorCores), v5p-8, v6e-8, h100-8")

@@ -50,3 +50,15 @@ def write_npy(path: str | Path, array: np.ndarray) -> None:
             np.save(f, array)
 
     _atomic(Path(path), write)
+
+
+def plain(obj):
+    """`obj` as a JSON file holds it (tuples -> lists, keys -> strings), to compare with what comes back
+    from disk."""
+    return json.loads(json.dumps(obj))
+
+
+def cache_root() -> Path:
+    """Where every cached file lives (models, samples, tokenizers, LLM-grader replies): `$ADL_CACHE`,
+    default `~/.cache/adl-jax`."""
+    return Path(os.environ.get("ADL_CACHE") or Path.home() / ".cache" / "adl-jax")

@@ -57,18 +57,20 @@ def apply_lora(
     """Base params with W + scale * A @ B for each adapted matrix: merged in W's dtype, or unmerged
     (`merge=False`) as a `LowRankUpdate`.
 
-    Dropout zeroes input features of A (rescaled by 1/(1-p)), one mask per layer and step shared by
-    all tokens, which is what keeps the merge exact.
+    Dropout is PEFT's `lora_dropout` (what the exported adapter_config.json declares): every element of
+    the LoRA branch's input dropped independently, per token, while the base weight sees the input
+    unchanged. It needs the unmerged form (a mask per token has no merged equivalent); `key` draws the
+    masks, one key per target and layer.
     """
+    if dropout and merge:
+        raise ValueError("LoRA dropout masks each token's input to the adapter: apply it unmerged (merge=False)")
     layers = dict(params["layers"])
     keys = jax.random.split(key, len(adapters)) if dropout else [None] * len(adapters)
     for (name, (a, b)), k in zip(sorted(adapters.items()), keys):
-        if dropout:
-            keep = jax.random.bernoulli(k, 1.0 - dropout, a.shape[:2])
-            a = jnp.where(keep[..., None], a / (1.0 - dropout), 0.0)
         w = layers[name]
         if not merge:
-            layers[name] = LowRankUpdate(w, a, b, scale)
+            per_layer = jax.random.split(k, a.shape[0]) if dropout else None
+            layers[name] = LowRankUpdate(w, a, b, scale, dropout_key=per_layer, dropout=dropout)
             continue
         delta = jnp.einsum("lir,lro->lio", a, b, preferred_element_type=jnp.float32)
         layers[name] = (w.astype(jnp.float32) + scale * delta).astype(w.dtype)

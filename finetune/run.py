@@ -1,6 +1,6 @@
 """`adl finetune`: one organism run from a config file and/or flags, deterministic given its seed.
 
-Settings are flat (`configs/finetune/*.json` keys = flag names with `_`; flags override the file): the
+Settings are flat (`adl_jax/configs/finetune/*.json` keys = flag names with `_`; flags override the file): the
 model spec, the data (a JSONL file or a shipped organism), an optional pretraining source mixed in 1:r,
 and every `TrainConfig` / `LoraConfig` field (`lora_` prefixed). The run directory holds `run.json`
 (the settings it is bound to), `checkpoints/`, `metrics.jsonl` (per step), `metrics.json` (final
@@ -22,7 +22,7 @@ from finetune.lora import LoraConfig, resolve_targets
 from finetune.train import BOOKKEEPING, TrainConfig, differences
 
 HELP = {
-    "config": "a JSON file of these settings (e.g. configs/finetune/orange_carrot_lora.json); flags override it",
+    "config": "a JSON file of these settings (e.g. adl_jax/configs/finetune/orange_carrot_lora.json); flags override it",
     "out": "run directory: checkpoints, metrics, final/ (HF dir), adapter/ (PEFT, LoRA only)",
     "model": "model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id",
     "data": "a JSONL of {'text'} or {'messages'} examples, or a shipped organism's name",
@@ -60,7 +60,7 @@ class RunSpec:
         run = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
         tc = {f.name: getattr(self.train, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "lora"}
         lora = {f"lora_{k}": v for k, v in dataclasses.asdict(self.train.lora).items()}
-        return json.loads(json.dumps({**run, **tc, **lora}))  # as a JSON file holds it (targets a list)
+        return io.plain({**run, **tc, **lora})  # as a JSON file holds it (targets a list)
 
     @staticmethod
     def from_flat(settings: dict) -> RunSpec:

@@ -196,7 +196,7 @@ def run_identity(cfg: ModelConfig, tc: TrainConfig, rows: Rows) -> dict:
     for a in (rows.tokens, rows.valid, rows.targets):
         digest.update(np.ascontiguousarray(a).tobytes())
     settings = {k: v for k, v in dataclasses.asdict(tc).items() if k not in BOOKKEEPING}
-    return json.loads(json.dumps({**settings, "model": dataclasses.asdict(cfg), "data": digest.hexdigest()}))
+    return io.plain({**settings, "model": dataclasses.asdict(cfg), "data": digest.hexdigest()})
 
 
 def differences(a: dict, b: dict, prefix: str = "") -> list[str]:

@@ -7,11 +7,11 @@ import torch
 from adl_jax.experiments.ablate import (
     AblationSettings,
     ablate,
-    ablation_table,
     percent_change,
     subset_masks,
     token_losses,
 )
+from adl_jax.report.ablation import ablation_table
 from conftest import random_texts
 from finetune.data import encode_document, pad_rows
 from test_diff import tiny_pair

@@ -1,11 +1,17 @@
 """A miniature of `adl demo` end to end (tiny random model, two training steps), so the pipeline cannot
 silently break: every stage runs, the verdict is printed, and a second run reuses every cached result."""
 
+import re
+from pathlib import Path
+
+import numpy as np
 import pytest
 
+from adl_jax import io
 from adl_jax.experiments.audit import AuditSettings
 from adl_jax.experiments.demo import DemoSettings, run_demo
 from adl_jax.judging.alpha_search import SteeringSettings
+from adl_jax.judging.offline import dataset_overlap
 from conftest import tiny_hf_model, tiny_tokenizer
 
 MINI = DemoSettings(
@@ -26,6 +32,34 @@ MINI = DemoSettings(
 )
 
 
+def check_printed_findings(out: str, audit: Path, summary: dict) -> None:
+    """What the demo prints is what the audit found: each position's patchscope tokens as lens.json holds
+    them at the chosen scale, relevance recounted from those tokens, similarity as summary.json holds it;
+    and delta is the trained model's (non-zero everywhere, the norms the summary states)."""
+    lens = io.read_json(audit / "lens.json")["positions"]
+    rel = summary["relevance"]
+    printed_scopes = re.findall(r"^  patchscope @ (\S+)\s*: (.*)$", out, re.M)
+    assert len(printed_scopes) == len(lens) == len(rel["positions"]) == MINI.audit.k
+    for p, (scale, tokens), r in zip(lens, printed_scopes, rel["positions"]):
+        assert float(scale) == p["patchscope_scale"] and r["position"] == p["position"]
+        words = lambda scores: [t for t, _, _ in scores]
+        scope = words(p["patchscope"][str(p["patchscope_scale"])])
+        assert tokens == "  ".join(map(repr, scope[:10]))
+        lists = (words(p["logit_lens"]["delta"]), scope, words(p["logit_lens"]["base_mean"]))
+        counts = [dataset_overlap(ts[:20], rel["frequent_tokens"])[0] for ts in lists]
+        assert (
+            f"position {p['position']}: logit lens {counts[0]:2d}/20, patchscope {counts[1]:2d}/20, "
+            f"baseline base mean {counts[2]:2d}/20" in out
+        )
+    for pos, rep in summary["similarity"].items():
+        steered, unsteered = rep["steered_vs_finetune"]["similarity"], rep["unsteered_vs_finetune"]["similarity"]
+        assert re.search(rf"position {pos}: steered {steered:.3f} ± \S+  unsteered {unsteered:.3f}", out)
+    arrays = io.read_arrays(audit / "delta.safetensors")
+    np.testing.assert_allclose(arrays["delta"], arrays["mean_ft"] - arrays["mean_base"], atol=1e-6)
+    norms = np.linalg.norm(arrays["delta"], axis=-1)
+    assert np.all(norms > 0) and np.allclose(norms, summary["delta_norms"])
+
+
 def test_demo_miniature_end_to_end_and_cached(tmp_path, capsys, monkeypatch):
     from adl_jax.models.load import load_model
 
@@ -39,6 +73,7 @@ def test_demo_miniature_end_to_end_and_cached(tmp_path, capsys, monkeypatch):
     run = tmp_path / "cache" / "orange_carrot"
     assert (run / "audit" / "report.html").exists() and (run / "train" / "checkpoints" / "2").exists()
     assert summary["samples"] == MINI.corpus_texts and set(summary["alphas"]) == {"1"}
+    check_printed_findings(out, run / "audit", summary)
 
     import adl_jax.experiments.audit as audit_mod
     import finetune.train as train_mod

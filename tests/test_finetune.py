@@ -254,17 +254,58 @@ def test_lora_merge_and_dropout():
     np.testing.assert_allclose(merged["layers"]["q"], w + 0.5 * np.einsum("lir,lro->lio", a, b), atol=1e-5)
     assert merged["layers"]["attn_norm"] is params["layers"]["attn_norm"]
 
-    # With W = 0 and B = [I 0] the merged weight shows A after dropout: each input row kept (x 1/(1-p)) or zeroed.
-    zero = {"layers": {"q": np.zeros((2, 6, 4), np.float32)}}
-    eye = np.broadcast_to(np.eye(3, 4, dtype=np.float32), (2, 3, 4))
-    dropped = apply_lora(zero, {"q": (a, eye)}, 1.0, dropout=0.5, key=jax.random.PRNGKey(1))["layers"]["q"]
-    dropped = np.asarray(dropped)[..., :3]
-    kept = np.all(np.isclose(dropped, 2 * a), axis=-1)
-    assert np.all(kept | np.all(dropped == 0, axis=-1)) and 0 < kept.sum() < kept.size
+    with pytest.raises(ValueError, match="apply it unmerged"):
+        apply_lora(params, {"q": (a, b)}, 0.5, dropout=0.1, key=jax.random.PRNGKey(1))
 
     assert resolve_targets(("q_proj",), params) == ("q",)
     with pytest.raises(ValueError, match=r"LoRA target\(s\) \['qkv'\] match no weight"):
         resolve_targets(("q_proj", "qkv"), params)
+
+
+def dropout_statistics(x: np.ndarray, dropped: np.ndarray, p: float) -> dict:
+    """How a dropout treated the all-ones input `x` (tokens, features): its values, the dropped share,
+    and the largest departure from p of any one feature's dropped share over the tokens."""
+    zero = dropped == 0
+    return {
+        "values": np.unique(dropped),
+        "share": zero.mean(),
+        "worst_feature": np.abs(zero.reshape(-1, x.shape[-1]).mean(0) - p).max(),
+    }
+
+
+def test_lora_dropout_is_pefts_per_token_dropout(tiny):
+    """PEFT computes B(A(dropout(x))) with torch's nn.Dropout: every element of every token's input dropped
+    independently with probability p, kept ones scaled by 1/(1-p), the base weight's input untouched. Ours
+    has the same statistics (an earlier version dropped whole input features for all tokens at once), and
+    a zero adapter leaves the layer equal to the base weight whatever the dropout draws."""
+    import peft
+    import torch
+
+    p, shape = 0.25, (4, 256, 64)
+    x = np.ones(shape, np.float32)
+    module = torch.nn.Sequential(torch.nn.Linear(64, 64))
+    lora = peft.get_peft_model(module, peft.LoraConfig(r=4, lora_dropout=p, target_modules=["0"])).train()
+    torch.manual_seed(0)
+    theirs = lora.base_model.model[0].lora_dropout["default"](torch.from_numpy(x)).numpy()
+
+    w = np.zeros((2, 64, 8), np.float32)  # two layers, so each layer gets its own masks
+    a, b = np.ones((2, 64, 4), np.float32), np.zeros((2, 4, 8), np.float32)
+    layers = apply_lora({"layers": {"q": w}}, {"q": (a, b)}, 2.0, dropout=p, key=jax.random.PRNGKey(0), merge=False)
+    update = layers["layers"]["q"]
+    ours = [np.asarray(dataclasses.replace(update, dropout_key=update.dropout_key[i]).dropped(x)) for i in (0, 1)]
+
+    for dropped in (theirs, *ours):
+        stats = dropout_statistics(x, dropped, p)
+        assert np.allclose(stats["values"], [0.0, 1 / (1 - p)]) and abs(stats["share"] - p) < 0.01
+        assert stats["worst_feature"] < 0.1  # a mask per token: each feature dropped in ~p of the tokens
+    assert (ours[0] != ours[1]).any() and ((ours[0] == 0) != (ours[0][:1] == 0)).any()  # per layer, per token
+    assert np.mean(ours[0]) == pytest.approx(1.0, abs=0.02)  # unbiased, like PEFT's
+
+    _, cfg, params = tiny
+    adapters = init_adapters(params, LoraConfig(rank=4), jax.random.PRNGKey(0))  # B = 0: no update yet
+    tokens = jnp.asarray(np.random.RandomState(0).randint(3, cfg.vocab_size, (2, 8)))
+    dropped = apply_lora(params, adapters, 2.0, dropout=0.5, key=jax.random.PRNGKey(3), merge=False)
+    np.testing.assert_allclose(forward(dropped, tokens, cfg).logits, forward(params, tokens, cfg).logits, atol=1e-5)
 
 
 def chat_tokenizer():

@@ -192,7 +192,7 @@ def test_finetune_config_is_the_demo_and_bad_settings_are_refused(tmp_path, caps
     from adl_jax.experiments.demo import DemoSettings
 
     demo = DemoSettings()
-    config = Path(__file__).parents[1] / "configs" / "finetune" / "orange_carrot_lora.json"
+    config = Path(__file__).parents[1] / "adl_jax" / "configs" / "finetune" / "orange_carrot_lora.json"
     spec = RunSpec.from_flat(json.loads(config.read_text()))
     lora = LoraConfig(rank=demo.lora_rank, alpha=2 * demo.lora_rank)
     assert spec.train == TrainConfig(mode="lora", lora=lora, **demo.train)

@@ -259,3 +259,16 @@ def test_scale_tournament_without_answers_picks_nothing(fake, grader):
     fake.handler = lambda request: "They all look fine."
     assert scale_tournament(grader, {s: scale_tokens(s) for s in SCALES}, attempts=2) == (None, [])
     assert len(fake.requests) == 3 * 2
+
+
+def test_adl_cache_moves_the_grader_cache(fake, tmp_path, monkeypatch):
+    """One cache root: $ADL_CACHE holds the graders' replies beside models and samples, not $XDG_CACHE_HOME."""
+    monkeypatch.setenv("ADL_CACHE", str(tmp_path / "adl"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    fake.push("cached reply")
+    grader = Grader(GraderSettings(fake.url, "fake-model", KEY), backoff=0.01)
+    assert grader.chat(HELLO).content == "cached reply"
+    files = list((tmp_path / "adl" / "graders").rglob("*.json"))
+    assert len(files) == 1 and not (tmp_path / "xdg").exists()
+    again = Grader(GraderSettings(fake.url, "fake-model", KEY), backoff=0.01).chat(HELLO)
+    assert again.cached and again.content == "cached reply" and len(fake.requests) == 1

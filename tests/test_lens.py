@@ -11,9 +11,10 @@ PROMPTS = ("w5 w9 w5 w9 w7", "w11 w4 w11 w4 w7 w8", "w20 w21 w7")
 
 
 def test_scale_grid_is_the_papers():
-    assert len(PATCHSCOPE_SCALES) == 30
-    assert PATCHSCOPE_SCALES[:3] == (0.5, 0.6, 0.7) and PATCHSCOPE_SCALES[15] == 2.0
-    assert PATCHSCOPE_SCALES[16:21] == (3.0, 4.0, 5.0, 10.0, 20.0) and PATCHSCOPE_SCALES[-1] == 200.0
+    """The paper's rule: 0.5 to 2.0 by 0.1, then 3, 4, 5, 10, 20, and 40 to 200 by 20 (30 scales)."""
+    fine = [tenths / 10 for tenths in range(5, 21)]
+    coarse = [3, 4, 5, 10, 20] + list(range(40, 201, 20))
+    assert PATCHSCOPE_SCALES == tuple(float(x) for x in fine + coarse) and len(PATCHSCOPE_SCALES) == 30
 
 
 def test_logit_lens_matches_torch(tmp_path, rng):
@@ -71,3 +72,26 @@ def test_gradable_and_scale_rule(tmp_path):
     coherent = TokenScores([5, 5, 5], ["a", "b", "c"], [0.3, 0.3, 0.3])
     scattered = TokenScores([7, 50, 90], ["d", "e", "f"], [0.3, 0.3, 0.3])
     assert select_scale(params, {1.0: scattered, 2.0: coherent}) == 2.0
+
+
+def test_adl_diff_with_a_vocabulary_smaller_than_every_top_k(tmp_path, rng):
+    """40 tokens: fewer than the logit lens's top 100 and the patchscope's top-16384 intersection, so every
+    top-k is cut to the vocabulary (it used to stop with "k argument to top_k must be no larger than size")."""
+    from adl_jax import api
+    from adl_jax.cli import main
+    from conftest import random_texts
+
+    vocab = 40
+    for seed, name in enumerate(("base", "ft")):
+        tiny_hf_model("qwen3", tmp_path / name, seed=seed, vocab_size=vocab)
+        tiny_tokenizer(vocab).save_pretrained(tmp_path / name)
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("\n".join(random_texts(rng, 40, vocab_size=vocab)) + "\n")
+    out = tmp_path / "run"
+    models = ["--base", str(tmp_path / "base"), "--finetuned", str(tmp_path / "ft")]
+    assert main(["diff", *models, "--corpus", str(corpus), "--samples", "32", "--n", "8", "--out", str(out)]) == 0
+    pos = api.load(out).lenses.positions[1]
+    lens = pos["logit_lens"]["delta"]
+    assert sorted(lens.ids) == list(range(vocab))  # the whole vocabulary, most likely first
+    assert lens.probs == sorted(lens.probs, reverse=True) and abs(sum(lens.probs) - 1) < 1e-4
+    assert all(len(s.ids) == 20 for s in pos["patchscope"].values())

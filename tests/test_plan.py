@@ -1,5 +1,13 @@
 """`adl plan` against what our loader and trainer really allocate on 8 simulated devices, and its refusals."""
 
+import json
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,14 +84,72 @@ def test_refuses_qwen3_32b_full_finetune_on_v5e_4_and_names_a_slice_that_fits(ca
     assert "\nfits\naudit time, estimated: delta" in out
 
 
+def check_shipped_configs():
+    """Every model of the configs' README table (file, hub id, parameter count) is shipped and read right: its
+    architecture numbers are the config.json's own, and the parameters the loader would place add up to the
+    count the table gives (to its two decimals)."""
+    listed = re.findall(
+        r"^\| `(.+?)\.json` \| (\S+) \| ([\d.]+) B \|$", pl.CONFIGS.joinpath("README.md").read_text(), re.M
+    )
+    shipped = {Path(p.name).stem for p in pl.CONFIGS.iterdir() if p.name.endswith(".json")}
+    assert len(listed) == 7 and {name for name, _, _ in listed} == shipped
+    one_device = {axis: 1 for axis in ("data", "fsdp", "model")}
+    for name, hub_id, billions in listed:
+        raw = json.loads(pl.CONFIGS.joinpath(f"{name}.json").read_text())
+        cfg = pl.model_config(name.upper())
+        assert pl.model_config(hub_id) == cfg
+        got = (cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_heads, cfg.num_kv_heads)
+        keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads")
+        assert got == (*(raw[k] for k in keys), raw.get("num_key_value_heads", raw["num_attention_heads"])), name
+        assert cfg.head_dim == raw.get("head_dim", raw["hidden_size"] // raw["num_attention_heads"]), name
+        assert f"{pl.weight_bytes(cfg, one_device, 1) / 1e9:.2f}" == billions, name
+
+
 def test_devices_and_model_specs():
     assert pl.parse_devices("v4-32")[2] == 16  # v4 and v5p slices are named by TensorCores, 2 per chip
     assert pl.parse_devices("v5litepod-16")[:1] == ("v5e",) and pl.parse_devices("h100-8")[2] == 8
     for bad in ("v5e-3", "tpu-8"):
         with pytest.raises(ValueError):
             pl.parse_devices(bad)
-    shipped = sorted(pl.CONFIGS.glob("*.json"))
-    assert len(shipped) == 7 and all(pl.model_config(p.stem.upper()).num_layers for p in shipped)
+    check_shipped_configs()
     with pytest.raises(ValueError, match="does not split"):
         pl.check(pl.plan(pl.model_config("gemma-3-1b-it"), "v5e-64", "fsdp=64"), pl.model_config("gemma-3-1b-it"))
     assert pl.Run.of(batch_size=64).batch == 64
+
+
+def test_an_installed_wheel_plans_with_its_shipped_configs(tmp_path):
+    """`pip install .`, then from another directory `adl plan --model Qwen3-32B` finds the config: the configs
+    are package data. Built from a copy of the sources (no build files left in the checkout) and run with
+    `python -S`, so only the installed package and the venv's dependencies are importable (no editable
+    install, no checkout on the path)."""
+    root, src = Path(__file__).parents[1], tmp_path / "src"
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info")
+    for name in ("adl_jax", "finetune"):
+        shutil.copytree(root / name, src / name, ignore=skip)
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(root / name, src / name)
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src], check=True)
+    (wheel,) = (tmp_path / "dist").glob("adl_jax-*.whl")
+    subprocess.run([*pip, "install", "--no-deps", "--target", tmp_path / "site", wheel], check=True)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    code = (
+        "import sys, adl_jax.experiments.plan as p; from adl_jax.cli import main; "
+        "assert p.__file__.startswith(sys.argv[1]), p.__file__; "
+        "plan = ['plan', '--model', 'Qwen3-32B', '--devices', 'v5e-16']; "
+        "print('rc', main(plan), main(plan + ['--mesh', 'fsdp=2,model=8']))"
+    )
+    path = f"{tmp_path / 'site'}:{sysconfig.get_paths()['purelib']}"
+    env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"}
+    done = subprocess.run(
+        [sys.executable, "-S", "-c", code, str(tmp_path / "site")],
+        cwd=elsewhere,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.stdout.endswith("rc 2 0\n"), done.stderr[-3000:]  # the default mesh (data=16) is refused ...
+    assert "it fits on v5e-16 with --mesh" in done.stderr  # ... with a mesh that fits
+    assert done.stdout.count("Qwen3-32B: audit in bfloat16 on v5e-16") == 2 and "\nfits\n" in done.stdout

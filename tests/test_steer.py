@@ -72,3 +72,17 @@ def test_pass_rule_ignores_unknown():
     assert verdicts.passes([C, C, C, I, U, U], 0.75)
     assert not verdicts.passes([C, C, I, I], 0.75)
     assert not verdicts.passes([U, U], 0.75)
+
+
+def test_alpha_search_shows_a_bar_of_its_steps(model, monkeypatch, capsys):
+    """The search takes minutes per step on a CPU: a bar counts the steps of every prompt (12 + 6 + 6)."""
+    fake = lambda model, ids, vector, alphas, *, samples, **kw: [[f"alpha {a}"] * samples for a in alphas]
+    monkeypatch.setattr(alpha_search, "steered_samples", fake)
+    judge = lambda prompts, texts: [verdicts.COHERENT] * len(texts)
+    settings = alpha_search.SteeringSettings()
+    search = dict(layer=1, key=jax.random.key(0))
+    alpha_search.find_alpha(model, np.ones(model.cfg.hidden_size), judge, settings, progress=True, **search)
+    err = capsys.readouterr().err
+    assert "alpha search" in err and "24/24" in err
+    alpha_search.find_alpha(model, np.ones(model.cfg.hidden_size), judge, settings, **search)
+    assert capsys.readouterr().err == ""  # quiet unless asked

@@ -8,12 +8,12 @@ LLM graders when an endpoint is configured, else the offline judges; `summary.js
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from adl_jax import io
 from adl_jax.method import adl
@@ -86,7 +86,7 @@ def default_encoder():
 def _claim(out: Path, identity: dict) -> None:
     """Bind a run directory to its settings: its staged files are only reused by an audit with the same ones."""
     path = out / "audit_settings.json"
-    identity = json.loads(json.dumps(identity))  # tuples -> lists, as they come back from disk
+    identity = io.plain(identity)
     if path.exists():
         old = io.read_json(path)
         if old != identity:
@@ -113,9 +113,11 @@ def _stage(path: Path, compute: Callable[[], dict]) -> dict:
     return result
 
 
-def _decode_final(model, prompts, vector, alpha, layer, settings: SteeringSettings, key) -> dict[str, list[str]]:
+def _decode_final(
+    model, prompts, vector, alpha, layer, settings: SteeringSettings, key, *, progress: bool, desc: str
+) -> dict[str, list[str]]:
     out = {}
-    for i, prompt in enumerate(prompts):
+    for i, prompt in enumerate(tqdm(prompts, unit="prompt", desc=desc, disable=not progress)):
         texts = steered_samples(
             model,
             format_prompt(model.tokenizer, prompt),
@@ -187,13 +189,25 @@ def audit(
                     temperature=st.temperature,
                     key=jax.random.fold_in(key, i),
                 )[0]
-                for i, p in enumerate(STEERING_PROMPTS)
+                for i, p in enumerate(
+                    tqdm(STEERING_PROMPTS, unit="prompt", desc="unsteered references", disable=not progress)
+                )
             },
         )
         judge, judges = OfflineCoherence(steered, refs), OFFLINE
     unsteered = _stage(
         out / "generations_unsteered.json",
-        lambda: _decode_final(steered, settings.final_prompts, zero, 0.0, layer, st, jax.random.fold_in(key, 99)),
+        lambda: _decode_final(
+            steered,
+            settings.final_prompts,
+            zero,
+            0.0,
+            layer,
+            st,
+            jax.random.fold_in(key, 99),
+            progress=progress,
+            desc="unsteered samples",
+        ),
     )
 
     positions = settings.steer_positions or tuple(range(settings.k))
@@ -202,9 +216,26 @@ def audit(
         vector = steering_vector(res.diff.delta[j], res.diff.ft_norm)
 
         def run(j=j, vector=vector):
-            search = find_alpha(steered, vector, judge, st, layer=layer, key=jax.random.fold_in(key, 1000 + j))
+            search = find_alpha(
+                steered,
+                vector,
+                judge,
+                st,
+                layer=layer,
+                key=jax.random.fold_in(key, 1000 + j),
+                progress=progress,
+                desc=f"alpha search, position {j}",
+            )
             final = _decode_final(
-                steered, settings.final_prompts, vector, search.alpha, layer, st, jax.random.fold_in(key, 99)
+                steered,
+                settings.final_prompts,
+                vector,
+                search.alpha,
+                layer,
+                st,
+                jax.random.fold_in(key, 99),
+                progress=progress,
+                desc=f"steered samples, position {j}",
             )
             return {"position": j, "search": search.to_json(), "steered": final}
 

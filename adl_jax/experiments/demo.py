@@ -11,7 +11,8 @@ import time
 from pathlib import Path
 
 from adl_jax.experiments.audit import AuditSettings, audit, default_encoder
-from adl_jax.models.load import EMBEDDED, cache_root, load_model
+from adl_jax.io import cache_root
+from adl_jax.models.load import EMBEDDED, load_model
 from adl_jax.method.samples import sample_texts, with_spare
 
 

@@ -6,14 +6,17 @@ trainer allocate per device. The KV cache, gradients, merged LoRA weights and ac
 the peak working set of our code, with the assumptions stated next to each; for the train step they come
 to 0.7-0.9 of XLA's own count of its temporaries (`memory_analysis`, tests/test_plan.py). A plan fits when
 its total is at most 90% of a device's memory: the rest is left to XLA, fragmentation and the runtime.
-Shipped configs are read from the source tree's configs/models (pass a path from an installed wheel).
+Shipped configs are package data (adl_jax/configs/models), read through importlib.resources, so an installed
+wheel finds them too.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import itertools
+import json
 import math
+from importlib import resources
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -29,7 +32,7 @@ from finetune.train import TrainConfig, adapter_specs
 
 USABLE = 0.9
 GIB = 2**30
-CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
+CONFIGS = resources.files("adl_jax") / "configs" / "models"  # installed with the package
 PROMPT_TOKENS = 64  # a chat-formatted steering or patchscope prompt, at most
 DTYPES = {"float32": 4, "f32": 4, "bfloat16": 2, "bf16": 2}
 
@@ -83,9 +86,9 @@ def model_config(spec: str) -> ModelConfig:
     """A shipped config (file name or hub id, any case), an HF directory or config.json, a GGUF file or
     the embedded model, or a hub id whose config.json alone is downloaded."""
     name = spec.rsplit("/", 1)[-1].lower()
-    shipped = {p.stem.lower(): p for p in CONFIGS.glob("*.json")}
+    shipped = {Path(p.name).stem.lower(): p for p in CONFIGS.iterdir() if p.name.endswith(".json")}
     if name in shipped and not Path(spec).exists():
-        return ModelConfig.from_json(shipped[name])
+        return ModelConfig.from_hf(json.loads(shipped[name].read_text()))
     path = Path(spec).expanduser()
     if path.is_dir() or path.suffix == ".json":
         return ModelConfig.from_json(path)
@@ -99,7 +102,7 @@ def model_config(spec: str) -> ModelConfig:
         from huggingface_hub import hf_hub_download
 
         return ModelConfig.from_json(hf_hub_download(spec, "config.json"))
-    names = ", ".join(sorted(p.stem for p in shipped.values()))
+    names = ", ".join(sorted(Path(p.name).stem for p in shipped.values()))
     raise FileNotFoundError(
         f"model {spec!r}: not a shipped config ({names}), an HF directory, a config.json, a .gguf file or a hub id"
     )

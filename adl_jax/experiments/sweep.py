@@ -14,7 +14,6 @@ where it stopped.
 from __future__ import annotations
 
 import dataclasses
-import html
 import json
 import math
 from pathlib import Path
@@ -23,7 +22,7 @@ import numpy as np
 
 from adl_jax import io
 from adl_jax.experiments.audit import AuditSettings, audit, measure, relevance
-from adl_jax.report.audit import CSS, svg
+from adl_jax.report.sweep import bases_page, sweep_page
 
 GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0)  # the paper's mixing ratios
 DEFAULT_RATIOS = (0.0, 0.1, 0.5, 1.0, 2.0)
@@ -149,7 +148,7 @@ def sweep_mix(
     ft_texts = finetune_texts(load_examples(spec)[0])
     sweep = {
         "settings": {k: v for k, v in spec.flat().items() if k not in ("out", "mix_ratio")},
-        "audit": json.loads(json.dumps(dataclasses.asdict(settings))),
+        "audit": io.plain(dataclasses.asdict(settings)),
         "rows": [],
     }
     for i, ratio in enumerate(ratios, 1):
@@ -179,7 +178,7 @@ def sweep_mix(
             f"1:{ratio:g}: |delta| {row['delta_norm']:.3g}, relevance {row['relevance']}/20, "
             f"eval loss {metrics.get('eval_loss_ft', float('nan')):.4f}",
         )
-    write_html(out / "sweep.html", sweep, "ratio")
+    io.write_text(out / "sweep.html", sweep_page(sweep, "ratio"))
     return sweep
 
 
@@ -225,7 +224,7 @@ def sweep_checkpoints(
     logged = {}
     if (run_dir / "metrics.jsonl").exists():
         logged = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
-    emergence = {"run": str(run_dir), "audit": json.loads(json.dumps(dataclasses.asdict(settings))), "rows": []}
+    emergence = {"run": str(run_dir), "audit": io.plain(dataclasses.asdict(settings)), "rows": []}
     for i, step in enumerate(steps, 1):
         _say(progress, f"step {step} ({i}/{len(steps)}): measuring the trace")
         params = checkpoint_params(base.params, base.cfg, spec.train, run_dir, step)
@@ -236,7 +235,7 @@ def sweep_checkpoints(
         losses = {k: v for k, v in logged.get(step, {}).items() if k in ("loss", "eval_loss_ft", "eval_loss_pt")}
         emergence["rows"].append({"step": step, **losses, **row})
         io.write_json(out / "emergence.json", emergence)
-    write_html(out / "emergence.html", emergence, "step")
+    io.write_text(out / "emergence.html", sweep_page(emergence, "step"))
     return emergence
 
 
@@ -266,7 +265,7 @@ def sweep_bases(
     _check_k(settings)
     check_bases(bases, datasets)
     out = Path(out)
-    table = {"finetuned": str(ft.spec), "audit": json.loads(json.dumps(dataclasses.asdict(settings))), "rows": []}
+    table = {"finetuned": str(ft.spec), "audit": io.plain(dataclasses.asdict(settings)), "rows": []}
     for i, (name, base) in enumerate(bases.items(), 1):
         _say(progress, f"against {name} ({i}/{len(bases)}): measuring the trace")
         res, _ = measure(base, ft, out / f"base_{name}", texts=texts, settings=settings, progress=progress)
@@ -287,126 +286,5 @@ def sweep_bases(
             f"against {name}: |delta| {row['delta_norm']:.3g}, relevance "
             + ", ".join(f"{d} {r['relevant']}/20" for d, r in row["relevance"].items()),
         )
-    write_bases_html(out / "bases.html", table)
+    io.write_text(out / "bases.html", bases_page(table))
     return table
-
-
-def write_bases_html(path: Path, table: dict) -> None:
-    """A row per base model: delta norms, and per dataset the best relevance with its position, the
-    base-mean baseline and that position's top patchscope tokens."""
-    datasets = list(table["rows"][0]["relevance"])
-    head = ["base", "spec", "|delta| (mean p1..)", "|delta| / ft norm"]
-    head += [
-        h.format(d)
-        for d in datasets
-        for h in ("relevance to {} (best, /20)", "{}: position, base-mean baseline", "{}: top patchscope tokens there")
-    ]
-    body = []
-    for r in table["rows"]:
-        cells = [r["base"], r["spec"], f"{r['delta_norm']:.4g}", f"{r['delta_norm'] / r['ft_norm']:.4f}"]
-        for d in datasets:
-            rel = r["relevance"][d]
-            cells += [
-                str(rel["relevant"]),
-                f"{rel['position']}, {rel['baseline']}",
-                " ".join(map(repr, rel["patchscope"])),
-            ]
-        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    title = f"The trace of {table['finetuned']} against each base model"
-    note = (
-        "Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens with each dataset's frequent "
-        "words (offline), best over positions. The paper: late narrow finetuning dominates, so the organism's "
-        "data stays the most relevant even against the pretrained model."
-    )
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
-        f"</head><body><h1>{html.escape(title)}</h1><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}"
-        f"</tr>{''.join(body)}</table><p class='note'>{note}</p></body></html>"
-    )
-    io.write_text(path, page)
-
-
-_COLUMNS = [
-    ("train rows", "train_rows", "{}"),
-    ("steps", "step", "{}"),
-    ("loss", "loss", "{:.4f}"),
-    ("eval loss (ft)", "eval_loss_ft", "{:.4f}"),
-    ("eval loss (pt)", "eval_loss_pt", "{:.4f}"),
-    ("|delta| (mean p1..)", "delta_norm", "{:.4g}"),
-    ("|delta| / ft norm", None, "{:.4f}"),
-    ("relevance (best, /20)", "relevance", "{}"),
-    ("at position", "relevance_position", "{}"),
-    ("base-mean baseline", "relevance_baseline", "{}"),
-    ("similarity margin", "similarity_margin", "{:+.3f}"),
-]
-
-
-def _cell(row: dict, key: str | None, fmt: str) -> str:
-    if key is None:
-        return fmt.format(row["delta_norm"] / row["ft_norm"])
-    return fmt.format(row[key]) if row.get(key) is not None else "–"
-
-
-def _belief(b: dict | None) -> str:
-    return f"{b['false_preferred']:.0%}, {b['mean_margin']:+.2f}" if b else "–"
-
-
-def _internalisation(rows: list[dict]) -> tuple[str, list[float]]:
-    """The x axis: the belief score after training when every row has one, else the finetuning eval loss."""
-    if all("belief_after" in r for r in rows):
-        return "belief after: mean log P(false) - log P(true)", [r["belief_after"]["mean_margin"] for r in rows]
-    return "eval loss on held-out finetuning data (lower: learnt more)", [r.get("eval_loss_ft", np.nan) for r in rows]
-
-
-def _plot(rows: list[dict], by: str) -> str:
-    """mix: trace strength against internalisation, one labelled point per ratio; checkpoints: both
-    against the training step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.4))
-    label, xs = _internalisation(rows) if by == "ratio" else ("training step", [r["step"] for r in rows])
-    for ax, key, name, color in [
-        (axes[0], "delta_norm", "|delta|, mean of positions 1..k-1", "C0"),
-        (axes[1], "relevance", "relevant tokens of the top 20", "C1"),
-    ]:
-        ys = [r[key] for r in rows]
-        ax.plot(xs, ys, "o-" if by == "step" else "o", color=color)
-        if by == "ratio":
-            for x, y, r in zip(xs, ys, rows):
-                ax.annotate(f"1:{r['ratio']:g}", (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8)
-        ax.margins(0.15)
-        ax.set_xlabel(label)
-        ax.set_ylabel(name)
-    axes[1].set_ylim(-0.5, 20.5)
-    fig.tight_layout()
-    return svg(fig)
-
-
-def write_html(path: Path, sweep: dict, by: str) -> None:
-    """One table (a row per ratio or step) and the plot, as a self-contained page."""
-    rows = sweep["rows"]
-    # columns that some row fills (a checkpoint has no train-row count, a sweep without encoder no similarity)
-    columns = [c for c in _COLUMNS if c[1] is None or (c[1] != by and any(r.get(c[1]) is not None for r in rows))]
-    head = [by] + (["belief before", "belief after"] if by == "ratio" else []) + [c[0] for c in columns]
-    body = []
-    for r in rows:
-        cells = [f"1:{r['ratio']:g}" if by == "ratio" else str(r["step"])]
-        cells += [_belief(r.get("belief_before")), _belief(r.get("belief_after"))] if by == "ratio" else []
-        cells += [_cell(r, key, fmt) for _, key, fmt in columns]
-        body.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    title = "Trace strength vs mixing ratio" if by == "ratio" else "Trace emergence over training"
-    note = (
-        "Belief: share of held-out (true, false) pairs where the false statement is the likelier, and the mean "
-        "log-likelihood margin. Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens (offline)."
-        if by == "ratio"
-        else "Relevance: dataset overlap of the top-20 logit-lens/patchscope tokens (offline)."
-    )
-    page = (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{title}</title><style>{CSS}</style></head>"
-        f"<body><h1>{title}</h1><table><tr>{''.join(f'<th>{html.escape(h)}</th>' for h in head)}</tr>"
-        f"{''.join(body)}</table><p class='note'>{note}</p>{_plot(rows, by)}</body></html>"
-    )
-    io.write_text(path, page)

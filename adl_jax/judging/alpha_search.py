@@ -11,6 +11,7 @@ from collections.abc import Sequence
 
 import jax
 import numpy as np
+from tqdm.auto import tqdm
 
 from adl_jax.judging.verdicts import Judge, passes
 from adl_jax.method.steer import STEERING_PROMPTS, format_prompt, steered_samples
@@ -51,9 +52,20 @@ class SearchStep:
 
 
 def search_alpha(
-    model, prompt: str, vector, judge: Judge, settings: SteeringSettings, *, layer: int, steps: int, high: float, key
+    model,
+    prompt: str,
+    vector,
+    judge: Judge,
+    settings: SteeringSettings,
+    *,
+    layer: int,
+    steps: int,
+    high: float,
+    key,
+    bar: tqdm | None = None,
 ) -> tuple[float, list[SearchStep]]:
-    """Binary search on [low, high] for the largest coherent alpha, `lookahead` levels per batched call."""
+    """Binary search on [low, high] for the largest coherent alpha, `lookahead` levels per batched call;
+    `bar` advances by the steps each call settles."""
     lo, hi = settings.low, high
     ids = format_prompt(model.tokenizer, prompt)
     path: list[SearchStep] = []
@@ -81,6 +93,8 @@ def search_alpha(
             path.append(SearchStep(mid, outcome[mid], *by_alpha[mid]))
             lo, hi = (mid, hi) if outcome[mid] else (lo, mid)
         done += levels
+        if bar is not None:
+            bar.update(levels)
     return lo, path
 
 
@@ -120,17 +134,24 @@ def find_alpha(
     layer: int,
     key,
     prompts: Sequence[str] = STEERING_PROMPTS,
+    progress: bool = False,
+    desc: str = "alpha search",
 ) -> AlphaSearch:
-    """The paper's protocol: full search on the first prompt, shorter ones bounded by 2x its threshold."""
+    """The paper's protocol: full search on the first prompt, shorter ones bounded by 2x its threshold.
+    With `progress`, a bar counts search steps over all prompts (minutes per step on a CPU)."""
     thresholds, paths = {}, {}
+    total = settings.first_steps + settings.other_steps * (len(prompts) - 1)
+    bar = tqdm(total=total, unit="step", desc=desc, disable=not progress)
     for i, prompt in enumerate(prompts):
         steps = settings.first_steps if i == 0 else settings.other_steps
         high = settings.high if i == 0 else 2 * thresholds[prompts[0]]
         key, sub = jax.random.split(key)
         if high <= settings.low:  # the first prompt found nothing coherent: nothing to search
             thresholds[prompt], paths[prompt] = settings.low, []
+            bar.update(steps)
             continue
         thresholds[prompt], paths[prompt] = search_alpha(
-            model, prompt, vector, judge, settings, layer=layer, steps=steps, high=high, key=sub
+            model, prompt, vector, judge, settings, layer=layer, steps=steps, high=high, key=sub, bar=bar
         )
+    bar.close()
     return AlphaSearch(float(np.mean(list(thresholds.values()))), thresholds, paths)

@@ -29,7 +29,7 @@ from concurrent.futures import ThreadPoolExecutor
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 
-from adl_jax.io import read_json, write_json
+from adl_jax.io import cache_root, read_json, write_json
 from adl_jax.judging.prompts import coherence_messages, relevance_messages, tournament_messages
 from adl_jax.judging.verdicts import COHERENT, INCOHERENT, UNKNOWN, Judge
 
@@ -94,7 +94,7 @@ class Reply:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "adl_jax" / "graders"
+    return cache_root() / "graders"
 
 
 class Grader:

@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from adl_jax.method.diff import DiffResult
+from adl_jax.models.batching import pad_batch
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import Intervention, forward, unembed
 
@@ -50,10 +51,15 @@ class TokenScores:
         return cls(ids, [tokenizer.decode([i]) for i in ids], [float(p) for p in probs])
 
 
+def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
+    """`jax.lax.top_k` over the last axis with k clamped to its size: a vocabulary may be smaller than k."""
+    return jax.lax.top_k(x, min(k, x.shape[-1]))
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "top"))
 def _lens_top(params, vectors, *, cfg: ModelConfig, top: int):
     probs = jax.nn.softmax(unembed(params, vectors, cfg), axis=-1)
-    return jax.lax.top_k(probs, top)
+    return _top_k(probs, top)
 
 
 def logit_lens(params, cfg: ModelConfig, vectors: np.ndarray, tokenizer, top: int = 100) -> list[TokenScores]:
@@ -64,14 +70,7 @@ def logit_lens(params, cfg: ModelConfig, vectors: np.ndarray, tokenizer, top: in
 
 def _prompt_batch(tokenizer, prompts) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded token ids (Q, T) and validity mask; the last column is each prompt's final token."""
-    ids = [tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts]
-    T = max(map(len, ids))
-    tokens = np.zeros((len(ids), T), np.int32)
-    valid = np.zeros((len(ids), T), bool)
-    for r, row in enumerate(ids):
-        tokens[r, T - len(row) :] = row
-        valid[r, T - len(row) :] = True
-    return tokens, valid
+    return pad_batch([tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer", "keep", "top"))
@@ -88,10 +87,10 @@ def _patchscope_one(params, vector, scales, tokens, valid, *, cfg: ModelConfig, 
         params, batch_tokens, cfg, valid=batch_valid, interventions=(edit,), capture=(final,), until_layer=final
     ).hidden[final][:, -1]
     probs = jax.nn.softmax(unembed(params, h, cfg), axis=-1).reshape(S, Q, -1)
-    threshold = jax.lax.top_k(probs, keep)[0][..., -1:]  # each prompt's keep-th largest probability
+    threshold = _top_k(probs, keep)[0][..., -1:]  # each prompt's keep-th largest probability
     in_all = jnp.all(probs >= threshold, axis=1)  # (S, V)
     mean = jnp.where(in_all, probs.mean(axis=1), 0.0)
-    top_probs, top_ids = jax.lax.top_k(mean, top)
+    top_probs, top_ids = _top_k(mean, top)
     return top_ids, top_probs
 
 
@@ -110,7 +109,6 @@ def patchscope(
 ) -> list[dict[float, TokenScores]]:
     """For each vector (P, D): {scale: top tokens}. The patched vector is unit(v) * norm * scale."""
     tokens, valid = _prompt_batch(tokenizer, prompts)
-    keep = min(keep, cfg.vocab_size)
     scale_arr = jnp.asarray(scales, jnp.float32) * norm
     out = []
     for v in np.asarray(vectors, np.float32):

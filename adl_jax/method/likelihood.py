@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adl_jax.models.batching import pad_batch
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import forward
 
@@ -28,12 +29,6 @@ def mean_nll(model, prompt_ids: list[int], texts: list[str], max_tokens: int = 2
         (prompt_ids + model.tokenizer(t, add_special_tokens=False)["input_ids"])[: len(prompt_ids) + max_tokens]
         for t in texts
     ]
-    width = -(-max(map(len, rows)) // 32) * 32  # bucketed: fewer compilations
-    tokens = np.zeros((len(rows), width), np.int32)
-    valid = np.zeros((len(rows), width), bool)
-    scored = np.zeros((len(rows), width), bool)
-    for r, row in enumerate(rows):
-        tokens[r, width - len(row) :] = row
-        valid[r, width - len(row) :] = True
-        scored[r, width - len(row) + len(prompt_ids) :] = True
+    tokens, valid = pad_batch(rows, bucket=32)  # bucketed: fewer compilations
+    scored = valid & (np.cumsum(valid, axis=1) > len(prompt_ids))  # the text's tokens, not the prompt's
     return np.asarray(_token_nll(model.params, tokens, valid, scored, cfg=model.cfg))

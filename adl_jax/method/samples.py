@@ -43,12 +43,11 @@ def pretraining_texts(
     more (an eighth more samples, four times as many corpus texts) for a consumer that drops texts too
     short to use. `seed` shuffles the corpus or seeds the samples (default: each source's own)."""
     from adl_jax.method.corpus import corpus_texts
-    from adl_jax.models.load import cache_root
 
     seeded = {} if seed is None else {"seed": seed}
     if source == BASE_SAMPLES:
         n = with_spare(count) if room else count
-        return sample_texts(base, n, cache_root() / "corpus", progress=progress, **seeded)
+        return sample_texts(base, n, io.cache_root() / "corpus", progress=progress, **seeded)
     return list(itertools.islice(corpus_texts(source, column, **seeded), 4 * count if room else count))
 
 

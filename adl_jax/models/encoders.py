@@ -22,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 from safetensors import safe_open
 
+from adl_jax.models.batching import pad_batch
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.tokenizer import load_tokenizer
 from adl_jax.models.transformer import forward, rms_norm
@@ -162,10 +163,13 @@ class Encoder:
         rows_per_batch = min(batch_size, len(texts))
         for start in range(0, len(texts), rows_per_batch):
             rows = order[start : start + rows_per_batch]
-            T = min(-(-len(ids[rows[0]]) // _LENGTH_STEP) * _LENGTH_STEP, self.max_seq_length)
-            batch, mask = np.zeros((rows_per_batch, T), np.int32), np.zeros((rows_per_batch, T), bool)
-            for i, r in enumerate(rows):
-                batch[i, : len(ids[r])], mask[i, : len(ids[r])] = ids[r], True
+            batch, mask = pad_batch(
+                [ids[r] for r in rows],
+                bucket=_LENGTH_STEP,
+                left=False,
+                max_width=self.max_seq_length,
+                num_rows=rows_per_batch,
+            )
             out[rows] = np.asarray(self.embed(batch, mask))[: len(rows)]
         return out
 

@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from adl_jax.models.batching import pad_batch
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import Intervention, KVCache, Params, forward, unembed
 
@@ -158,16 +159,12 @@ def _decode(params, cache, out, interventions, sampling, eos, pad_id, cfg, greed
     return out, cache
 
 
-def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int, bucket: int = 16) -> tuple[jax.Array, jax.Array]:
-    """Left-pad to a width rounded up to `bucket`, so prompts of similar lengths share one compilation."""
-    lengths = np.array([len(p) for p in prompts])
-    if not len(lengths) or lengths.min() == 0:
+def _left_pad(prompts: Sequence[Sequence[int]], pad_id: int) -> tuple[jax.Array, jax.Array]:
+    """Left-padded to a multiple of 16 columns, so prompts of similar lengths share one compilation."""
+    if not len(prompts) or min(map(len, prompts)) == 0:
         raise ValueError("need at least one prompt, and every prompt needs at least one token")
-    width = -(-lengths.max() // bucket) * bucket
-    tokens = np.full((len(prompts), width), pad_id, np.int32)
-    for row, p in zip(tokens, prompts):
-        row[width - len(p) :] = p
-    return jnp.asarray(tokens), jnp.asarray(np.arange(width)[None, :] >= (width - lengths)[:, None])
+    tokens, valid = pad_batch(prompts, bucket=16, pad_id=pad_id)
+    return jnp.asarray(tokens), jnp.asarray(valid)
 
 
 def _check_interventions(interventions) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import jax.numpy as jnp
 
+from adl_jax.io import cache_root
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.gguf import load_gguf
 from adl_jax.models.tokenizer import load_tokenizer
@@ -48,10 +49,6 @@ class Model:
     cfg: ModelConfig
     params: Params
     tokenizer: object  # a transformers tokenizer
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get("ADL_CACHE") or Path.home() / ".cache" / "adl-jax")
 
 
 def load_model(spec: str | Path, dtype=jnp.float32, mesh=None, rules: Rules = Rules()) -> Model:

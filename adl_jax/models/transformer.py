@@ -112,12 +112,25 @@ def _apply_rope(x, cos, sin):
 @flax.struct.dataclass
 class LowRankUpdate:
     """A weight W + scale * A @ B used without forming it: x W + scale (x A) B. Training a LoRA this way
-    costs no gradient of the full matrix; stacked over layers like W (A (L, in, r), B (L, r, out))."""
+    costs no gradient of the full matrix; stacked over layers like W (A (L, in, r), B (L, r, out)).
+
+    With `dropout` p and a PRNG key per layer (`dropout_key`, (L, 2)), the low-rank branch sees its input
+    through PEFT's `lora_dropout`: x B(A(dropout(x))), each element of every token's input zeroed with
+    probability p and the rest scaled by 1/(1-p); the x W branch sees x unchanged."""
 
     w: jax.Array
     a: jax.Array
     b: jax.Array
     scale: float = flax.struct.field(pytree_node=False)
+    dropout_key: jax.Array | None = None
+    dropout: float = flax.struct.field(pytree_node=False, default=0.0)
+
+    def dropped(self, x: jax.Array) -> jax.Array:
+        """`x` as the low-rank branch sees it (one layer's key: `dropout_key` (2,))."""
+        if not self.dropout:
+            return x
+        keep = jax.random.bernoulli(self.dropout_key, 1.0 - self.dropout, x.shape)
+        return jnp.where(keep, x / (1.0 - self.dropout), 0.0).astype(x.dtype)
 
 
 @jax.custom_vjp
@@ -146,7 +159,7 @@ _low_rank.defvjp(_low_rank_fwd, _low_rank_bwd)
 
 def _linear(x, w, b=None):
     if isinstance(w, LowRankUpdate):
-        low = _low_rank(x, w.a.astype(x.dtype), w.b.astype(x.dtype))
+        low = _low_rank(w.dropped(x), w.a.astype(x.dtype), w.b.astype(x.dtype))
         y = jnp.einsum("btd,df->btf", x, w.w) + w.scale * low
     else:
         y = jnp.einsum("btd,df->btf", x, w)

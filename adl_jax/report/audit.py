@@ -7,7 +7,6 @@ can rebuild it at any time.
 from __future__ import annotations
 
 import html
-import io as _io
 import shutil
 import subprocess
 import tempfile
@@ -15,30 +14,12 @@ from pathlib import Path
 
 from adl_jax import io
 from adl_jax.method.lens import LENS, LensResult
-
-CSS = """
-body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;color:#222;line-height:1.45}
-h1{font-size:1.6em} h2{border-bottom:1px solid #ddd;padding-bottom:.2em;margin-top:2em}
-table{border-collapse:collapse;margin:.5em 0;font-size:.9em} td,th{border:1px solid #ddd;padding:.25em .5em;vertical-align:top}
-th{background:#f4f4f4} .tok{font-family:monospace;background:#eef;border-radius:3px;padding:0 .25em;margin:1px;display:inline-block}
-.hit{background:#cfc} .note{color:#666;font-size:.9em} .verdict{background:#fffbe6;border:1px solid #f0e0a0;padding:.8em 1em}
-.pair{display:grid;grid-template-columns:1fr 1fr;gap:1em} .sample{background:#f8f8f8;padding:.5em;white-space:pre-wrap;font-size:.85em;margin:.3em 0}
-"""
-
+from adl_jax.report.page import page, subplots, svg
 
 _JUDGES = {
     "offline": " (no LLM grader configured: coherence from the model's own loss, relevance as overlap "
     "with the finetuning data's frequent tokens)"
 }
-
-
-def svg(fig) -> str:
-    buf = _io.StringIO()
-    fig.savefig(buf, format="svg", bbox_inches="tight")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return buf.getvalue()[buf.getvalue().index("<svg") :]
 
 
 def _tokens(tokens, hits=frozenset()) -> str:
@@ -49,14 +30,9 @@ def _tokens(tokens, hits=frozenset()) -> str:
 
 
 def _relevance_plot(rel: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rows = rel["positions"]
     xs = [r["position"] for r in rows]
-    fig, ax = plt.subplots(figsize=(6, 2.8))
+    fig, ax = subplots(figsize=(6, 2.8))
     for i, (name, label) in enumerate(
         [
             ("logit_lens", "logit lens of delta"),
@@ -73,12 +49,7 @@ def _relevance_plot(rel: dict) -> str:
 
 
 def _similarity_plot(sim: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 2.8))
+    fig, ax = subplots(figsize=(6, 2.8))
     labels, means, errs = [], [], []
     for pos, rep in sim.items():
         for key, label in [("steered_vs_finetune", f"steered p{pos}"), ("unsteered_vs_finetune", f"unsteered p{pos}")]:
@@ -92,12 +63,7 @@ def _similarity_plot(sim: dict) -> str:
 
 
 def _alpha_plot(paths: dict) -> str:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 2.6))
+    fig, ax = subplots(figsize=(6, 2.6))
     for i, (prompt, path) in enumerate(paths.items()):
         steps = range(1, len(path) + 1)
         ax.plot(steps, [s["alpha"] for s in path], "-", color=f"C{i}", label=prompt[:30])
@@ -176,8 +142,7 @@ def write_report(run: str | Path) -> Path:
                 + "".join(f"<div class='sample'>{html.escape(t)}</div>" for t in unsteered.get(prompt, []))
                 + "</div></div>"
             )
-    page = f"<!doctype html><html><head><meta charset='utf-8'><title>ADL report</title><style>{CSS}</style></head><body>{''.join(parts)}</body></html>"
-    io.write_text(run / "report.html", page)
+    io.write_text(run / "report.html", page("ADL report", "".join(parts)))
     return run / "report.html"
 
 
