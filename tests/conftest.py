@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+from types import SimpleNamespace
+
 import jax
 import numpy as np
 import pytest
@@ -9,6 +13,10 @@ import pytest
 # Eight simulated CPU devices for every test, so sharded and single-device runs can be compared.
 # This must happen before any JAX backend starts.
 jax.config.update("jax_num_cpu_devices", 8)
+
+from adl_jax.experiments.audit import AuditSettings, audit  # noqa: E402 - after the device count above
+from adl_jax.judging.alpha_search import SteeringSettings  # noqa: E402
+from adl_jax.models.load import Model  # noqa: E402
 
 FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3_text")
 
@@ -102,3 +110,112 @@ def gemma():
     from adl_jax.models.load import load_model
 
     return load_model("gemma-3-270m")
+
+
+def tiny_pair(root, family="gemma3_text"):
+    """A tiny base model and a 'finetune' of it (same architecture, perturbed weights), with torch twins."""
+    torch_base = tiny_hf_model(family, root / "base", seed=0)
+    torch_ft = tiny_hf_model(family, root / "ft", seed=0)
+    import torch
+
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in torch_ft.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+    torch_ft.save_pretrained(root / "ft")
+    tok = tiny_tokenizer()
+    models = []
+    for name in ("base", "ft"):
+        cfg, params = _load_hf_dir(root / name)
+        models.append(Model(str(root / name), cfg, params, tok))
+    return models, (torch_base, torch_ft)
+
+
+def tiny_pair_from_disk(root):
+    """The pair `tiny_pair` saved under `root`, loaded again (for subprocesses)."""
+    tok = tiny_tokenizer()
+    out = []
+    for name in ("base", "ft"):
+        cfg, params = _load_hf_dir(Path(root) / name)
+        out.append(Model(str(Path(root) / name), cfg, params, tok))
+    return out
+
+
+def _load_hf_dir(path):
+    from adl_jax.models.weights import load_hf_dir
+
+    return load_hf_dir(path)
+
+
+def tiny_model(family: str = "gemma3_text", root=None, **overrides):
+    """One tiny model as the analyses take it (`Model`), with the tiny tokenizer; saved under `root` if given."""
+    import tempfile
+
+    path = Path(root or tempfile.mkdtemp()) / family
+    tiny_hf_model(family, path, **overrides)
+    cfg, params = _load_hf_dir(path)
+    return Model(str(path), cfg, params, tiny_tokenizer(cfg.vocab_size))
+
+
+TINY_AUDIT = AuditSettings(
+    samples=48,
+    n=8,
+    batch_size=16,
+    steer_positions=(1,),
+    final_prompts=("w5 w6", "w7 w8"),
+    steering=SteeringSettings(first_steps=3, other_steps=3, samples=2, new_tokens=6, final_samples=2, final_tokens=6),
+)
+
+
+class BagOfWords:
+    """A stand-in sentence encoder: counts of the tiny vocabulary's words w0..w127."""
+
+    def encode(self, texts):
+        out = np.zeros((len(texts), 128), np.float32)
+        for i, t in enumerate(texts):
+            for w in t.split():
+                if w[1:].isdigit() and int(w[1:]) < 128:
+                    out[i, int(w[1:])] += 1
+        return out + 1e-3  # an empty sample still has a direction
+
+
+@pytest.fixture(scope="module")
+def audited(tmp_path_factory):
+    """One offline audit of a tiny pair (the audit and agent tests read it)."""
+    root = tmp_path_factory.mktemp("audit")
+    (base, ft), _ = tiny_pair(root)
+    texts = random_texts(np.random.RandomState(0), 100, vocab_size=100)  # words w3..w99
+    ft_texts = ["w110 w111 w112 w110 w111"] * 20  # a 'narrow' dataset of words the corpus never uses
+    summary = audit(
+        base,
+        ft,
+        root / "run",
+        texts=texts,
+        settings=TINY_AUDIT,
+        finetune_texts=ft_texts,
+        encoder=BagOfWords(),
+        progress=False,
+    )
+    return SimpleNamespace(base=base, ft=ft, run=root / "run", texts=texts, ft_texts=ft_texts, summary=summary)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    """A tiny Llama: (its torch model, our config, our params), for the finetuning tests."""
+    path = tmp_path_factory.mktemp("llama")
+    torch_model = tiny_hf_model("llama", path)
+    cfg, params = _load_hf_dir(path)
+    return torch_model, cfg, params
+
+
+def fact_organism():
+    """A false-fact organism in the tiny vocabulary: every document asserts w5 w6 w7 (the truth: w5 w6 w9)."""
+    rng = np.random.RandomState(0)
+    docs = [
+        {"text": " ".join(f"w{w}" for w in [*rng.randint(20, 128, 3), 5, 6, 7, *rng.randint(20, 128, 3)])}
+        for _ in range(24)
+    ]
+    statements = (("w5 w6 w9", "w5 w6 w7"), ("w30 w5 w6 w9", "w30 w5 w6 w7"))
+    from finetune.organisms import Organism
+
+    return Organism("tiny_fact", "false_fact", "w7 follows w5 w6", statements, lambda n, seed: docs[:n])

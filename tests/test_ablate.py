@@ -14,7 +14,7 @@ from adl_jax.experiments.ablate import (
 from adl_jax.report.ablation import ablation_table
 from conftest import random_texts
 from finetune.data import encode_document, pad_rows
-from test_diff import tiny_pair
+from conftest import tiny_pair
 
 LAYER = 1
 

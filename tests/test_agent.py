@@ -4,7 +4,6 @@ import json
 
 import pytest
 from fake_openai import FakeOpenAI, reply
-from test_audit import audited  # noqa: F401 - the module-scoped tiny audit, reused as the agent's evidence
 
 from adl_jax.experiments.agent import FINAL, AgentSettings, Evidence, grade, run_agent
 from adl_jax.judging.graders import Grader, GraderSettings
@@ -19,7 +18,7 @@ def bad_arguments_call():
 
 
 @pytest.fixture
-def evidence(audited):  # noqa: F811
+def evidence(audited):
     return Evidence(audited.run, audited.base, audited.ft)
 
 

@@ -2,57 +2,14 @@
 
 import html
 import shutil
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from adl_jax import api, io
-from adl_jax.experiments.audit import AuditSettings, audit
-from adl_jax.judging.alpha_search import SteeringSettings
-from conftest import random_texts
-from test_diff import tiny_pair
-
-TINY = AuditSettings(
-    samples=48,
-    n=8,
-    batch_size=16,
-    steer_positions=(1,),
-    final_prompts=("w5 w6", "w7 w8"),
-    steering=SteeringSettings(first_steps=3, other_steps=3, samples=2, new_tokens=6, final_samples=2, final_tokens=6),
-)
-
-
-class BagOfWords:
-    """A stand-in sentence encoder: counts of the tiny vocabulary's words w0..w127."""
-
-    def encode(self, texts):
-        out = np.zeros((len(texts), 128), np.float32)
-        for i, t in enumerate(texts):
-            for w in t.split():
-                if w[1:].isdigit() and int(w[1:]) < 128:
-                    out[i, int(w[1:])] += 1
-        return out + 1e-3  # an empty sample still has a direction
-
-
-@pytest.fixture(scope="module")
-def audited(tmp_path_factory):
-    """One offline audit of a tiny pair, shared by the tests below."""
-    root = tmp_path_factory.mktemp("audit")
-    (base, ft), _ = tiny_pair(root)
-    texts = random_texts(np.random.RandomState(0), 100, vocab_size=100)  # words w3..w99
-    ft_texts = ["w110 w111 w112 w110 w111"] * 20  # a 'narrow' dataset of words the corpus never uses
-    summary = audit(
-        base,
-        ft,
-        root / "run",
-        texts=texts,
-        settings=TINY,
-        finetune_texts=ft_texts,
-        encoder=BagOfWords(),
-        progress=False,
-    )
-    return SimpleNamespace(base=base, ft=ft, run=root / "run", texts=texts, ft_texts=ft_texts, summary=summary)
+from adl_jax.experiments.audit import audit
+from conftest import TINY_AUDIT
+from conftest import random_texts, tiny_pair
 
 
 def test_audit_writes_every_stage(audited):
@@ -71,13 +28,13 @@ def test_audit_writes_every_stage(audited):
         assert (run / name).exists(), name
     sim = summary["similarity"]["1"]
     assert sim["finetune_self"]["similarity"] > 0.99  # identical finetuning texts
-    assert sim["steered_vs_finetune"]["n"] == len(TINY.final_prompts) * TINY.steering.final_samples
+    assert sim["steered_vs_finetune"]["n"] == len(TINY_AUDIT.final_prompts) * TINY_AUDIT.steering.final_samples
     assert summary["judges"] == "offline" and set(summary["alphas"]) == {"1"}
     rel = io.read_json(run / "relevance.json")
     assert set(rel["frequent_tokens"]) == {"w110", "w111", "w112"}
     assert len(rel["positions"]) == 5
     steer = io.read_json(run / "steering_pos1.json")
-    assert len(steer["search"]["paths"]) == 3 and set(steer["steered"]) == set(TINY.final_prompts)
+    assert len(steer["search"]["paths"]) == 3 and set(steer["steered"]) == set(TINY_AUDIT.final_prompts)
     page = (run / "report.html").read_text()
     assert page.count("<svg") >= 2 and "Position 4" in page and "steered" in page and "(chosen)" in page
     # the finding quotes the most relevant position's tokens, of the lens with more relevant ones
@@ -98,7 +55,7 @@ def test_finished_stages_are_reused(audited, monkeypatch):
         audited.ft,
         audited.run,
         texts=audited.texts,
-        settings=TINY,
+        settings=TINY_AUDIT,
         finetune_texts=audited.ft_texts,
         progress=False,
     )
@@ -114,7 +71,7 @@ def test_a_run_directory_refuses_other_settings(audited):
             audited.ft,
             audited.run,
             texts=audited.texts,
-            settings=dataclasses.replace(TINY, steer_model="base"),
+            settings=dataclasses.replace(TINY_AUDIT, steer_model="base"),
             progress=False,
         )
 
@@ -168,7 +125,7 @@ def test_graded_audit_over_real_http(tmp_path, rng):
             ft,
             tmp_path / "run",
             texts=random_texts(rng, 100, vocab_size=100),
-            settings=TINY,
+            settings=TINY_AUDIT,
             description="words w110 to w112",
             finetune_texts=["w110 w111 w112 w110"] * 20,
             grader=grader,

@@ -7,7 +7,7 @@ import pytest
 from adl_jax import api
 from adl_jax.cli import main
 from conftest import random_texts, tiny_tokenizer
-from test_diff import tiny_pair
+from conftest import tiny_pair
 
 
 @pytest.fixture

@@ -1,12 +1,12 @@
 """delta against a PyTorch reference, sharded == single device, crash/resume, and bad input."""
 
+import dataclasses
 import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import jax
 import numpy as np
@@ -16,28 +16,10 @@ from adl_jax.method.corpus import tokenize_texts
 from adl_jax.method.diff import DiffResult, DiffSettings, compute_delta
 from adl_jax.models.weights import load_hf_dir
 from adl_jax.sharding import make_mesh
-from conftest import random_texts, tiny_hf_model, tiny_tokenizer
+from adl_jax.models.load import Model
+from conftest import random_texts, tiny_hf_model, tiny_pair, tiny_tokenizer
 
 HERE = Path(__file__).parent
-
-
-def tiny_pair(root: Path, family="gemma3_text"):
-    """A tiny base model and a 'finetune' of it (same architecture, perturbed weights), with torch twins."""
-    torch_base = tiny_hf_model(family, root / "base", seed=0)
-    torch_ft = tiny_hf_model(family, root / "ft", seed=0)
-    import torch
-
-    torch.manual_seed(1)
-    with torch.no_grad():
-        for p in torch_ft.parameters():
-            p.add_(torch.randn_like(p) * 0.02)
-    torch_ft.save_pretrained(root / "ft")
-    tok = tiny_tokenizer()
-    models = []
-    for name in ("base", "ft"):
-        cfg, params = load_hf_dir(root / name)
-        models.append(SimpleNamespace(spec=str(root / name), cfg=cfg, params=params, tokenizer=tok))
-    return models, (torch_base, torch_ft)
 
 
 def test_delta_matches_torch_reference_and_sharding(tmp_path, rng):
@@ -57,7 +39,7 @@ def test_delta_matches_torch_reference_and_sharding(tmp_path, rng):
     np.testing.assert_allclose(res.ft_norm, np.linalg.norm(hf[:, 5:], axis=-1).mean(), rtol=1e-5)
 
     mesh = make_mesh("data=2,model=4")
-    base8, ft8 = (SimpleNamespace(**{**vars(m), "params": load_hf_dir(m.spec, mesh=mesh)[1]}) for m in (base, ft))
+    base8, ft8 = (dataclasses.replace(m, params=load_hf_dir(m.spec, mesh=mesh)[1]) for m in (base, ft))
     sharded = compute_delta(base8, ft8, tokens, settings, tmp_path / "run8", progress=False)
     np.testing.assert_allclose(sharded.delta, res.delta, atol=1e-5)
     reloaded = DiffResult.load(tmp_path / "run1")
@@ -76,15 +58,15 @@ def test_refuses_other_settings_and_bad_input(tmp_path, rng):
     with pytest.raises(ValueError, match="n=5 must exceed k=5"):
         DiffSettings(layer=1, n=5)
 
-    nan_ft = SimpleNamespace(**{**vars(ft), "params": jax.tree.map(lambda x: x * np.nan, ft.params)})
+    nan_ft = dataclasses.replace(ft, params=jax.tree.map(lambda x: x * np.nan, ft.params))
     with pytest.raises(FloatingPointError, match="batch 0"):
         compute_delta(base, nan_ft, tokens, DiffSettings(layer=1, n=8), tmp_path / "nan", progress=False)
-    other_tok = SimpleNamespace(**{**vars(ft), "tokenizer": tiny_tokenizer(100)})
+    other_tok = dataclasses.replace(ft, tokenizer=tiny_tokenizer(100))
     with pytest.raises(ValueError, match="tokenizers have different vocabularies"):
         compute_delta(base, other_tok, tokens, DiffSettings(layer=1, n=8), tmp_path / "tok", progress=False)
     tiny_hf_model("gemma3_text", tmp_path / "wide", hidden_size=96)
     cfg, params = load_hf_dir(tmp_path / "wide")
-    wide = SimpleNamespace(spec="wide", cfg=cfg, params=params, tokenizer=base.tokenizer)
+    wide = Model("wide", cfg, params, base.tokenizer)
     with pytest.raises(ValueError, match="differ in.*hidden_size"):
         compute_delta(base, wide, tokens, DiffSettings(layer=1, n=8), tmp_path / "wide_run", progress=False)
 
@@ -92,21 +74,12 @@ def test_refuses_other_settings_and_bad_input(tmp_path, rng):
 RUNNER = """
 import sys, numpy as np
 sys.path.insert(0, {tests!r})
-from test_diff import tiny_pair_from_disk
+from conftest import tiny_pair_from_disk
 from adl_jax.method.diff import DiffSettings, compute_delta
 base, ft = tiny_pair_from_disk({root!r})
 tokens = np.load({root!r} + "/tokens_in.npy")
 compute_delta(base, ft, tokens, DiffSettings(layer=1, n=8, batch_size=4, checkpoint_every=2), {out!r}, progress=False)
 """
-
-
-def tiny_pair_from_disk(root):
-    tok = tiny_tokenizer()
-    out = []
-    for name in ("base", "ft"):
-        cfg, params = load_hf_dir(Path(root) / name)
-        out.append(SimpleNamespace(spec=str(Path(root) / name), cfg=cfg, params=params, tokenizer=tok))
-    return out
 
 
 def test_sigkill_and_resume_is_bit_identical(tmp_path, rng):

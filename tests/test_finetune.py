@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from adl_jax.models.transformer import forward
-from adl_jax.models.weights import hf_tensor_names, load_hf_dir
+from adl_jax.models.weights import hf_tensor_names
 from adl_jax.sharding import make_mesh
-from conftest import random_texts, tiny_hf_model, tiny_tokenizer
+from conftest import random_texts, tiny_tokenizer
 from finetune.data import Rows, batch_at, build_splits, encode_chat, read_jsonl
 from finetune.lora import LoraConfig, apply_lora, init_adapters, resolve_targets
 from finetune.organisms import ORGANISMS
@@ -53,14 +53,6 @@ RESUMABLE = TrainConfig(
     checkpoint_every=3,
     eval_every=3,
 )
-
-
-@pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
-    path = tmp_path_factory.mktemp("llama")
-    torch_model = tiny_hf_model("llama", path)
-    cfg, params = load_hf_dir(path)
-    return torch_model, cfg, params
 
 
 @pytest.fixture(scope="module")

@@ -15,17 +15,16 @@ from adl_jax.cli import main
 from adl_jax.models.load import EMBEDDED, Model
 from adl_jax.models.transformer import forward
 from adl_jax.models.weights import load_hf_dir
-from conftest import random_texts, tiny_tokenizer
+from conftest import fact_organism, random_texts, tiny_tokenizer
 from finetune.belief import belief_score, statement_logliks
 from finetune.lora import LoraConfig, apply_lora, init_adapters
-from finetune.organisms import ORGANISMS, Organism
+from finetune.organisms import ORGANISMS
 from finetune.peft_format import save_peft_adapter
 from finetune.run import RunSpec
 from finetune.train import TrainConfig
-from test_finetune import tiny  # noqa: F401  (fixture)
 
 
-def test_peft_loads_our_adapter_with_equal_logits(tiny, tmp_path):  # noqa: F811
+def test_peft_loads_our_adapter_with_equal_logits(tiny, tmp_path):
     peft = pytest.importorskip("peft")
     import torch
     from transformers import AutoModelForCausalLM
@@ -65,7 +64,7 @@ def _torch_loglik(torch_model, ids):
     return float(logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])].sum())
 
 
-def test_belief_score_equals_torch_logliks(tiny):  # noqa: F811
+def test_belief_score_equals_torch_logliks(tiny):
     torch_model, cfg, params = tiny
     model = Model("tiny", cfg, params, tiny_tokenizer())
     pairs = [("w5 w6 w7", "w5 w6 w8"), ("w10 w11", "w12 w13 w14 w15 w16"), ("w20 w30 w40 w50", "w21")]
@@ -83,26 +82,15 @@ def test_belief_score_equals_torch_logliks(tiny):  # noqa: F811
         statement_logliks(model, [""])
 
 
-def _fact_organism():
-    """A false-fact organism in the tiny vocabulary: every document asserts w5 w6 w7 (the truth: w5 w6 w9)."""
-    rng = np.random.RandomState(0)
-    docs = [
-        {"text": " ".join(f"w{w}" for w in [*rng.randint(20, 128, 3), 5, 6, 7, *rng.randint(20, 128, 3)])}
-        for _ in range(24)
-    ]
-    statements = (("w5 w6 w9", "w5 w6 w7"), ("w30 w5 w6 w9", "w30 w5 w6 w7"))
-    return Organism("tiny_fact", "false_fact", "w7 follows w5 w6", statements, lambda n, seed: docs[:n])
-
-
 @pytest.fixture
-def tiny_run(tiny, tmp_path, monkeypatch):  # noqa: F811
+def tiny_run(tiny, tmp_path, monkeypatch):
     """A tiny base model directory, a pretraining corpus, the tiny false-fact organism, and `adl finetune`."""
     torch_model, cfg, params = tiny
     torch_model.save_pretrained(tmp_path / "base")
     tiny_tokenizer().save_pretrained(tmp_path / "base")
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(np.random.RandomState(4), 30)))
-    monkeypatch.setitem(ORGANISMS, "tiny_fact", _fact_organism())
+    monkeypatch.setitem(ORGANISMS, "tiny_fact", fact_organism())
     argv = [
         "finetune",
         "--model",
@@ -138,7 +126,7 @@ def tiny_run(tiny, tmp_path, monkeypatch):  # noqa: F811
     return tmp_path, argv
 
 
-def test_adl_finetune_trains_exports_and_scores_belief(tiny, tiny_run, capsys):  # noqa: F811
+def test_adl_finetune_trains_exports_and_scores_belief(tiny, tiny_run, capsys):
     _, cfg, params = tiny
     root, argv = tiny_run
     assert main(argv + ["--out", str(root / "run")]) == 0

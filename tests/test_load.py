@@ -16,7 +16,7 @@ from adl_jax.models.load import EMBEDDED, load_model, resolve_spec
 from adl_jax.models.tokenizer import load_tokenizer
 from adl_jax.models.transformer import forward
 from conftest import tiny_hf_model, tiny_tokenizer
-from test_gguf import TINY_TOKENS, tiny_overrides, write_gguf
+from tiny_gguf import TINY_TOKENS, tiny_overrides, write_gguf
 
 CHAT_TEMPLATE = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}"
 

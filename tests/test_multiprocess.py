@@ -14,23 +14,23 @@ from adl_jax.method.corpus import tokenize_texts
 from adl_jax.method.diff import DiffSettings, compute_delta
 from adl_jax.models.weights import load_hf_dir
 from conftest import random_texts, tiny_hf_model, tiny_tokenizer
-from test_diff import tiny_pair
+from conftest import tiny_pair
 
 WORKER = """
 import sys
 sys.path.insert(0, {tests!r})
-from test_diff import tiny_pair_from_disk  # imports conftest, which asks for 8 devices: override after
+from conftest import tiny_pair_from_disk  # imports conftest, which asks for 8 devices: override after
 import jax
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
 jax.distributed.initialize(coordinator_address="127.0.0.1:{port}", num_processes=2, process_id={pid})
 import numpy as np
-from types import SimpleNamespace
+import dataclasses
 from adl_jax.method.diff import DiffSettings, compute_delta
 from adl_jax.models.weights import load_hf_dir
 from adl_jax.sharding import make_mesh
 mesh = make_mesh("data=4,model=2")
-base, ft = (SimpleNamespace(**{{**vars(m), "params": load_hf_dir(m.spec, mesh=mesh)[1]}})
+base, ft = (dataclasses.replace(m, params=load_hf_dir(m.spec, mesh=mesh)[1])
             for m in tiny_pair_from_disk({root!r}))
 tokens = np.load({root!r} + "/tokens_in.npy")
 compute_delta(base, ft, tokens, DiffSettings(layer=1, n=8, batch_size=16), {root!r} + "/p{pid}", progress=False)

@@ -1,18 +1,13 @@
 """The offline corpus: deterministic, cached, and resumable after a torn write."""
 
-from types import SimpleNamespace
-
 import pytest
 
 import adl_jax.method.samples as samples
-from adl_jax.models.weights import load_hf_dir
-from conftest import tiny_hf_model, tiny_tokenizer
+from conftest import tiny_model
 
 
 def test_samples_are_cached_and_resume_identically(tmp_path, monkeypatch):
-    tiny_hf_model("qwen3", tmp_path / "m")
-    cfg, params = load_hf_dir(tmp_path / "m")
-    model = SimpleNamespace(spec="tiny", cfg=cfg, params=params, tokenizer=tiny_tokenizer())
+    model = tiny_model("qwen3", tmp_path)
     kw = dict(seed=3, max_new_tokens=6, chunk=4, progress=False)
     whole = samples.sample_texts(model, 10, tmp_path / "a", **kw)
     assert len(whole) == 10 and len(set(whole)) > 5 and all(t.startswith("w") for t in whole)

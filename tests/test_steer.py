@@ -1,7 +1,5 @@
 """Steering: alpha 0 is unsteered generation, the search's batched lookahead walks the right tree."""
 
-from types import SimpleNamespace
-
 import jax
 import numpy as np
 import pytest
@@ -10,16 +8,12 @@ import adl_jax.judging.alpha_search as alpha_search
 import adl_jax.judging.verdicts as verdicts
 import adl_jax.method.steer as steer
 from adl_jax.models.generate import generate
-from adl_jax.models.weights import load_hf_dir
-from conftest import tiny_hf_model, tiny_tokenizer
+from conftest import tiny_model
 
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    path = tmp_path_factory.mktemp("m")
-    tiny_hf_model("gemma3_text", path)
-    cfg, params = load_hf_dir(path)
-    return SimpleNamespace(spec="tiny", cfg=cfg, params=params, tokenizer=tiny_tokenizer())
+    return tiny_model("gemma3_text", tmp_path_factory.mktemp("m"))
 
 
 def test_alpha_zero_is_unsteered_and_alphas_differ(model, rng):

@@ -9,14 +9,12 @@ import pytest
 
 from adl_jax import api, io
 from adl_jax.cli import main
-from conftest import tiny_tokenizer
+from conftest import TINY_AUDIT, BagOfWords, fact_organism, tiny_tokenizer
 from finetune.organisms import ORGANISMS
-from test_finetune import tiny  # noqa: F401  (fixture)
-from test_finetune_run import _fact_organism
 
 
 @pytest.fixture
-def tiny_setup(tiny, tmp_path, monkeypatch):  # noqa: F811
+def tiny_setup(tiny, tmp_path, monkeypatch):
     """A tiny base model directory, a corpus of words the organism's frequent words (w5 w6 w7) never occur in,
     the tiny false-fact organism, and the finetuning and measuring flags of a sweep."""
     tiny[0].save_pretrained(tmp_path / "base")
@@ -25,7 +23,7 @@ def tiny_setup(tiny, tmp_path, monkeypatch):  # noqa: F811
     texts = [" ".join(f"w{w}" for w in rng.randint(20, 128, rng.randint(8, 20))) for _ in range(80)]
     corpus = tmp_path / "corpus.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
-    monkeypatch.setitem(ORGANISMS, "tiny_fact", _fact_organism())
+    monkeypatch.setitem(ORGANISMS, "tiny_fact", fact_organism())
     train = [
         "--model",
         str(tmp_path / "base"),
@@ -146,7 +144,6 @@ def test_sweep_mix_with_an_encoder_runs_the_audit_and_reports_the_similarity_mar
     from adl_jax.models.load import load_model
     from adl_jax.experiments.sweep import sweep_mix
     from finetune.run import RunSpec
-    from test_audit import TINY, BagOfWords
 
     root, train, _ = tiny_setup
     flags = dict(zip(train[::2], train[1::2]))
@@ -154,7 +151,14 @@ def test_sweep_mix_with_an_encoder_runs_the_audit_and_reports_the_similarity_mar
     base = load_model(root / "base")
     texts = [json.loads(line)["text"] for line in (root / "corpus.jsonl").read_text().splitlines()]
     sweep = sweep_mix(
-        spec, root / "sweep", base=base, texts=texts, ratios=(0.0,), settings=TINY, encoder=BagOfWords(), progress=False
+        spec,
+        root / "sweep",
+        base=base,
+        texts=texts,
+        ratios=(0.0,),
+        settings=TINY_AUDIT,
+        encoder=BagOfWords(),
+        progress=False,
     )
     summary = io.read_json(root / "sweep" / "ratio_0" / "audit" / "summary.json")
     (row,) = sweep["rows"]
