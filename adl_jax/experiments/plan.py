@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from adl_jax.experiments.audit import AuditSettings
+from adl_jax.models.adapters import adapter_specs
 from adl_jax.method.diff import resolve_layer
 from adl_jax.method.lens import PATCHSCOPE_PROMPTS, PATCHSCOPE_SCALES
 from adl_jax.models.config import ModelConfig
@@ -25,7 +26,7 @@ from adl_jax.models.transformer import param_shapes
 from adl_jax.sharding import MESH_AXES, Rules, param_specs, parse_mesh
 from adl_jax.method.steer import STEERING_PROMPTS
 from finetune.lora import resolve_targets
-from finetune.train import TrainConfig, adapter_specs
+from finetune.train import TrainConfig
 
 USABLE = 0.9
 GIB = 2**30

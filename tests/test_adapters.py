@@ -1,0 +1,165 @@
+"""PEFT LoRA adapters loaded unmerged on the base's own arrays, against peft's PeftModel (torch, f32); multimodal
+Gemma 3 checkpoints' text decoder against transformers' Gemma3ForConditionalGeneration; the hub-cache path offline."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+
+from adl_jax.models.generate import generate
+from adl_jax.models.load import load_model, load_pair
+from adl_jax.models.transformer import LowRankUpdate, forward
+from adl_jax.sharding import make_mesh
+from conftest import left_padded_batch, tiny_hf_model, tiny_tokenizer
+
+ROOT = Path(__file__).resolve().parent.parent
+jit_forward = jax.jit(forward, static_argnames="cfg")
+ALL = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def tiny_base(family, path):
+    """A tiny random model with a tokenizer: a loadable model directory."""
+    model = tiny_hf_model(family, path)
+    tiny_tokenizer().save_pretrained(path)
+    return model
+
+
+def save_adapter(base_dir, path, seed=1, **lora):
+    """A peft LoRA with random non-zero A and B over the model saved at `base_dir`; returns the PeftModel."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_dir).eval()  # base_model_name_or_path = base_dir
+    torch.manual_seed(seed)
+    model = get_peft_model(base, LoraConfig(init_lora_weights=False, **lora)).eval()
+    model.save_pretrained(path)
+    return model
+
+
+def torch_logits(model, tokens, valid, positions):
+    with torch.no_grad():
+        out = model(
+            input_ids=torch.tensor(tokens),
+            attention_mask=torch.tensor(valid.astype(np.int64)),
+            position_ids=torch.tensor(positions),
+        )
+    return out.logits.numpy()
+
+
+def our_logits(model, tokens, valid):
+    return np.asarray(jit_forward(model.params, jnp.asarray(tokens), model.cfg, valid=jnp.asarray(valid)).logits)
+
+
+CASES = {
+    "llama-all": ("llama", dict(r=4, lora_alpha=8, target_modules=ALL)),
+    "qwen2-patterns": (
+        "qwen2",
+        dict(
+            r=4,
+            lora_alpha=8,
+            target_modules=ALL,
+            rank_pattern={"q_proj": 2, "layers.1.mlp.down_proj": 6},
+            alpha_pattern={"v_proj": 3.0, "layers.2.self_attn.o_proj": 32.0},
+        ),
+    ),
+    "gemma3-rslora": ("gemma3_text", dict(r=8, lora_alpha=4, use_rslora=True, target_modules=["q_proj", "down_proj"])),
+    "mistral-some-layers": ("mistral", dict(r=2, lora_alpha=5, target_modules=ALL, layers_to_transform=[0, 2])),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_unmerged_adapter_matches_peft(case, tmp_path, rng):
+    family, lora = CASES[case]
+    tiny_base(family, tmp_path / "base")
+    peft_model = save_adapter(tmp_path / "base", tmp_path / "adapter", **lora)
+    base, ft = load_pair(str(tmp_path / "base"), str(tmp_path / "adapter"))
+    tokens, valid, positions = left_padded_batch(rng, ft.cfg.vocab_size, lengths=(12, 8, 5))
+
+    want = torch_logits(peft_model, tokens, valid, positions)
+    got = our_logits(ft, tokens, valid)
+    np.testing.assert_allclose(got[valid], want[valid], atol=1e-4)
+    shift = np.abs(our_logits(base, tokens, valid) - want)[valid].max()
+    assert shift > 1e-2  # the adapter changes the logits: the comparison above can fail
+    adapted = {k for k, v in ft.params["layers"].items() if isinstance(v, LowRankUpdate)}
+    assert adapted == {m.removesuffix("_proj") for m in lora["target_modules"]}
+
+
+def test_adapter_holds_one_copy_of_the_base_sharded_or_not(tmp_path, rng):
+    """The finetuned model's weights are the base's own arrays: the distinct device buffers of both models come
+    to the base's bytes plus the adapter's; on a mesh, logits equal the single-device ones."""
+    tiny_base("llama", tmp_path / "base")
+    save_adapter(tmp_path / "base", tmp_path / "adapter", r=4, lora_alpha=8, target_modules=ALL)
+    base, ft = load_pair(str(tmp_path / "base"), str(tmp_path / "adapter"))
+
+    def buffers(tree):
+        return {
+            s.data.unsafe_buffer_pointer(): s.data.nbytes for x in jax.tree.leaves(tree) for s in x.addressable_shards
+        }
+
+    adapter = sum(x.nbytes for x in load_file(tmp_path / "adapter" / "adapter_model.safetensors").values())
+    assert sum({**buffers(base.params), **buffers(ft.params)}.values()) == sum(buffers(base.params).values()) + adapter
+
+    tokens, valid, _ = left_padded_batch(rng, ft.cfg.vocab_size, lengths=(12, 8, 5))
+    mesh = make_mesh("data=1,fsdp=2,model=4")
+    _, sharded = load_pair(str(tmp_path / "base"), str(tmp_path / "adapter"), mesh=mesh)
+    assert sharded.params["layers"]["up"].b.sharding.spec == jax.sharding.PartitionSpec(None, None, "model")
+    np.testing.assert_allclose(our_logits(sharded, tokens, valid), our_logits(ft, tokens, valid), atol=1e-5)
+
+
+@pytest.fixture
+def adapter_dir(tmp_path):
+    tiny_base("llama", tmp_path / "base")
+    save_adapter(tmp_path / "base", tmp_path / "adapter", r=4, lora_alpha=8, target_modules=["q_proj", "up_proj"])
+    return tmp_path / "adapter"
+
+
+def _edit_config(path, **changes):
+    config = json.loads((path / "adapter_config.json").read_text())
+    (path / "adapter_config.json").write_text(json.dumps({**config, **changes}))
+
+
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        (dict(use_dora=True), "DoRA"),
+        (dict(modules_to_save=["lm_head"]), "modules_to_save"),
+        (dict(peft_type="IA3"), "only LoRA"),
+        (dict(bias="lora_only"), "bias='lora_only'"),
+        (dict(lora_bias=True), "lora_bias"),
+        (dict(init_lora_weights="pissa"), "alters the base weights"),
+        (dict(rank_pattern={"up_proj": 3}), r"rank 3 \(its config\)"),
+    ],
+)
+def test_unsupported_adapters_are_refused(adapter_dir, changes, message):
+    _edit_config(adapter_dir, **changes)
+    with pytest.raises(ValueError, match=message):
+        load_model(str(adapter_dir))
+
+
+def test_tensors_not_consumed_are_refused(adapter_dir):
+    weights = adapter_dir / "adapter_model.safetensors"
+    tensors = load_file(weights)
+    tensors["base_model.model.model.embed_tokens.lora_embedding_A"] = np.ones((4, 128), np.float32)
+    save_file(tensors, weights)
+    with pytest.raises(ValueError, match="1 tensor.*embed_tokens.lora_embedding_A"):
+        load_model(str(adapter_dir))
+
+
+def test_base_mismatch_and_missing_weights_are_named(adapter_dir):
+    _edit_config(adapter_dir, base_model_name_or_path="org/Other-Model")
+    with pytest.raises(ValueError, match="trained on 'org/Other-Model'.*base given is '/nowhere/tiny'"):
+        load_model(str(adapter_dir), base="/nowhere/tiny")  # refused before the base is looked for
+    local_copy = shutil.copytree(adapter_dir.parent / "base", adapter_dir.parent / "other-model")
+    assert load_model(str(adapter_dir), base=str(local_copy)).cfg.family == "llama"  # a local copy of the named base
+    (adapter_dir / "adapter_model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="an adapter without weights"):
+        load_model(str(adapter_dir), base=str(adapter_dir.parent / "base"))
