@@ -71,13 +71,13 @@ def cmd_audit(a) -> None:
     from adl_jax.experiments.audit import AuditSettings, audit, default_encoder
     from adl_jax.method.corpus import local_texts
     from adl_jax.judging.graders import Grader, GraderSettings
-    from adl_jax.models.load import load_model
+    from adl_jax.models.load import load_pair
 
     settings = AuditSettings.quick() if a.quick else AuditSettings()
     if a.samples:
         settings = dataclasses.replace(settings, samples=a.samples)
     mesh = _mesh(a, settings.batch_size)
-    base, ft = (load_model(spec, dtype=_dtype(a.dtype), mesh=mesh) for spec in (a.base, a.finetuned))
+    base, ft = load_pair(a.base, a.finetuned, dtype=_dtype(a.dtype), mesh=mesh)
     texts = _corpus(a, base, settings.samples)
     ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else None
     description = Path(a.description).read_text() if a.description and Path(a.description).is_file() else a.description
@@ -114,9 +114,9 @@ def _examples(path: str) -> list:
 
 def cmd_ablate(a) -> None:
     from adl_jax.experiments.ablate import AblationSettings, ablation_table, run_ablation
-    from adl_jax.models.load import load_model
+    from adl_jax.models.load import load_pair
 
-    base, ft = load_model(a.base, dtype=_dtype(a.dtype)), load_model(a.finetuned, dtype=_dtype(a.dtype))
+    base, ft = load_pair(a.base, a.finetuned, dtype=_dtype(a.dtype))
     lo, _, hi = a.positions.partition("-")
     settings = AblationSettings(
         positions=tuple(range(int(lo), int(hi or lo) + 1)),
@@ -145,7 +145,7 @@ def cmd_agent(a) -> None:
 
     from adl_jax.experiments.agent import AgentSettings, Evidence, evaluate, format_table
     from adl_jax.judging.graders import Grader, GraderSettings
-    from adl_jax.models.load import load_model
+    from adl_jax.models.load import load_pair
 
     agent, grader = GraderSettings.from_env("ADL_AGENT"), GraderSettings.from_env("ADL_GRADER")
     if agent is None or grader is None:
@@ -162,7 +162,7 @@ def cmd_agent(a) -> None:
             raise ValueError("give --organism NAME or --description (the ground truth) with --kind")
         path = Path(a.description)
         truth, kind = (path.read_text() if path.is_file() else a.description), a.kind
-    evidence = Evidence(a.audit, load_model(a.base), load_model(a.finetuned))
+    evidence = Evidence(a.audit, *load_pair(a.base, a.finetuned))
     budgets = lambda text: tuple(int(x) for x in text.split(",") if x)
     result = evaluate(
         Grader(agent),
@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("diff", help="delta between a finetuned model and its base over a corpus, plus lenses")
     d.add_argument("--base", required=True, help="model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id")
-    d.add_argument("--finetuned", required=True, help="model spec of the finetuned model")
+    d.add_argument("--finetuned", required=True, help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base")
     d.add_argument("--corpus", required=True, help="a .txt/.jsonl/.parquet file, hf:NAME[:split] or tfds:NAME[:split]")
     d.add_argument("--column", default="text", help="text field of the corpus (default: text)")
     d.add_argument("--samples", type=int, default=10_000, help="texts to average over (paper: 10000)")
@@ -353,7 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = sub.add_parser("audit", help="delta, lenses, steering, relevance, similarity and report.html")
     au.add_argument("--base", required=True, help="model spec of the base model")
-    au.add_argument("--finetuned", required=True, help="model spec of the finetuned model")
+    au.add_argument("--finetuned", required=True, help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base")
     au.add_argument(
         "--corpus",
         default="base-samples",

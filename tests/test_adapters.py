@@ -163,3 +163,111 @@ def test_base_mismatch_and_missing_weights_are_named(adapter_dir):
     (adapter_dir / "adapter_model.safetensors").unlink()
     with pytest.raises(FileNotFoundError, match="an adapter without weights"):
         load_model(str(adapter_dir), base=str(adapter_dir.parent / "base"))
+
+
+def tiny_gemma3_multimodal(path, seed=0):
+    """A tiny random Gemma3ForConditionalGeneration (text decoder and vision tower), saved by transformers."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    text = dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        vocab_size=128,
+        sliding_window=5,
+        sliding_window_pattern=2,
+        query_pre_attn_scalar=24,
+        rope_scaling={"rope_type": "linear", "factor": 2.0},
+    )
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28)
+    config = Gemma3Config(
+        text_config=text,
+        vision_config=dict(vision, patch_size=14),
+        mm_tokens_per_image=4,
+        image_token_index=127,
+        boi_token_index=125,
+        eoi_token_index=126,
+        eos_token_id=[2, 124],
+    )
+    torch.manual_seed(seed)
+    model = Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    model.save_pretrained(path)
+    tiny_tokenizer().save_pretrained(path)
+    return model
+
+
+def test_gemma3_multimodal_text_decoder_matches_transformers(tmp_path, rng):
+    model = tiny_gemma3_multimodal(tmp_path)
+    ours = load_model(str(tmp_path))
+    assert ours.cfg.eos_token_ids == (2, 124)  # the top-level (end-of-turn) EOS wins over the text config's
+    tokens, valid, positions = left_padded_batch(rng, 120, lengths=(12, 8, 5))  # no image tokens
+    np.testing.assert_allclose(
+        our_logits(ours, tokens, valid)[valid], torch_logits(model, tokens, valid, positions)[valid], atol=1e-4
+    )
+    prompts = [rng.randint(3, 120, n).tolist() for n in (9, 4, 6)]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    with torch.no_grad():
+        want = model.generate(ids, attention_mask=(ids != 0).long(), do_sample=False, max_new_tokens=20, pad_token_id=0)
+    want = want[:, width:].numpy()  # rows that stop at an EOS are padded with 0, as ours are
+    got = generate(ours.params, ours.cfg, prompts, max_new_tokens=20)
+    np.testing.assert_array_equal(got.tokens, np.pad(want, ((0, 0), (0, 20 - want.shape[1]))))
+
+
+def test_adapter_of_a_gemma3_multimodal_model_matches_peft(tmp_path, rng):
+    """PEFT's q_proj/down_proj targets hit the vision tower too: those adapters are skipped, the text ones applied."""
+    from peft import LoraConfig, get_peft_model
+
+    model = tiny_gemma3_multimodal(tmp_path / "base")
+    torch.manual_seed(1)
+    lora = LoraConfig(init_lora_weights=False, r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"])
+    peft_model = get_peft_model(model, lora).eval()
+    peft_model.save_pretrained(tmp_path / "adapter")
+    names = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
+    assert any("vision_tower" in n for n in names) and any("language_model" in n for n in names)
+    _, ft = load_pair(str(tmp_path / "base"), str(tmp_path / "adapter"))
+    tokens, valid, positions = left_padded_batch(rng, 120, lengths=(12, 8, 5))
+    want = torch_logits(peft_model, tokens, valid, positions)
+    np.testing.assert_allclose(our_logits(ft, tokens, valid)[valid], want[valid], atol=1e-4)
+
+
+def _hub_entry(cache: Path, repo_id: str, files: Path) -> None:
+    """One repository in the layout huggingface_hub reads from its cache: snapshots/<commit>/ and refs/main."""
+    repo = cache / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 39 + str(len(repo_id) % 10)
+    shutil.copytree(files, repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_hub_ids_of_adapter_and_base_resolve_offline_from_the_hub_cache(tmp_path, rng):
+    tiny_base("qwen3", tmp_path / "base")
+    peft_model = save_adapter(tmp_path / "base", tmp_path / "adapter", r=4, lora_alpha=16, target_modules=ALL)
+    _edit_config(tmp_path / "adapter", base_model_name_or_path="org/tiny")
+    _hub_entry(tmp_path / "hub", "org/tiny", tmp_path / "base")
+    _hub_entry(tmp_path / "hub", "org/tiny-adapter", tmp_path / "adapter")
+    tokens, valid, positions = left_padded_batch(rng, 128, lengths=(12, 8, 5))
+    np.save(tmp_path / "tokens.npy", tokens)
+    script = (
+        "import sys, jax.numpy as jnp, numpy as np; from adl_jax.models.load import load_model; "
+        "m = load_model('org/tiny-adapter'); t = np.load(sys.argv[1]); "
+        "from adl_jax.models.transformer import forward; "
+        "np.save(sys.argv[2], forward(m.params, jnp.asarray(t), m.cfg, valid=jnp.asarray(t != 0)).logits)"
+    )
+    env = dict(os.environ, HF_HUB_CACHE=str(tmp_path / "hub"), HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    run = subprocess.run(
+        [sys.executable, "-c", script, tmp_path / "tokens.npy", tmp_path / "logits.npy"],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    want = torch_logits(peft_model, tokens, valid, positions)
+    np.testing.assert_allclose(np.load(tmp_path / "logits.npy")[valid], want[valid], atol=1e-4)
