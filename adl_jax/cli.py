@@ -320,7 +320,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("diff", help="delta between a finetuned model and its base over a corpus, plus lenses")
     d.add_argument("--base", required=True, help="model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id")
-    d.add_argument("--finetuned", required=True, help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base")
+    d.add_argument(
+        "--finetuned",
+        required=True,
+        help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base",
+    )
     d.add_argument("--corpus", required=True, help="a .txt/.jsonl/.parquet file, hf:NAME[:split] or tfds:NAME[:split]")
     d.add_argument("--column", default="text", help="text field of the corpus (default: text)")
     d.add_argument("--samples", type=int, default=10_000, help="texts to average over (paper: 10000)")
@@ -353,7 +357,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = sub.add_parser("audit", help="delta, lenses, steering, relevance, similarity and report.html")
     au.add_argument("--base", required=True, help="model spec of the base model")
-    au.add_argument("--finetuned", required=True, help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base")
+    au.add_argument(
+        "--finetuned",
+        required=True,
+        help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base",
+    )
     au.add_argument(
         "--corpus",
         default="base-samples",
