@@ -289,7 +289,7 @@ def cmd_plan(a) -> None:
     from adl_jax.experiments import plan as pl
 
     cfg = pl.model_config(a.model)
-    run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len)
+    run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len, a.adapter_rank)
     p = pl.plan(cfg, a.devices, a.mesh, run, model=a.model)
     print(p.table())
     pl.check(p, cfg)
@@ -491,6 +491,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--dtype", choices=("bfloat16", "bf16", "float32", "f32"), default="bfloat16")
     pl.add_argument("--batch-size", type=int, default=None, help="rows per batch (default: audit 32, finetune 8)")
     pl.add_argument("--seq-len", type=int, default=None, help="finetuning tokens per row (default 256)")
+    pl.add_argument(
+        "--adapter-rank", type=int, default=0, help="audit of a PEFT LoRA adapter of this rank: one copy of the base"
+    )
     pl.set_defaults(func=cmd_plan)
 
     dm = sub.add_parser("demo", help="the whole story offline on the embedded Gemma-3-270M")

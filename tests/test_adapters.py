@@ -271,3 +271,25 @@ def test_hub_ids_of_adapter_and_base_resolve_offline_from_the_hub_cache(tmp_path
     assert run.returncode == 0, run.stderr[-3000:]
     want = torch_logits(peft_model, tokens, valid, positions)
     np.testing.assert_allclose(np.load(tmp_path / "logits.npy")[valid], want[valid], atol=1e-4)
+
+
+def test_plan_counts_an_adapter_audit_as_the_loader_places_it(tmp_path):
+    """`adl plan --adapter-rank`'s weight rows equal the bytes one device holds for base and adapted model."""
+    from adl_jax.experiments.plan import Run, plan
+
+    tiny_base("llama", tmp_path / "base")
+    save_adapter(tmp_path / "base", tmp_path / "adapter", r=4, lora_alpha=8, target_modules=ALL)
+    mesh = make_mesh("data=2,fsdp=2,model=2")
+    base, ft = load_pair(str(tmp_path / "base"), str(tmp_path / "adapter"), mesh=mesh)
+    device = mesh.devices.flat[0]
+    held = {
+        s.data.unsafe_buffer_pointer(): s.data.nbytes
+        for x in jax.tree.leaves((base.params, ft.params))
+        for s in x.addressable_shards
+        if s.device == device
+    }
+    rows = plan(ft.cfg, "v5e-8", "data=2,fsdp=2,model=2", Run.of(dtype="float32", adapter_rank=4)).rows
+    counted = rows["weights (base, shared by the adapter)"][0] + rows["PEFT adapter (rank 4, f32)"][0]
+    assert sum(held.values()) == counted
+    full = plan(ft.cfg, "v5e-8", "data=2,fsdp=2,model=2", Run.of(dtype="float32")).rows["weights (base + finetuned)"]
+    assert counted < full[0]

@@ -25,7 +25,7 @@ from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import param_shapes
 from adl_jax.sharding import MESH_AXES, Rules, param_specs, parse_mesh
 from adl_jax.method.steer import STEERING_PROMPTS
-from finetune.lora import resolve_targets
+from finetune.lora import LoraConfig, resolve_targets
 from finetune.train import TrainConfig
 
 USABLE = 0.9
@@ -182,6 +182,7 @@ class Run:
     audit: AuditSettings = AuditSettings()
     train: TrainConfig = TrainConfig()
     rules: Rules = Rules()
+    adapter_rank: int = 0  # audit of a PEFT LoRA of this rank: the base's weights once, plus the adapter
 
     def __post_init__(self):
         if self.task not in ("audit", "finetune"):
@@ -197,12 +198,13 @@ class Run:
         mode: str = "lora",
         batch_size: int | None = None,
         seq_len: int | None = None,
+        adapter_rank: int = 0,
     ) -> Run:
         """The default audit or finetuning run, with the batch (and finetuning mode and length) overridden."""
         audit, train = AuditSettings(), TrainConfig(mode=mode)
         audit = dataclasses.replace(audit, batch_size=batch_size or audit.batch_size)
         train = dataclasses.replace(train, batch_size=batch_size or train.batch_size, seq_len=seq_len or train.seq_len)
-        return cls(task, dtype, audit, train)
+        return cls(task, dtype, audit, train, adapter_rank=adapter_rank)
 
     @property
     def batch(self) -> int:
@@ -275,8 +277,20 @@ def _audit(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
             cfg, sizes, scope_rows, PROMPT_TOKENS, PROMPT_TOKENS, b, logit_tokens=1, batch_split=False
         ),  # patchscope: all scales x prompts in one batch
     )
+    weights = weight_bytes(cfg, sizes, b, run.rules)
+    if run.adapter_rank:  # the adapter is applied unmerged on the base's own arrays (models/adapters.py)
+        lora = dataclasses.replace(run.train, lora=LoraConfig(rank=run.adapter_rank))
+        stored = {
+            "weights (base, shared by the adapter)": (weights, "exact"),
+            f"PEFT adapter (rank {run.adapter_rank}, f32)": (
+                adapter_bytes(cfg, sizes, lora, run.rules),
+                "exact with every projection adapted, at most",
+            ),
+        }
+    else:
+        stored = {"weights (base + finetuned)": (2 * weights, "exact")}
     return {
-        "weights (base + finetuned)": (2 * weight_bytes(cfg, sizes, b, run.rules), "exact"),
+        **stored,
         "KV cache (steering)": (
             kv,
             f"estimate: {gen[0][0]} rows x {gen[0][1]} or {gen[1][0]} x {gen[1][1]} tokens, rows not split",
