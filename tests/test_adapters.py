@@ -181,6 +181,7 @@ def tiny_gemma3_multimodal(path, seed=0):
         sliding_window_pattern=2,
         query_pre_attn_scalar=24,
         rope_scaling={"rope_type": "linear", "factor": 2.0},
+        final_logit_softcapping=3.0,  # which Gemma3ForConditionalGeneration does not apply
     )
     vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28)
     config = Gemma3Config(

@@ -250,7 +250,8 @@ def is_multimodal(d: dict) -> bool:
 def _gemma3_text_config(d: dict, ignore_keys: tuple[str, ...]) -> dict:
     """The text decoder's full config from a multimodal Gemma 3 config. Published configs list only the fields
     that differ from transformers' Gemma3TextConfig defaults, so transformers fills in the rest; the top-level
-    token ids (the instruction-tuned models' end-of-turn EOS) win over the text config's."""
+    token ids (the instruction-tuned models' end-of-turn EOS) win over the text config's. The logits are those of
+    Gemma3ForConditionalGeneration, which applies no final soft-cap."""
     from transformers import Gemma3TextConfig
 
     unknown = sorted(
@@ -263,6 +264,7 @@ def _gemma3_text_config(d: dict, ignore_keys: tuple[str, ...]) -> dict:
         )
     text = {k: v for k, v in d["text_config"].items() if k != "model_type"}
     text.update({k: d[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings") if k in d})
+    text["final_logit_softcapping"] = None  # Gemma3ForConditionalGeneration never soft-caps, whatever it says
     return Gemma3TextConfig(**text).to_dict()
 
 
