@@ -76,10 +76,11 @@ def cmd_audit(a) -> None:
     settings = AuditSettings.quick() if a.quick else AuditSettings()
     if a.samples:
         settings = dataclasses.replace(settings, samples=a.samples)
+    organism_data = _organism(a)
     mesh = _mesh(a, settings.batch_size)
     base, ft = load_pair(a.base, a.finetuned, dtype=_dtype(a.dtype), mesh=mesh)
     texts = _corpus(a, base, settings.samples)
-    ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else None
+    ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else organism_data
     description = Path(a.description).read_text() if a.description and Path(a.description).is_file() else a.description
     grader_settings = GraderSettings.from_env()
     audit(
@@ -94,6 +95,31 @@ def cmd_audit(a) -> None:
         grader=grader_settings and Grader(grader_settings),
     )
     print(f"report: {Path(a.out) / 'report.html'}")
+
+
+ORGANISM_SAMPLE = 1000  # texts of an organism's finetuning dataset read for relevance and similarity
+
+
+def _organism(a) -> list[str] | None:
+    """--organism FILE --model-key KEY (the diffing toolkit's configs) fills --base, --finetuned and
+    --description left unset; returns a sample of the organism's finetuning data unless --finetune-data is given."""
+    import itertools
+
+    from adl_jax.experiments.toolkit import read_organism
+    from adl_jax.method.corpus import corpus_texts
+
+    if not a.organism:
+        if not (a.base and a.finetuned):
+            raise ValueError("give --base and --finetuned, or --organism FILE.yaml --model-key KEY")
+        return None
+    if not a.model_key:
+        raise ValueError("--organism needs --model-key: the base model's key in the organism's finetuned_models")
+    org = read_organism(a.organism, a.model_key, a.variant, a.model_config, base=a.base)
+    a.base, a.finetuned = org.base, a.finetuned or org.finetuned
+    a.description = a.description or org.description
+    if a.finetune_data or org.dataset is None or org.is_chat:  # a chat dataset is no text sample
+        return None
+    return list(itertools.islice(corpus_texts(org.dataset, org.text_column), ORGANISM_SAMPLE))
 
 
 def _corpus(a, base, count: int) -> list[str]:
@@ -356,11 +382,21 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     au = sub.add_parser("audit", help="delta, lenses, steering, relevance, similarity and report.html")
-    au.add_argument("--base", required=True, help="model spec of the base model")
+    au.add_argument("--base", default=None, help="model spec of the base model")
     au.add_argument(
         "--finetuned",
-        required=True,
+        default=None,
         help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base",
+    )
+    au.add_argument(
+        "--organism",
+        default=None,
+        help="an organism config of the diffing toolkit (YAML): base, finetuned model, description and data",
+    )
+    au.add_argument("--model-key", default=None, help="with --organism: the base model's key in finetuned_models")
+    au.add_argument("--variant", default="default", help="with --organism: the variant (default, full, mix1-0p5, ...)")
+    au.add_argument(
+        "--model-config", default=None, help="with --organism: the toolkit's model YAML (default ../model/KEY.yaml)"
     )
     au.add_argument(
         "--corpus",
