@@ -19,7 +19,7 @@ from adl_jax.models.generate import generate
 from adl_jax.models.load import load_model, load_pair
 from adl_jax.models.transformer import LowRankUpdate, forward
 from adl_jax.sharding import make_mesh
-from conftest import left_padded_batch, tiny_hf_model, tiny_tokenizer
+from conftest import left_padded_batch, random_texts, tiny_hf_model, tiny_tokenizer
 
 ROOT = Path(__file__).resolve().parent.parent
 jit_forward = jax.jit(forward, static_argnames="cfg")
@@ -294,3 +294,20 @@ def test_plan_counts_an_adapter_audit_as_the_loader_places_it(tmp_path):
     assert sum(held.values()) == counted
     full = plan(ft.cfg, "v5e-8", "data=2,fsdp=2,model=2", Run.of(dtype="float32")).rows["weights (base + finetuned)"]
     assert counted < full[0]
+
+
+def test_delta_of_the_unmerged_adapter_equals_that_of_peft_merged_model(tmp_path, rng):
+    """ADL's delta over a corpus with the adapter applied unmerged equals the delta of the model peft merges."""
+    from adl_jax.method.adl import diff
+
+    tiny_base("qwen3", tmp_path / "base")
+    peft_model = save_adapter(tmp_path / "base", tmp_path / "adapter", r=4, lora_alpha=8, target_modules=ALL)
+    peft_model.merge_and_unload().save_pretrained(tmp_path / "merged")
+    tiny_tokenizer().save_pretrained(tmp_path / "merged")
+    base, ft = load_pair(str(tmp_path / "base"), str(tmp_path / "adapter"))
+    texts = random_texts(rng, 80)
+    kw = dict(texts=texts, samples=40, n=8, batch_size=8, progress=False)
+    unmerged = diff(base, ft, out=tmp_path / "unmerged", **kw).diff.delta
+    merged = diff(base, load_model(str(tmp_path / "merged")), out=tmp_path / "merged_run", **kw).diff.delta
+    np.testing.assert_allclose(unmerged, merged, atol=1e-5)
+    assert np.abs(merged).max() > 1e-2
