@@ -152,6 +152,11 @@ def test_tensors_not_consumed_are_refused(adapter_dir):
     save_file(tensors, weights)
     with pytest.raises(ValueError, match="1 tensor.*embed_tokens.lora_embedding_A"):
         load_model(str(adapter_dir))
+    del tensors["base_model.model.model.embed_tokens.lora_embedding_A"]
+    del tensors["base_model.model.model.layers.1.mlp.up_proj.lora_B.weight"]
+    save_file(tensors, weights)
+    with pytest.raises(ValueError, match="layers.1.mlp.up_proj has only one of lora_A and lora_B"):
+        load_model(str(adapter_dir))
 
 
 def test_base_mismatch_and_missing_weights_are_named(adapter_dir):

@@ -126,12 +126,15 @@ def apply_adapter(path: str | Path, params: Params, cfg: ModelConfig) -> Params:
     with safe_open(str(path / ADAPTER_WEIGHTS), framework="numpy") as f:
         for key in f.keys():
             suffix = next((s for s in _LORA_SUFFIXES if key.endswith(s)), None)
-            module = key.removeprefix(_PEFT_PREFIX).removesuffix(suffix or "")
+            if suffix is None or not key.startswith(_PEFT_PREFIX):
+                problems.append(key)
+                continue
+            module = key.removeprefix(_PEFT_PREFIX).removesuffix(suffix)
             ours = text_tower_name(module + ".weight")
             if ours is None:  # the vision tower's adapters: never run by a text-only forward
                 continue
             place = modules.get(ours.removesuffix(".weight"))
-            if suffix is None or not key.startswith(_PEFT_PREFIX) or place is None:
+            if place is None:
                 problems.append(key)
                 continue
             entry = pieces.setdefault(place, [None, None, module])
@@ -143,18 +146,19 @@ def apply_adapter(path: str | Path, params: Params, cfg: ModelConfig) -> Params:
         )
     if not pieces:
         raise ValueError(f"PEFT adapter {path} holds no LoRA tensors")
+    for a, b, module in pieces.values():
+        if a is None or b is None:
+            raise ValueError(f"PEFT adapter {path}: {module} has only one of lora_A and lora_B")
 
     layers = dict(params["layers"])
     for target in sorted({t for t, _ in pieces}):
         w = layers[target]
         n_layers, d_in, d_out = w.shape
         stacked = {i: pieces[(target, i)] for i in range(n_layers) if (target, i) in pieces}
-        rank = max(a.shape[0] for a, _, _ in stacked.values() if a is not None)
+        rank = max(a.shape[0] for a, _, _ in stacked.values())
         a_all = np.zeros((n_layers, d_in, rank), np.float32)
         b_all = np.zeros((n_layers, rank, d_out), np.float32)
         for i, (a, b, module) in stacked.items():
-            if a is None or b is None:
-                raise ValueError(f"PEFT adapter {path}: {module} has only one of lora_A and lora_B")
             r = pattern_value(config.get("rank_pattern") or {}, module, config["r"])
             alpha = pattern_value(config.get("alpha_pattern") or {}, module, config["lora_alpha"])
             if a.shape != (r, d_in) or b.shape != (d_out, r):
