@@ -30,7 +30,7 @@ from finetune.train import TrainConfig
 
 USABLE = 0.9
 GIB = 2**30
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "models"
+CONFIGS = Path(__file__).resolve().parents[2] / "configs" / "models"
 PROMPT_TOKENS = 64  # a chat-formatted steering or patchscope prompt, at most
 DTYPES = {"float32": 4, "f32": 4, "bfloat16": 2, "bf16": 2}
 
