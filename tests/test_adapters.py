@@ -15,6 +15,7 @@ import pytest
 import torch
 from safetensors.numpy import load_file, save_file
 
+from adl_jax.models.adapters import check_base
 from adl_jax.models.generate import generate
 from adl_jax.models.load import load_model, load_pair
 from adl_jax.models.transformer import LowRankUpdate, forward
@@ -163,6 +164,8 @@ def test_base_mismatch_and_missing_weights_are_named(adapter_dir):
     _edit_config(adapter_dir, base_model_name_or_path="org/Other-Model")
     with pytest.raises(ValueError, match="trained on 'org/Other-Model'.*base given is '/nowhere/tiny'"):
         load_model(str(adapter_dir), base="/nowhere/tiny")  # refused before the base is looked for
+    for same in ("org/other-model-Reference", "ORG/Meta-Other-Model"):  # Together AI's and Meta's own names
+        check_base(adapter_dir, same, "/models/other-model")
     local_copy = shutil.copytree(adapter_dir.parent / "base", adapter_dir.parent / "other-model")
     assert load_model(str(adapter_dir), base=str(local_copy)).cfg.family == "llama"  # a local copy of the named base
     (adapter_dir / "adapter_model.safetensors").unlink()

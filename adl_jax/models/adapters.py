@@ -93,10 +93,17 @@ def read_adapter_config(path: str | Path) -> dict:
     return config
 
 
+def model_name(spec: str) -> str:
+    """A model's name as base checks compare it: the last path component, lower case, so that a local copy
+    (`/models/Llama-3.1-8B`) matches its hub id; without Together AI's `-Reference` suffix (its fine-tuning
+    service's name for the unmodified weights, e.g. `meta-llama/Llama-3.3-70B-Instruct-Reference`) and the
+    `Meta-` prefix of Meta's renamed repositories (`Meta-Llama-3.1-8B-Instruct` is `Llama-3.1-8B-Instruct`)."""
+    return Path(str(spec).rstrip("/")).name.lower().removesuffix("-reference").removeprefix("meta-")
+
+
 def check_base(adapter: str | Path, named: str | None, base: str) -> None:
-    """Refuse a base other than the one the adapter was trained on. Names are compared by their last path
-    component, case-insensitively, so a local copy (`/models/Llama-3.1-8B`) matches its hub id."""
-    if named and Path(named).name.lower() != Path(str(base).rstrip("/")).name.lower():
+    """Refuse a base other than the one the adapter was trained on (names compared by `model_name`)."""
+    if named and model_name(named) != model_name(base):
         raise ValueError(
             f"PEFT adapter {adapter} was trained on {named!r} (its base_model_name_or_path), but the base given is "
             f"{base!r}. Pass the adapter's base (--base {named}), or, if {base!r} holds the very same weights, set "
