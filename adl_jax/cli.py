@@ -277,13 +277,13 @@ def _named(pairs: list[str], flag: str) -> dict[str, str]:
 
 def _sweep_bases(a, settings) -> None:
     from adl_jax.experiments import sweep
-    from adl_jax.models.load import load_model
+    from adl_jax.models.load import load_model, loaded_base
 
     bases, data = _named(a.base, "--base"), _named(a.data, "--data")
     datasets = {name: sweep.finetune_texts(_examples(path)) for name, path in data.items()}
     sweep.check_bases(bases, datasets)  # before any model loads
-    ft = load_model(a.finetuned, dtype=_dtype(a.dtype))
     models = {name: load_model(spec, dtype=_dtype(a.dtype)) for name, spec in bases.items()}
+    ft = load_model(a.finetuned, dtype=_dtype(a.dtype), base=loaded_base(a.finetuned, models.values()))
     texts = _corpus(a, next(iter(models.values())), settings.samples)
     sweep.sweep_bases(ft, models, a.out, texts=texts, datasets=datasets, settings=settings, progress=not a.no_progress)
     print(f"table: {a.out}/bases.html")

@@ -17,7 +17,7 @@ from safetensors.numpy import load_file, save_file
 
 from adl_jax.models.adapters import check_base
 from adl_jax.models.generate import generate
-from adl_jax.models.load import load_model, load_pair
+from adl_jax.models.load import load_model, load_pair, loaded_base
 from adl_jax.models.transformer import LowRankUpdate, forward
 from adl_jax.sharding import make_mesh
 from conftest import left_padded_batch, random_texts, tiny_hf_model, tiny_tokenizer
@@ -100,6 +100,8 @@ def test_adapter_holds_one_copy_of_the_base_sharded_or_not(tmp_path, rng):
     tiny_base("llama", tmp_path / "base")
     save_adapter(tmp_path / "base", tmp_path / "adapter", r=4, lora_alpha=8, target_modules=ALL)
     base, ft = load_pair(str(tmp_path / "base"), str(tmp_path / "adapter"))
+    assert loaded_base(str(tmp_path / "adapter"), [ft, base]) is base  # what `adl sweep bases` shares
+    assert loaded_base(str(tmp_path / "base"), [base]) is None
 
     def buffers(tree):
         return {

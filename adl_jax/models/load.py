@@ -27,6 +27,7 @@ from adl_jax.models.adapters import (
     apply_adapter,
     check_base,
     is_adapter,
+    model_name,
     read_adapter_config,
 )
 from adl_jax.models.config import ModelConfig
@@ -93,6 +94,16 @@ def load_pair(base: str | Path, finetuned: str | Path, **kw) -> tuple[Model, Mod
     """The base and finetuned models of an audit; a finetuned PEFT adapter is applied on this very base."""
     base_model = load_model(base, **kw)
     return base_model, load_model(finetuned, base=base_model, **kw)
+
+
+def loaded_base(finetuned: str | Path, models) -> Model | None:
+    """Among loaded `models`, the base a PEFT adapter spec names (to pass as `load_model(..., base=)`, so that
+    its arrays are shared); None when `finetuned` is no adapter or its base is not among them."""
+    path = resolve_spec(finetuned)
+    if not is_adapter(path):
+        return None
+    named = read_adapter_config(path).get("base_model_name_or_path")
+    return next((m for m in models if named and model_name(m.spec) == model_name(named)), None)
 
 
 def _load_adapter(spec: str, path: Path, dtype, mesh, rules: Rules, base: Model | str | None) -> Model:
