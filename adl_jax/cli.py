@@ -71,15 +71,16 @@ def cmd_audit(a) -> None:
     from adl_jax.experiments.audit import AuditSettings, audit, default_encoder
     from adl_jax.method.corpus import local_texts
     from adl_jax.judging.graders import Grader, GraderSettings
-    from adl_jax.models.load import load_model
+    from adl_jax.models.load import load_pair
 
     settings = AuditSettings.quick() if a.quick else AuditSettings()
     if a.samples:
         settings = dataclasses.replace(settings, samples=a.samples)
+    organism_data = _organism(a)
     mesh = _mesh(a, settings.batch_size)
-    base, ft = (load_model(spec, dtype=_dtype(a.dtype), mesh=mesh) for spec in (a.base, a.finetuned))
+    base, ft = load_pair(a.base, a.finetuned, dtype=_dtype(a.dtype), mesh=mesh)
     texts = _corpus(a, base, settings.samples)
-    ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else None
+    ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else organism_data
     description = Path(a.description).read_text() if a.description and Path(a.description).is_file() else a.description
     grader_settings = GraderSettings.from_env()
     audit(
@@ -94,6 +95,31 @@ def cmd_audit(a) -> None:
         grader=grader_settings and Grader(grader_settings),
     )
     print(f"report: {Path(a.out) / 'report.html'}")
+
+
+ORGANISM_SAMPLE = 1000  # texts of an organism's finetuning dataset read for relevance and similarity
+
+
+def _organism(a) -> list[str] | None:
+    """--organism FILE --model-key KEY (the diffing toolkit's configs) fills --base, --finetuned and
+    --description left unset; returns a sample of the organism's finetuning data unless --finetune-data is given."""
+    import itertools
+
+    from adl_jax.experiments.toolkit import read_organism
+    from adl_jax.method.corpus import corpus_texts
+
+    if not a.organism:
+        if not (a.base and a.finetuned):
+            raise ValueError("give --base and --finetuned, or --organism FILE.yaml --model-key KEY")
+        return None
+    if not a.model_key:
+        raise ValueError("--organism needs --model-key: the base model's key in the organism's finetuned_models")
+    org = read_organism(a.organism, a.model_key, a.variant, a.model_config, base=a.base)
+    a.base, a.finetuned = org.base, a.finetuned or org.finetuned
+    a.description = a.description or org.description
+    if a.finetune_data or org.dataset is None or org.is_chat:  # a chat dataset is no text sample
+        return None
+    return list(itertools.islice(corpus_texts(org.dataset, org.text_column), ORGANISM_SAMPLE))
 
 
 def _corpus(a, base, count: int) -> list[str]:
@@ -114,10 +140,10 @@ def _examples(path: str) -> list:
 
 def cmd_ablate(a) -> None:
     from adl_jax.experiments.ablate import AblationSettings, run_ablation
+    from adl_jax.models.load import load_pair
     from adl_jax.report.ablation import ablation_table
-    from adl_jax.models.load import load_model
 
-    base, ft = load_model(a.base, dtype=_dtype(a.dtype)), load_model(a.finetuned, dtype=_dtype(a.dtype))
+    base, ft = load_pair(a.base, a.finetuned, dtype=_dtype(a.dtype))
     lo, _, hi = a.positions.partition("-")
     settings = AblationSettings(
         positions=tuple(range(int(lo), int(hi or lo) + 1)),
@@ -146,7 +172,7 @@ def cmd_agent(a) -> None:
 
     from adl_jax.experiments.agent import AgentSettings, Evidence, evaluate, format_table
     from adl_jax.judging.graders import Grader, GraderSettings
-    from adl_jax.models.load import load_model
+    from adl_jax.models.load import load_pair
 
     agent, grader = GraderSettings.from_env("ADL_AGENT"), GraderSettings.from_env("ADL_GRADER")
     if agent is None or grader is None:
@@ -163,7 +189,7 @@ def cmd_agent(a) -> None:
             raise ValueError("give --organism NAME or --description (the ground truth) with --kind")
         path = Path(a.description)
         truth, kind = (path.read_text() if path.is_file() else a.description), a.kind
-    evidence = Evidence(a.audit, load_model(a.base), load_model(a.finetuned))
+    evidence = Evidence(a.audit, *load_pair(a.base, a.finetuned))
     budgets = lambda text: tuple(int(x) for x in text.split(",") if x)
     result = evaluate(
         Grader(agent),
@@ -252,13 +278,13 @@ def _named(pairs: list[str], flag: str) -> dict[str, str]:
 
 def _sweep_bases(a, settings) -> None:
     from adl_jax.experiments import sweep
-    from adl_jax.models.load import load_model
+    from adl_jax.models.load import load_model, loaded_base
 
     bases, data = _named(a.base, "--base"), _named(a.data, "--data")
     datasets = {name: sweep.finetune_texts(_examples(path)) for name, path in data.items()}
     sweep.check_bases(bases, datasets)  # before any model loads
-    ft = load_model(a.finetuned, dtype=_dtype(a.dtype))
     models = {name: load_model(spec, dtype=_dtype(a.dtype)) for name, spec in bases.items()}
+    ft = load_model(a.finetuned, dtype=_dtype(a.dtype), base=loaded_base(a.finetuned, models.values()))
     texts = _corpus(a, next(iter(models.values())), settings.samples)
     sweep.sweep_bases(ft, models, a.out, texts=texts, datasets=datasets, settings=settings, progress=not a.no_progress)
     print(f"table: {a.out}/bases.html")
@@ -290,7 +316,7 @@ def cmd_plan(a) -> None:
     from adl_jax.experiments import plan as pl
 
     cfg = pl.model_config(a.model)
-    run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len)
+    run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len, a.adapter_rank)
     p = pl.plan(cfg, a.devices, a.mesh, run, model=a.model)
     print(p.table())
     pl.check(p, cfg)
@@ -321,7 +347,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("diff", help="delta between a finetuned model and its base over a corpus, plus lenses")
     d.add_argument("--base", required=True, help="model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id")
-    d.add_argument("--finetuned", required=True, help="model spec of the finetuned model")
+    d.add_argument(
+        "--finetuned",
+        required=True,
+        help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base",
+    )
     d.add_argument("--corpus", required=True, help="a .txt/.jsonl/.parquet file, hf:NAME[:split] or tfds:NAME[:split]")
     d.add_argument("--column", default="text", help="text field of the corpus (default: text)")
     d.add_argument("--samples", type=int, default=10_000, help="texts to average over (paper: 10000)")
@@ -353,8 +383,22 @@ def build_parser() -> argparse.ArgumentParser:
     i.set_defaults(func=cmd_info)
 
     au = sub.add_parser("audit", help="delta, lenses, steering, relevance, similarity and report.html")
-    au.add_argument("--base", required=True, help="model spec of the base model")
-    au.add_argument("--finetuned", required=True, help="model spec of the finetuned model")
+    au.add_argument("--base", default=None, help="model spec of the base model")
+    au.add_argument(
+        "--finetuned",
+        default=None,
+        help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base",
+    )
+    au.add_argument(
+        "--organism",
+        default=None,
+        help="an organism config of the diffing toolkit (YAML): base, finetuned model, description and data",
+    )
+    au.add_argument("--model-key", default=None, help="with --organism: the base model's key in finetuned_models")
+    au.add_argument("--variant", default="default", help="with --organism: the variant (default, full, mix1-0p5, ...)")
+    au.add_argument(
+        "--model-config", default=None, help="with --organism: the toolkit's model YAML (default ../model/KEY.yaml)"
+    )
     au.add_argument(
         "--corpus",
         default="base-samples",
@@ -484,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--dtype", choices=("bfloat16", "bf16", "float32", "f32"), default="bfloat16")
     pl.add_argument("--batch-size", type=int, default=None, help="rows per batch (default: audit 32, finetune 8)")
     pl.add_argument("--seq-len", type=int, default=None, help="finetuning tokens per row (default 256)")
+    pl.add_argument(
+        "--adapter-rank", type=int, default=0, help="audit of a PEFT LoRA adapter of this rank: one copy of the base"
+    )
     pl.set_defaults(func=cmd_plan)
 
     dm = sub.add_parser("demo", help="the whole story offline on the embedded Gemma-3-270M")

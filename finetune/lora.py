@@ -14,9 +14,9 @@ import dataclasses
 import jax
 import jax.numpy as jnp
 
+from adl_jax.models.adapters import TARGETS
 from adl_jax.models.transformer import LowRankUpdate, Params
 
-TARGETS = ("q", "k", "v", "o", "gate", "up", "down")
 Adapters = dict  # {target: (A, B)}
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from adl_jax import io
+from adl_jax.models.adapters import ADAPTER_CONFIG, ADAPTER_WEIGHTS, peft_module
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.params import hf_tensor_names
 from finetune.lora import Adapters, LoraConfig
@@ -23,7 +24,7 @@ def peft_tensors(adapters: Adapters, cfg: ModelConfig) -> dict[str, np.ndarray]:
     out = {}
     for target, (a, b) in adapters.items():
         for i, name in enumerate(names[target]):
-            module = f"base_model.model.{name.removesuffix('.weight')}"
+            module = peft_module(name)
             out[f"{module}.lora_A.weight"] = np.asarray(a[i], np.float32).T
             out[f"{module}.lora_B.weight"] = np.asarray(b[i], np.float32).T
     return out
@@ -51,5 +52,5 @@ def save_peft_adapter(
         "modules_to_save": None,
     }
     path = Path(path)
-    io.write_arrays(path / "adapter_model.safetensors", peft_tensors(adapters, cfg), metadata={"format": "pt"})
-    io.write_json(path / "adapter_config.json", config)
+    io.write_arrays(path / ADAPTER_WEIGHTS, peft_tensors(adapters, cfg), metadata={"format": "pt"})
+    io.write_json(path / ADAPTER_CONFIG, config)

@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from adl_jax import io
+from adl_jax.models.adapters import adapter_specs
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.params import param_shardings
 from adl_jax.models.transformer import Params, forward
@@ -174,12 +175,6 @@ def _initial_state(base: Params, cfg: ModelConfig, tc: TrainConfig, tx, mesh, ru
 @functools.partial(jax.jit, static_argnames=("cfg", "tc"))
 def _eval_nll(trainable, base, tokens, valid, targets, *, cfg: ModelConfig, tc: TrainConfig):
     return token_nll(model_params(trainable, base, tc), cfg, tokens, valid, targets)
-
-
-def adapter_specs(weight: PartitionSpec) -> tuple[PartitionSpec, PartitionSpec]:
-    """A (L, in, r) is split like its weight's input axis, B (L, r, out) like its output axis."""
-    layer, d_in, d_out = tuple(weight) + (None,) * (3 - len(weight))
-    return PartitionSpec(layer, d_in, None), PartitionSpec(layer, None, d_out)
 
 
 def _adapter_shardings(weight_shardings: Params, adapters) -> dict:

@@ -18,7 +18,7 @@ from adl_jax.experiments.audit import AuditSettings, audit  # noqa: E402 - after
 from adl_jax.judging.alpha_search import SteeringSettings  # noqa: E402
 from adl_jax.models.load import Model  # noqa: E402
 
-FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3_text")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
 
 
 def tiny_hf_config(family: str, num_kv_heads: int = 2, **overrides):
@@ -39,6 +39,8 @@ def tiny_hf_config(family: str, num_kv_heads: int = 2, **overrides):
     )
     if family.startswith("gemma"):
         kw.update(sliding_window=5, query_pre_attn_scalar=24)
+    if family == "mistral":  # every layer slides; test inputs are longer than the window
+        kw.update(sliding_window=5)
     if family == "gemma2":
         kw.update(attn_logit_softcapping=5.0, final_logit_softcapping=3.0)
     if family == "gemma3_text":

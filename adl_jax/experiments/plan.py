@@ -21,14 +21,15 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from adl_jax.experiments.audit import AuditSettings
+from adl_jax.models.adapters import adapter_specs
 from adl_jax.method.diff import resolve_layer
 from adl_jax.method.lens import PATCHSCOPE_PROMPTS, PATCHSCOPE_SCALES
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.params import param_shapes, param_specs
 from adl_jax.sharding import MESH_AXES, Rules, parse_mesh
 from adl_jax.method.steer import STEERING_PROMPTS
-from finetune.lora import resolve_targets
-from finetune.train import TrainConfig, adapter_specs
+from finetune.lora import LoraConfig, resolve_targets
+from finetune.train import TrainConfig
 
 USABLE = 0.9
 GIB = 2**30
@@ -184,6 +185,7 @@ class Run:
     audit: AuditSettings = AuditSettings()
     train: TrainConfig = TrainConfig()
     rules: Rules = Rules()
+    adapter_rank: int = 0  # audit of a PEFT LoRA of this rank: the base's weights once, plus the adapter
 
     def __post_init__(self):
         if self.task not in ("audit", "finetune"):
@@ -199,12 +201,13 @@ class Run:
         mode: str = "lora",
         batch_size: int | None = None,
         seq_len: int | None = None,
+        adapter_rank: int = 0,
     ) -> Run:
         """The default audit or finetuning run, with the batch (and finetuning mode and length) overridden."""
         audit, train = AuditSettings(), TrainConfig(mode=mode)
         audit = dataclasses.replace(audit, batch_size=batch_size or audit.batch_size)
         train = dataclasses.replace(train, batch_size=batch_size or train.batch_size, seq_len=seq_len or train.seq_len)
-        return cls(task, dtype, audit, train)
+        return cls(task, dtype, audit, train, adapter_rank=adapter_rank)
 
     @property
     def batch(self) -> int:
@@ -277,8 +280,20 @@ def _audit(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
             cfg, sizes, scope_rows, PROMPT_TOKENS, PROMPT_TOKENS, b, logit_tokens=1, batch_split=False
         ),  # patchscope: all scales x prompts in one batch
     )
+    weights = weight_bytes(cfg, sizes, b, run.rules)
+    if run.adapter_rank:  # the adapter is applied unmerged on the base's own arrays (models/adapters.py)
+        lora = dataclasses.replace(run.train, lora=LoraConfig(rank=run.adapter_rank))
+        stored = {
+            "weights (base, shared by the adapter)": (weights, "exact"),
+            f"PEFT adapter (rank {run.adapter_rank}, f32)": (
+                adapter_bytes(cfg, sizes, lora, run.rules),
+                "exact with every projection adapted, at most",
+            ),
+        }
+    else:
+        stored = {"weights (base + finetuned)": (2 * weights, "exact")}
     return {
-        "weights (base + finetuned)": (2 * weight_bytes(cfg, sizes, b, run.rules), "exact"),
+        **stored,
         "KV cache (steering)": (
             kv,
             f"estimate: {gen[0][0]} rows x {gen[0][1]} or {gen[1][0]} x {gen[1][1]} tokens, rows not split",

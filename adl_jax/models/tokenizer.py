@@ -9,6 +9,7 @@ from there. The chat template travels with it (`tokenizer.chat_template` in the 
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 from pathlib import Path
@@ -29,7 +30,11 @@ def load_tokenizer(source: str | Path, cache_dir: str | Path | None = None):
                 f"{source} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the model's tokenizer "
                 "there with tokenizer.save_pretrained(dir)"
             )
-        return AutoTokenizer.from_pretrained(source)
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        processor_template = source / "chat_template.json"  # multimodal checkpoints keep it with the processor
+        if tokenizer.chat_template is None and processor_template.exists():
+            tokenizer.chat_template = json.loads(processor_template.read_text())["chat_template"]
+        return tokenizer
     if source.suffix != ".gguf" or not source.is_file():
         raise FileNotFoundError(f"no tokenizer source at {source}: give an HF model directory or a .gguf file")
     if cache_dir is None:
