@@ -16,7 +16,9 @@ import jax
 import numpy as np
 
 from adl_jax import io
+from adl_jax.errors import RunDirError, UsageError, require
 from adl_jax.method import adl
+from adl_jax.method.diff import DiffSettings
 from adl_jax.judging.offline import OFFLINE, OfflineCoherence, dataset_overlap, frequent_tokens
 from adl_jax.method.steer import STEERING_PROMPTS, format_prompt, steered_samples, steering_vector
 from adl_jax.judging.alpha_search import SteeringSettings, find_alpha
@@ -63,7 +65,20 @@ class AuditSettings:
 
     def __post_init__(self):
         if self.steer_model not in ("finetuned", "base"):
-            raise ValueError(f"steer_model must be 'finetuned' or 'base', not {self.steer_model!r}")
+            raise UsageError(f"steer_model must be 'finetuned' or 'base', not {self.steer_model!r}")
+        require(self.samples >= 1, "samples", self.samples, "the number of texts for delta must be at least 1")
+        self.delta_settings()  # the delta's own checks: k, n, layer, batch size
+        positions = self.steer_positions or ()
+        require(
+            all(0 <= j < self.k for j in positions),
+            "steer_positions",
+            ",".join(map(str, positions)),
+            f"steered positions must be analysed ones, in 0..{self.k - 1}",
+        )
+        require(len(self.final_prompts) >= 1, "final_prompts", "()", "give at least one prompt")
+
+    def delta_settings(self) -> DiffSettings:
+        return DiffSettings(layer=self.layer, k=self.k, n=self.n, batch_size=self.batch_size)
 
     @classmethod
     def quick(cls) -> AuditSettings:
@@ -96,7 +111,7 @@ def _claim(out: Path, identity: dict) -> None:
                 if old["settings"].get(k) != identity["settings"].get(k)
             )
             changed += ["grader"] if old.get("grader") != identity["grader"] else []
-            raise ValueError(
+            raise RunDirError(
                 f"{out} holds an audit with other settings ({', '.join(changed)}); "
                 "use a new output directory or delete this one"
             )
@@ -151,6 +166,12 @@ def audit(
     `adl_jax.judging.graders.Grader`) judges coherence with an LLM instead of the offline judge.
     """
     out = Path(out)
+    with io.run_lock(out):
+        return _audit(base, ft, out, texts, settings, description, finetune_texts, encoder, grader, progress)
+
+
+def _audit(base, ft, out: Path, texts, settings, description, finetune_texts, encoder, grader, progress) -> dict:
+    """`audit` once its run directory is held."""
     res, rel = measure(
         base,
         ft,
@@ -258,6 +279,12 @@ def measure(
     staged in `out` exactly as `audit` stages them. Sweeps read the trace of many models this way, where
     a steering search per model would cost too much; an `audit` of the same directory reuses them."""
     out = Path(out)
+    with io.run_lock(out):
+        return _measure(base, ft, out, texts, settings, description, finetune_texts, grader, progress)
+
+
+def _measure(base, ft, out: Path, texts, settings, description, finetune_texts, grader, progress):
+    """`measure` once its run directory is held."""
     _claim(out, {"settings": dataclasses.asdict(settings), "grader": grader.settings.model if grader else None})
     res = adl.diff(
         base,

@@ -61,13 +61,16 @@ def ratio_dir(out: str | Path, ratio: float) -> Path:
     return Path(out) / f"ratio_{ratio:g}"
 
 
-def finetune_texts(examples: list[dict | str]) -> list[str]:
-    """Finetuning examples as plain text, for relevance and similarity (a chat: its turns' contents)."""
+def finetune_texts(examples: list[dict | str], roles: tuple[str, ...] | None = None) -> list[str]:
+    """Finetuning examples as plain text, for relevance and similarity (a chat: the contents of its turns
+    by `roles`, default every turn)."""
 
     def as_text(ex):
         if isinstance(ex, str):
             return ex
-        return ex["text"] if "text" in ex else "\n".join(m["content"] for m in ex["messages"])
+        if "text" in ex:
+            return ex["text"]
+        return "\n".join(m["content"] for m in ex["messages"] if roles is None or m["role"] in roles)
 
     return [as_text(ex) for ex in examples]
 

@@ -11,11 +11,12 @@ corrupt every activation downstream.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import numpy as np
+
+from adl_jax import io
 
 FAMILIES = ("llama", "qwen2", "qwen3", "gemma2", "gemma3_text")
 
@@ -230,7 +231,7 @@ class ModelConfig:
             path = path / "config.json"
         if not path.exists():
             raise FileNotFoundError(f"no config.json at {path}: an HF model directory needs one")
-        return cls.from_hf(json.loads(path.read_text()), **kw)
+        return cls.from_hf(io.read_json(path), **kw)
 
 
 def _parse_layer_types(d: dict, family: str, n_layers: int) -> tuple[bool, ...]:
