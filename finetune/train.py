@@ -30,6 +30,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
 from adl_jax import io
+from adl_jax.io import differences
 from adl_jax.errors import UsageError, require
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import Params, forward
@@ -206,16 +207,6 @@ def run_identity(cfg: ModelConfig, tc: TrainConfig, rows: Rows) -> dict:
         digest.update(np.ascontiguousarray(a).tobytes())
     settings = {k: v for k, v in dataclasses.asdict(tc).items() if k not in BOOKKEEPING}
     return json.loads(json.dumps({**settings, "model": dataclasses.asdict(cfg), "data": digest.hexdigest()}))
-
-
-def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += differences(a[k], b[k], f"{prefix}{k}.")
-        elif a.get(k) != b.get(k):
-            out.append(f"{prefix}{k}")
-    return out
 
 
 def _trim_metrics(path: Path, step: int) -> None:

@@ -3,6 +3,7 @@ bound to its inputs' content, one process per run directory, Ctrl-C exits 130.""
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -17,6 +18,7 @@ from adl_jax.models.load import load_model
 from conftest import random_texts, tiny_hf_model, tiny_tokenizer
 
 ROOT = Path(__file__).parents[1]
+PROGRESS = re.compile(r"[\w ]+: +\d+%\|")  # a tqdm bar, e.g. "delta:  50%|"
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
 
 
@@ -86,8 +88,8 @@ def _diff(root: Path, out: str, *extra: str) -> list[str]:
 def _refused(argv: list[str], message: str, capsys) -> None:
     """`adl ARGV` exits 2 printing exactly one line, which matches `message` and is no traceback."""
     assert main(argv) == 2, argv
-    err = capsys.readouterr().err.strip().splitlines()
-    err = [line for line in err if not line.startswith(("delta:", "sampling corpus:"))]  # progress bars
+    err = re.split(r"[\r\n]+", capsys.readouterr().err)
+    err = [line for line in err if line.strip() and not PROGRESS.match(line)]
     assert len(err) == 1 and err[0].startswith(f"adl {argv[0]}: error: "), err
     assert message in err[0], (message, err[0])
 
@@ -121,7 +123,7 @@ def test_diff_bad_inputs_exit_2_with_one_line_and_leave_out_usable(files, capsys
         ("--corpus", str(root / "lists.jsonl")): "lists.jsonl:1 has no field 'text' (it has a JSON list)",
         ("--corpus", str(root / "numbers.jsonl")): "numbers.jsonl:1: field 'text' is a int, not a text",
         ("--corpus", str(root / "corpus.csv")): "unsupported corpus file type '.csv'",
-        ("--corpus", str(root / "empty.txt")): "holds no texts",
+        ("--corpus", str(root / "empty.txt")): "the corpus gave only 0 usable texts",
         ("--corpus", str(root / "latin1.txt")): "is not UTF-8 text",
         ("--column", "body"): "has no field 'body'",
         # models
@@ -133,6 +135,7 @@ def test_diff_bad_inputs_exit_2_with_one_line_and_leave_out_usable(files, capsys
         ("--base", str(root / "bad_config")): "config.json is not valid JSON",
         ("--base", str(root / "bad_weights")): "model.safetensors is not a readable safetensors file",
         ("--finetuned", str(root / "wide")): "differ in ['hidden_size'",
+        ("--finetuned", str(root / "base")): "are the same weights, so delta would be 0",
         ("--out", str(root / "taken")): "is a file, not a run directory",
     }
     for change, message in cases.items():
@@ -160,6 +163,7 @@ def test_run_directory_and_lens_faults_are_named(files, capsys):
     _refused(["lens", str(root / "nothing")], "holds no finished delta run", capsys)
     _refused(["lens", str(root / "done"), "--top", "0"], "--top 0", capsys)
     _refused(_diff(root, "done", "--layer", "0"), "other settings (layer differ)", capsys)
+    _refused(_diff(root, "done", "--dtype", "bfloat16"), "other settings (dtype differ)", capsys)
     for name, text in (("lens.json", "{"), ("meta.json", "[1,"), ("delta.safetensors", "xx")):
         kept = (root / "done" / name).read_bytes()
         (root / "done" / name).write_text(text)
@@ -284,6 +288,8 @@ def test_audit_bad_inputs_then_chat_finetune_data(files, capsys, monkeypatch):
         ("--steer-positions", "7"): "--steer-positions 7: steered positions must be analysed ones, in 0..4",
         ("--steer-model", "both"): "steer_model must be 'finetuned' or 'base'",
         ("--finetune-data", str(root / "broken.jsonl")): "broken.jsonl:3 is not valid JSON",
+        ("--description", "descriptions/cake.txt"): "--description descriptions/cake.txt: no such file",
+        ("--samples", "5000"): "usable texts",  # refused by the delta, after which the audit claimed nothing
     }
     for (flag, value), message in cases.items():
         _refused(_replace(_audit(root), flag, value), message, capsys)
@@ -294,6 +300,47 @@ def test_audit_bad_inputs_then_chat_finetune_data(files, capsys, monkeypatch):
     assert main(_audit(root)) == 0  # chats ({"messages"}) as finetuning data, into the same --out
     frequent = json.loads((root / "audit" / "relevance.json").read_text())["frequent_tokens"]
     assert set(frequent) == {"w110", "w111", "w112"}  # the assistant turns only, not the user's w120 w121
+    # Other finetuning data into the same directory: refused, not the old relevance returned.
+    _refused(_replace(_audit(root), "--finetune-data", str(root / "docs.jsonl")), "(finetune_data)", capsys)
+
+
+def test_ablation_is_bound_to_its_settings_and_data(files, capsys):
+    root = files
+    argv = [
+        "ablate",
+        "--base",
+        str(root / "base"),
+        "--finetuned",
+        str(root / "ft"),
+        "--corpus",
+        str(root / "corpus.jsonl"),
+        "--finetune-data",
+        str(root / "docs.jsonl"),
+        "--positions",
+        "0-1",
+        "--controls",
+        "1",
+        "--texts",
+        "2",
+        "--max-tokens",
+        "8",
+        "--delta-samples",
+        "16",
+        "--out",
+        str(root / "ablate"),
+    ]
+    capsys.readouterr()
+    for change, message in {
+        ("--positions", "3-1"): "--positions : give positions >= 0",
+        ("--controls", "-1"): "--random-controls -1",
+        ("--texts", "0"): "--texts 0",
+        ("--max-tokens", "1"): "--max-tokens 1",
+        ("--mode", "zero"): "mode must be 'base' or 'project'",
+    }.items():
+        _refused(_replace(argv, *change), message, capsys)
+    assert main(argv) == 0
+    _refused(_replace(argv, "--mode", "project"), "holds an ablation with other settings (mode)", capsys)
+    _refused(_replace(argv, "--finetune-data", str(root / "chats.jsonl")), "(finetune_data)", capsys)
 
 
 def test_identity_is_the_models_content_not_the_typed_path(files, tmp_path, capsys, monkeypatch):
@@ -398,6 +445,19 @@ def test_subprocess_exit_codes_one_line_and_interrupt(files):
     assert done.stderr.strip() == "adl lens: interrupted; rerun the same command to resume"
 
 
+def test_agent_settings_are_checked_first(files, capsys):
+    root = files
+    argv = ["agent", "--audit", str(root / "audit"), "--base", str(root / "base"), "--finetuned", str(root / "ft")]
+    capsys.readouterr()
+    for change, message in {
+        ("--repeats", "0"): "--repeats 0: must be at least 1",
+        ("--max-calls", "0"): "--max-calls 0",
+        ("--budgets", "5,-1"): "--budgets 5,-1: give budgets >= 0",
+        ("--black-box-budgets", "a,b"): "'a,b' is not a comma-separated list of integers",
+    }.items():
+        _refused([*argv, *change], message, capsys)
+
+
 def test_unexpected_errors_keep_their_traceback(monkeypatch):
     """A ValueError raised inside a library (not by adl-jax on purpose) is a bug: it propagates."""
     import adl_jax.cli as cli
@@ -405,3 +465,22 @@ def test_unexpected_errors_keep_their_traceback(monkeypatch):
     monkeypatch.setattr(cli, "cmd_lens", lambda a: np.zeros(2).reshape(3))
     with pytest.raises(ValueError, match="cannot reshape"):
         cli.main(["lens", "x"])
+
+
+def test_fingerprints_are_cached_until_a_file_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    calls = []
+    real = io._file_sha256
+    monkeypatch.setattr(io, "_file_sha256", lambda path: calls.append(path.name) or real(path))
+    a, b, cache = tmp_path / "a.bin", tmp_path / "b.bin", tmp_path / "cache.json"
+    a.write_bytes(b"weights")
+    b.write_bytes(b"tokenizer")
+    first = io.fingerprint([b, a], cache)
+    want = hashlib.sha256()
+    for name, data in (("a.bin", b"weights"), ("b.bin", b"tokenizer")):
+        want.update(f"{name}\0{hashlib.sha256(data).hexdigest()}\0".encode())
+    assert first == want.hexdigest() and sorted(calls) == ["a.bin", "b.bin"]
+    assert io.fingerprint([a, b], cache) == first and len(calls) == 2  # cached: nothing rehashed
+    a.write_bytes(b"retrain")  # same size, other content
+    assert io.fingerprint([a, b], cache) != first and calls[2:] == ["a.bin"]

@@ -250,9 +250,7 @@ def run_ablation(
 
     check_sizes(texts, seq_len, delta_samples)
     out = Path(out)
-    if (out / "ablation.json").exists():
-        return io.read_json(out / "ablation.json")
-    res = adl.diff(
+    res = adl.diff(  # first: its run identity refuses other models or corpus texts than the finished run's
         base,
         ft,
         texts=corpus,
@@ -262,6 +260,16 @@ def run_ablation(
         allow_fewer=True,
         progress=progress,
     )
+    identity = dict(
+        dataclasses.asdict(settings),
+        texts=texts,
+        seq_len=seq_len,
+        finetune_data=io.digest(finetune),
+        chat_data=io.digest(chat),
+    )
+    io.claim(out / "ablation_settings.json", identity, "an ablation")
+    if (out / "ablation.json").exists():
+        return io.read_json(out / "ablation.json")
     datasets = {
         "finetune": rows_from(finetune, ft.tokenizer, texts, seq_len),
         "pretrain": rows_from(corpus, ft.tokenizer, texts, seq_len),

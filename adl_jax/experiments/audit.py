@@ -8,7 +8,6 @@ LLM graders when an endpoint is configured, else the offline judges; `summary.js
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,7 +15,7 @@ import jax
 import numpy as np
 
 from adl_jax import io
-from adl_jax.errors import RunDirError, UsageError, require
+from adl_jax.errors import UsageError, require
 from adl_jax.method import adl
 from adl_jax.method.diff import DiffSettings
 from adl_jax.judging.offline import OFFLINE, OfflineCoherence, dataset_overlap, frequent_tokens
@@ -96,27 +95,6 @@ def default_encoder():
         return load_encoder()
     except (ImportError, FileNotFoundError):
         return None
-
-
-def _claim(out: Path, identity: dict) -> None:
-    """Bind a run directory to its settings: its staged files are only reused by an audit with the same ones."""
-    path = out / "audit_settings.json"
-    identity = json.loads(json.dumps(identity))  # tuples -> lists, as they come back from disk
-    if path.exists():
-        old = io.read_json(path)
-        if old != identity:
-            changed = sorted(
-                k
-                for k in {**old["settings"], **identity["settings"]}
-                if old["settings"].get(k) != identity["settings"].get(k)
-            )
-            changed += ["grader"] if old.get("grader") != identity["grader"] else []
-            raise RunDirError(
-                f"{out} holds an audit with other settings ({', '.join(changed)}); "
-                "use a new output directory or delete this one"
-            )
-    else:
-        io.write_json(path, identity)
 
 
 def _stage(path: Path, compute: Callable[[], dict]) -> dict:
@@ -285,7 +263,6 @@ def measure(
 
 def _measure(base, ft, out: Path, texts, settings, description, finetune_texts, grader, progress):
     """`measure` once its run directory is held."""
-    _claim(out, {"settings": dataclasses.asdict(settings), "grader": grader.settings.model if grader else None})
     res = adl.diff(
         base,
         ft,
@@ -299,6 +276,16 @@ def _measure(base, ft, out: Path, texts, settings, description, finetune_texts, 
         out=out,
         progress=progress,
     )
+    # After the delta (whose own identity covers the models and texts), so that input the delta refuses, such
+    # as a corpus too small for --samples, leaves nothing behind that would refuse the corrected command.
+    identity = {
+        **dataclasses.asdict(settings),
+        "grader": grader.settings.model if grader else None,
+        "description": description if grader else None,  # only an LLM grader reads it
+    }
+    io.claim(out / "audit_settings.json", identity, "an audit")
+    if finetune_texts:  # the relevance and similarity stages read them; an audit without them reads neither
+        io.claim(out / "finetune_data.json", {"finetune_data": io.digest(finetune_texts)}, "an audit")
     if grader is not None and not any("tournament" in p["patchscope_scale_rule"] for p in res.lenses.positions):
         _choose_scales_by_tournament(grader, res)
     rel = None

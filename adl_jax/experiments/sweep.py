@@ -164,7 +164,7 @@ def sweep_mix(
         if metrics is None:
             metrics = run(one, resume=True, progress=progress)
         _say(progress, f"1:{ratio:g}: measuring the trace")
-        ft = load_model(Path(one.out) / "final", dtype=jnp.dtype(spec.dtype))
+        ft = load_model(Path(one.out) / "final", dtype=jnp.dtype(spec.dtype), mesh=base.params["embed"].sharding.mesh)
         row = trace(
             base,
             ft,
@@ -231,7 +231,9 @@ def sweep_checkpoints(
     emergence = {"run": str(run_dir), "audit": json.loads(json.dumps(dataclasses.asdict(settings))), "rows": []}
     for i, step in enumerate(steps, 1):
         _say(progress, f"step {step} ({i}/{len(steps)}): measuring the trace")
-        params = checkpoint_params(base.params, base.cfg, spec.train, run_dir, step)
+        params = checkpoint_params(
+            base.params, base.cfg, spec.train, run_dir, step, mesh=base.params["embed"].sharding.mesh
+        )
         ft = dataclasses.replace(base, spec=f"{run_dir} at step {step}", params=params)
         row = trace(
             base, ft, out / f"step_{step}", texts=texts, settings=settings, ft_texts=ft_texts, progress=progress

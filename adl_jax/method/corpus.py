@@ -44,8 +44,9 @@ def local_texts(path: str | Path, column: str = "text", seed: int | None = 42, w
             if not isinstance(row, dict) or column not in row:
                 fields = sorted(row) if isinstance(row, dict) else f"a JSON {type(row).__name__}"
                 raise InputError(f"{path}:{i} has no field {column!r} (it has {fields}); pass --column")
-            if not isinstance(row[column], str):
-                raise InputError(f"{path}:{i}: field {column!r} is a {type(row[column]).__name__}, not a text")
+            if not isinstance(row[column], str | list):  # a text, or a conversation for the chat variant
+                kind = type(row[column]).__name__
+                raise InputError(f"{path}:{i}: field {column!r} is a {kind}, not a text (or a list of messages)")
             texts.append(row[column])
     elif path.suffix == ".parquet":
         try:
@@ -58,8 +59,6 @@ def local_texts(path: str | Path, column: str = "text", seed: int | None = 42, w
         texts = [str(t) for t in table.column(column).to_pylist()]
     else:
         raise InputError(f"unsupported {what} file type {path.suffix!r} ({path}): use .txt, .jsonl or .parquet")
-    if not texts:
-        raise InputError(f"{what} file {path} holds no texts")
     if seed is not None:
         order = np.random.default_rng(seed).permutation(len(texts))
         texts = [texts[i] for i in order]

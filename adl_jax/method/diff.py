@@ -174,6 +174,12 @@ def compute_delta(
     )
     identity.pop("checkpoint_every")
     identity["samples"] = int(len(tokens))
+    identity["dtype"] = str(base.params["embed"].dtype)  # a bfloat16 run is not a float32 one, nor resumed as one
+    if identity["base_sha256"] is not None and identity["base_sha256"] == identity["finetuned_sha256"]:
+        raise UsageError(
+            f"base ({base.spec}) and finetuned ({ft.spec}) are the same weights, so delta would be 0: "
+            "give the finetuned model as --finetuned"
+        )
     with io.run_lock(out):
         _claim_run_dir(out, identity, tokens)
         return _accumulate(base, ft, tokens, settings, out, identity, mesh, progress)
