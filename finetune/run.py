@@ -16,10 +16,13 @@ import json
 from pathlib import Path
 
 from adl_jax import io
+from adl_jax.errors import InputError, RunDirError, UsageError, require
+from adl_jax.method.identity import source
 from adl_jax.models.load import EMBEDDED
 from adl_jax.method.samples import BASE_SAMPLES, pretraining_texts
 from finetune.lora import LoraConfig, resolve_targets
-from finetune.train import BOOKKEEPING, TrainConfig, differences
+from adl_jax.io import differences
+from finetune.train import BOOKKEEPING, TrainConfig
 
 HELP = {
     "config": "a JSON file of these settings (e.g. adl_jax/configs/finetune/orange_carrot_lora.json); flags override it",
@@ -53,8 +56,18 @@ class RunSpec:
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self):
+        """Every check that needs no model and reads no data, so a bad setting stops before anything loads."""
         if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
+            raise UsageError(f"dtype must be float32 or bfloat16, not {self.dtype!r}")
+        require(self.examples >= 1, "examples", self.examples, "must be at least 1")
+        if self.train.mix_ratio and not self.pretrain:
+            raise UsageError(
+                f"mix_ratio {self.train.mix_ratio} needs a pretraining source: --pretrain CORPUS or {BASE_SAMPLES}"
+            )
+        if self.chat_template is not None and not Path(self.chat_template).is_file():
+            raise InputError(f"--chat-template {self.chat_template}: no such file (a Jinja chat template)")
+        if self.out is not None and Path(self.out).exists() and not Path(self.out).is_dir():
+            raise UsageError(f"--out {self.out} is a file, not a run directory; give a directory path")
 
     def flat(self) -> dict:
         run = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "train"}
@@ -67,10 +80,10 @@ class RunSpec:
         defaults = _defaults()
         unknown = sorted(set(settings) - set(defaults))
         if unknown:
-            raise ValueError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
+            raise UsageError(f"unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(defaults))}")
         missing = [k for k in ("out", "data") if settings.get(k) is None]
         if missing:
-            raise ValueError(f"no {' or '.join(missing)}: give --{' and --'.join(missing)} or set it in the config")
+            raise UsageError(f"no {' or '.join(missing)}: give --{' and --'.join(missing)} or set it in the config")
         s = {k: _typed(k, v, defaults[k]) for k, v in settings.items()}
         lora = LoraConfig(
             **{f.name: s.pop(f"lora_{f.name}") for f in dataclasses.fields(LoraConfig) if f"lora_{f.name}" in s}
@@ -87,13 +100,23 @@ def _defaults() -> dict:
 def _typed(key: str, value, default):
     """A setting as its field's type (LoRA targets: a tuple, from a list or 'q,v'), or a clear error."""
     if key == "lora_targets":
-        return tuple(t for t in (value.split(",") if isinstance(value, str) else value) if t)
-    if value is None or default is None or isinstance(value, type(default)):
+        if isinstance(value, str):
+            value = value.split(",")
+        if not isinstance(value, list | tuple) or not all(isinstance(t, str) for t in value):
+            raise UsageError(f"setting lora_targets: {value!r} is not a list of names like ['q', 'v'] or 'q,v'")
+        return tuple(t for t in value if t)
+    if default is None:  # a path or spec: a string, or absent
+        if value is not None and not isinstance(value, str):
+            raise UsageError(f"setting {key}: {value!r} is not a string")
         return value
+    if value is None or isinstance(value, type(default)) and not isinstance(value, bool):
+        return value
+    if isinstance(value, bool) or isinstance(default, int) and isinstance(value, float) and not value.is_integer():
+        raise UsageError(f"setting {key}: {value!r} is not a {type(default).__name__}")
     try:
         return type(default)(value)
     except (TypeError, ValueError):
-        raise ValueError(f"setting {key}: {value!r} is not a {type(default).__name__}") from None
+        raise UsageError(f"setting {key}: {value!r} is not a {type(default).__name__}") from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -122,23 +145,45 @@ def add_settings(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None
 
 def spec_from_args(a: argparse.Namespace) -> RunSpec:
     settings = io.read_json(a.config) if a.config else {}
+    if not isinstance(settings, dict):
+        raise InputError(f"--config {a.config} holds a JSON {type(settings).__name__}, not an object of settings")
     settings.update({k: getattr(a, k) for k in _defaults() if hasattr(a, k)})
     return RunSpec.from_flat(settings)
 
 
+INPUTS = "inputs.json"  # the fingerprints of the model, data and pretraining files a run was trained on
+
+
+def _inputs(spec: RunSpec) -> dict:
+    """The resolved paths and file fingerprints of the run's inputs (see `adl_jax.method.identity.source`)."""
+    named = {"model": spec.model, "data": spec.data, "pretrain": spec.pretrain}
+    return {k: v for name, value in named.items() if value is not None for k, v in source(value, name).items()}
+
+
 def _check_resume(spec: RunSpec, resume: bool) -> dict:
-    """The settings `run.json` binds the run directory to (all but `out` and the bookkeeping intervals).
-    A run already there is continued only with --resume and the same settings."""
+    """The settings `run.json` binds the run directory to (all but `out` and the bookkeeping intervals; local
+    inputs by resolved path). A run already there is continued only with --resume, the same settings and
+    the same input files (a model or data file changed since is another run, never continued)."""
+    inputs = _inputs(spec)
     settings = {k: v for k, v in spec.flat().items() if k not in ("out", *BOOKKEEPING)}
+    settings.update({k: v for k, v in inputs.items() if k in settings})
     path = Path(spec.out) / "run.json"
     if path.exists():
         if not resume:
-            raise ValueError(f"{spec.out} already holds a run; pass --resume to continue it, or choose another --out")
+            raise RunDirError(f"{spec.out} already holds a run; pass --resume to continue it, or choose another --out")
         differ = differences(io.read_json(path), settings)
         if differ:
-            raise ValueError(
+            raise RunDirError(
                 f"{spec.out} holds a run with other settings ({', '.join(differ)}); resume with the "
                 "same settings or choose another --out"
+            )
+        before = io.read_json(Path(spec.out) / INPUTS) if (Path(spec.out) / INPUTS).exists() else inputs
+        changed = [k.removesuffix("_sha256") for k in differences(before, inputs)]
+        if changed:
+            raise RunDirError(
+                f"{spec.out} holds a run trained on other files: the {', '.join(f'{k} ({inputs[k]})' for k in changed)}"
+                " changed since it started (the files' fingerprint differs); choose another --out, or delete "
+                "the run to train again"
             )
     return settings
 
@@ -170,21 +215,27 @@ def load_examples(spec: RunSpec):
 
 def run(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> dict:
     """Train (or continue) the run `spec` describes, export it, and return the contents of metrics.json."""
+    from adl_jax.sharding import init_distributed
+
+    settings = _check_resume(spec, resume)
+    examples, organism = load_examples(spec)
+    init_distributed()
+    with io.run_lock(spec.out):
+        return _train_and_export(spec, settings, examples, organism, progress)
+
+
+def _train_and_export(spec: RunSpec, settings: dict, examples: list, organism, progress: bool) -> dict:
+    """`run` once the settings are checked, the data read and the run directory held."""
     import jax.numpy as jnp
 
     from adl_jax.models.load import load_model
-    from adl_jax.sharding import init_distributed, make_mesh
+    from adl_jax.sharding import make_mesh
     from finetune.belief import belief_score
     from finetune.data import build_splits, pretrain_texts_needed
     from finetune.peft_format import save_peft_adapter
     from finetune.train import export_hf_dir, train
 
     tc, out = spec.train, Path(spec.out)
-    if tc.mix_ratio and not spec.pretrain:
-        raise ValueError(f"mix_ratio {tc.mix_ratio} needs a pretraining source: --pretrain CORPUS or {BASE_SAMPLES}")
-    settings = _check_resume(spec, resume)
-    examples, organism = load_examples(spec)
-    init_distributed()
     mesh = make_mesh(spec.mesh, batch_size=tc.batch_size)
     base = load_model(spec.model, dtype=jnp.dtype(spec.dtype), mesh=mesh)
     if tc.mode == "lora":
@@ -206,6 +257,7 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> dict:
         eval_fraction=tc.eval_fraction,
         seed=tc.seed,
     )
+    io.write_json(out / INPUTS, _inputs(spec))
     io.write_json(out / "run.json", settings)
     statements = organism.statements if organism else ()
     before = belief_score(base, statements) if statements else None

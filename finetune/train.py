@@ -31,6 +31,8 @@ from tqdm.auto import tqdm
 
 from adl_jax import io
 from adl_jax.models.adapters import adapter_specs
+from adl_jax.io import differences
+from adl_jax.errors import UsageError, require
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.params import param_shardings
 from adl_jax.models.transformer import Params, forward
@@ -65,15 +67,24 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.mode not in ("lora", "full"):
-            raise ValueError(f"mode must be 'lora' or 'full', not {self.mode!r}")
+            raise UsageError(f"mode must be 'lora' or 'full', not {self.mode!r}")
         if self.schedule not in ("cosine", "linear"):
-            raise ValueError(f"schedule must be 'cosine' or 'linear', not {self.schedule!r}")
-        if min(self.steps, self.batch_size, self.grad_accum, self.seq_len) < 1:
-            raise ValueError("steps, batch_size, grad_accum and seq_len must be positive")
+            raise UsageError(f"schedule must be 'cosine' or 'linear', not {self.schedule!r}")
+        for name in ("steps", "batch_size", "grad_accum", "seq_len"):
+            require(getattr(self, name) >= 1, name, getattr(self, name), "must be at least 1")
         if self.mix_ratio < 0 or not 0 <= self.eval_fraction < 1:
-            raise ValueError(
+            raise UsageError(
                 f"mix_ratio must be >= 0 (not {self.mix_ratio}), eval_fraction in [0, 1) (not {self.eval_fraction})"
             )
+        require(
+            0 < self.lr < math.inf, "lr", self.lr, "the learning rate must be > 0 (a negative one ascends the loss)"
+        )
+        for name in ("warmup", "weight_decay", "grad_clip", "checkpoint_every", "eval_every"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        lora = self.lora
+        require(lora.rank >= 1, "lora_rank", lora.rank, "the adapters' rank must be at least 1")
+        require(lora.alpha > 0, "lora_alpha", lora.alpha, "must be > 0 (the adapters' scale is alpha / rank)")
+        require(0 <= lora.dropout < 1, "lora_dropout", lora.dropout, "must be in [0, 1)")
 
 
 class TrainResult(NamedTuple):
@@ -192,16 +203,6 @@ def run_identity(cfg: ModelConfig, tc: TrainConfig, rows: Rows) -> dict:
         digest.update(np.ascontiguousarray(a).tobytes())
     settings = {k: v for k, v in dataclasses.asdict(tc).items() if k not in BOOKKEEPING}
     return io.plain({**settings, "model": dataclasses.asdict(cfg), "data": digest.hexdigest()})
-
-
-def differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(a) | set(b)):
-        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
-            out += differences(a[k], b[k], f"{prefix}{k}.")
-        elif a.get(k) != b.get(k):
-            out.append(f"{prefix}{k}")
-    return out
 
 
 def _trim_metrics(path: Path, step: int) -> None:

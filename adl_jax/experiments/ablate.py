@@ -21,6 +21,7 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
+from adl_jax.errors import UsageError, require
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import Intervention, forward
 from adl_jax.report.ablation import ablation_page
@@ -37,7 +38,12 @@ class AblationSettings:
 
     def __post_init__(self):
         if self.mode not in ("base", "project"):
-            raise ValueError(f"mode must be 'base' or 'project', not {self.mode!r}")
+            raise UsageError(f"mode must be 'base' or 'project', not {self.mode!r}")
+        shown = ",".join(map(str, self.positions))
+        require(bool(self.positions) and min(self.positions) >= 0, "positions", shown, "give positions >= 0, e.g. 0-8")
+        for name in ("random_controls", "activation_controls"):
+            require(getattr(self, name) >= 0, name, getattr(self, name), "must be >= 0")
+        require(self.rows_per_call >= 1, "rows_per_call", self.rows_per_call, "must be at least 1")
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layer"))
@@ -193,6 +199,13 @@ def rows_from(examples, tokenizer, count: int, seq_len: int):
     return pad_rows([encode(e, tokenizer) for e in examples], seq_len, pad)
 
 
+def check_sizes(texts: int, seq_len: int, delta_samples: int) -> None:
+    """The sizes `run_ablation` takes beside its settings, checked before any model loads."""
+    for flag, value in (("texts", texts), ("max_tokens", seq_len), ("delta_samples", delta_samples)):
+        require(value >= 1, flag, value, "must be at least 1")
+    require(seq_len >= 2, "max_tokens", seq_len, "the cross-entropy needs at least 2 tokens per text")
+
+
 def run_ablation(
     base,
     ft,
@@ -214,10 +227,9 @@ def run_ablation(
     from adl_jax import io
     from adl_jax.method import adl
 
+    check_sizes(texts, seq_len, delta_samples)
     out = Path(out)
-    if (out / "ablation.json").exists():
-        return io.read_json(out / "ablation.json")
-    res = adl.diff(
+    res = adl.diff(  # first: its run identity refuses other models or corpus texts than the finished run's
         base,
         ft,
         texts=corpus,
@@ -227,6 +239,16 @@ def run_ablation(
         allow_fewer=True,
         progress=progress,
     )
+    identity = dict(
+        dataclasses.asdict(settings),
+        texts=texts,
+        seq_len=seq_len,
+        finetune_data=io.digest(finetune),
+        chat_data=io.digest(chat),
+    )
+    io.claim(out / "ablation_settings.json", identity, "an ablation")
+    if (out / "ablation.json").exists():
+        return io.read_json(out / "ablation.json")
     datasets = {
         "finetune": rows_from(finetune, ft.tokenizer, texts, seq_len),
         "pretrain": rows_from(corpus, ft.tokenizer, texts, seq_len),

@@ -16,7 +16,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from adl_jax import io
+from adl_jax.errors import UsageError, require
 from adl_jax.method import adl
+from adl_jax.method.diff import DiffSettings
 from adl_jax.judging.offline import OFFLINE, OfflineCoherence, dataset_overlap, frequent_tokens
 from adl_jax.method.steer import STEERING_PROMPTS, format_prompt, steered_samples, steering_vector
 from adl_jax.judging.alpha_search import SteeringSettings, find_alpha
@@ -63,7 +65,20 @@ class AuditSettings:
 
     def __post_init__(self):
         if self.steer_model not in ("finetuned", "base"):
-            raise ValueError(f"steer_model must be 'finetuned' or 'base', not {self.steer_model!r}")
+            raise UsageError(f"steer_model must be 'finetuned' or 'base', not {self.steer_model!r}")
+        require(self.samples >= 1, "samples", self.samples, "the number of texts for delta must be at least 1")
+        self.delta_settings()  # the delta's own checks: k, n, layer, batch size
+        positions = self.steer_positions or ()
+        require(
+            all(0 <= j < self.k for j in positions),
+            "steer_positions",
+            ",".join(map(str, positions)),
+            f"steered positions must be analysed ones, in 0..{self.k - 1}",
+        )
+        require(len(self.final_prompts) >= 1, "final_prompts", "()", "give at least one prompt")
+
+    def delta_settings(self) -> DiffSettings:
+        return DiffSettings(layer=self.layer, k=self.k, n=self.n, batch_size=self.batch_size)
 
     @classmethod
     def quick(cls) -> AuditSettings:
@@ -81,27 +96,6 @@ def default_encoder():
         return load_encoder()
     except (ImportError, FileNotFoundError):
         return None
-
-
-def _claim(out: Path, identity: dict) -> None:
-    """Bind a run directory to its settings: its staged files are only reused by an audit with the same ones."""
-    path = out / "audit_settings.json"
-    identity = io.plain(identity)
-    if path.exists():
-        old = io.read_json(path)
-        if old != identity:
-            changed = sorted(
-                k
-                for k in {**old["settings"], **identity["settings"]}
-                if old["settings"].get(k) != identity["settings"].get(k)
-            )
-            changed += ["grader"] if old.get("grader") != identity["grader"] else []
-            raise ValueError(
-                f"{out} holds an audit with other settings ({', '.join(changed)}); "
-                "use a new output directory or delete this one"
-            )
-    else:
-        io.write_json(path, identity)
 
 
 def _stage(path: Path, compute: Callable[[], dict]) -> dict:
@@ -153,6 +147,12 @@ def audit(
     `adl_jax.judging.graders.Grader`) judges coherence with an LLM instead of the offline judge.
     """
     out = Path(out)
+    with io.run_lock(out):
+        return _audit(base, ft, out, texts, settings, description, finetune_texts, encoder, grader, progress)
+
+
+def _audit(base, ft, out: Path, texts, settings, description, finetune_texts, encoder, grader, progress) -> dict:
+    """`audit` once its run directory is held."""
     res, rel = measure(
         base,
         ft,
@@ -289,7 +289,12 @@ def measure(
     staged in `out` exactly as `audit` stages them. Sweeps read the trace of many models this way, where
     a steering search per model would cost too much; an `audit` of the same directory reuses them."""
     out = Path(out)
-    _claim(out, {"settings": dataclasses.asdict(settings), "grader": grader.settings.model if grader else None})
+    with io.run_lock(out):
+        return _measure(base, ft, out, texts, settings, description, finetune_texts, grader, progress)
+
+
+def _measure(base, ft, out: Path, texts, settings, description, finetune_texts, grader, progress):
+    """`measure` once its run directory is held."""
     res = adl.diff(
         base,
         ft,
@@ -303,6 +308,16 @@ def measure(
         out=out,
         progress=progress,
     )
+    # After the delta (whose own identity covers the models and texts), so that input the delta refuses, such
+    # as a corpus too small for --samples, leaves nothing behind that would refuse the corrected command.
+    identity = {
+        **dataclasses.asdict(settings),
+        "grader": grader.settings.model if grader else None,
+        "description": description if grader else None,  # only an LLM grader reads it
+    }
+    io.claim(out / "audit_settings.json", identity, "an audit")
+    if finetune_texts:  # the relevance and similarity stages read them; an audit without them reads neither
+        io.claim(out / "finetune_data.json", {"finetune_data": io.digest(finetune_texts)}, "an audit")
     if grader is not None and not any("tournament" in p["patchscope_scale_rule"] for p in res.lenses.positions):
         _choose_scales_by_tournament(grader, res)
     rel = None

@@ -60,13 +60,16 @@ def ratio_dir(out: str | Path, ratio: float) -> Path:
     return Path(out) / f"ratio_{ratio:g}"
 
 
-def finetune_texts(examples: list[dict | str]) -> list[str]:
-    """Finetuning examples as plain text, for relevance and similarity (a chat: its turns' contents)."""
+def finetune_texts(examples: list[dict | str], roles: tuple[str, ...] | None = None) -> list[str]:
+    """Finetuning examples as plain text, for relevance and similarity (a chat: the contents of its turns
+    by `roles`, default every turn)."""
 
     def as_text(ex):
         if isinstance(ex, str):
             return ex
-        return ex["text"] if "text" in ex else "\n".join(m["content"] for m in ex["messages"])
+        if "text" in ex:
+            return ex["text"]
+        return "\n".join(m["content"] for m in ex["messages"] if roles is None or m["role"] in roles)
 
     return [as_text(ex) for ex in examples]
 
@@ -160,7 +163,7 @@ def sweep_mix(
         if metrics is None:
             metrics = run(one, resume=True, progress=progress)
         _say(progress, f"1:{ratio:g}: measuring the trace")
-        ft = load_model(Path(one.out) / "final", dtype=jnp.dtype(spec.dtype))
+        ft = load_model(Path(one.out) / "final", dtype=jnp.dtype(spec.dtype), mesh=base.params["embed"].sharding.mesh)
         row = trace(
             base,
             ft,
@@ -227,7 +230,9 @@ def sweep_checkpoints(
     emergence = {"run": str(run_dir), "audit": io.plain(dataclasses.asdict(settings)), "rows": []}
     for i, step in enumerate(steps, 1):
         _say(progress, f"step {step} ({i}/{len(steps)}): measuring the trace")
-        params = checkpoint_params(base.params, base.cfg, spec.train, run_dir, step)
+        params = checkpoint_params(
+            base.params, base.cfg, spec.train, run_dir, step, mesh=base.params["embed"].sharding.mesh
+        )
         ft = dataclasses.replace(base, spec=f"{run_dir} at step {step}", params=params)
         row = trace(
             base, ft, out / f"step_{step}", texts=texts, settings=settings, ft_texts=ft_texts, progress=progress

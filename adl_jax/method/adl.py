@@ -13,8 +13,10 @@ from pathlib import Path
 import jax.numpy as jnp
 
 from adl_jax import io
+from adl_jax.errors import UsageError, require
 from adl_jax.method import corpus as corpora
-from adl_jax.method.diff import DiffResult, DiffSettings, compute_delta, resolve_layer
+from adl_jax.method.diff import DiffResult, DiffSettings, compute_delta
+from adl_jax.method.identity import source
 from adl_jax.method.lens import LENS, LensResult, read_lenses
 
 
@@ -57,32 +59,40 @@ def diff(
     """
     from adl_jax.models.load import load_model
 
-    base = load_model(base, dtype=dtype, mesh=mesh) if isinstance(base, str) else base
-    ft = load_model(finetuned, dtype=dtype, mesh=mesh, base=base) if isinstance(finetuned, str) else finetuned
+    # Everything that needs no model is checked before one loads and before `out` is touched.
+    settings = DiffSettings(layer=layer, k=k, n=n, batch_size=batch_size)
+    require(samples >= 1, "samples", samples, "the number of texts to average over must be at least 1")
+    require(chat_before is None or 0 <= chat_before < n, "chat_before", chat_before, f"must be in 0..n-1 (n={n})")
     if texts is None:
         if corpus is None:
-            raise ValueError("give a corpus (a file, hf:NAME or tfds:NAME) or texts=")
+            raise UsageError("give a corpus (a file, hf:NAME or tfds:NAME) or texts=")
         texts = corpora.corpus_texts(corpus, column, seed)
-    settings = DiffSettings(layer=resolve_layer(layer, base.cfg), k=k, n=n, batch_size=batch_size)
-    if chat_before is None:
-        tokens = corpora.tokenize_texts(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)
-    else:
-        tokens = corpora.tokenize_chats(texts, ft.tokenizer, n, samples, before=chat_before, allow_fewer=allow_fewer)
-    result = compute_delta(
-        base,
-        ft,
-        tokens,
-        settings,
-        out,
-        mesh=mesh,
-        progress=progress,
-        meta=dict(corpus=corpus or "texts", seed=seed, chat_before=chat_before),
-    )
-    if (Path(out) / LENS).exists():  # a finished run: its lenses belong to this very delta
-        lenses = LensResult.from_json(io.read_json(Path(out) / LENS))
-    else:
-        lenses = read_lenses(base, ft, result)
-        io.write_json(Path(out) / LENS, lenses.to_json())
+    with io.run_lock(out):
+        base = load_model(base, dtype=dtype, mesh=mesh) if isinstance(base, str) else base
+        ft = load_model(finetuned, dtype=dtype, mesh=mesh, base=base) if isinstance(finetuned, str) else finetuned
+        if chat_before is None:
+            tokens = corpora.tokenize_texts(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)
+        else:
+            tokens = corpora.tokenize_chats(
+                texts, ft.tokenizer, n, samples, before=chat_before, allow_fewer=allow_fewer
+            )
+        result = compute_delta(
+            base,
+            ft,
+            tokens,
+            settings,
+            out,
+            mesh=mesh,
+            progress=progress,
+            meta=dict(
+                **(source(corpus, "corpus") if corpus else {"corpus": "texts"}), seed=seed, chat_before=chat_before
+            ),
+        )
+        if (Path(out) / LENS).exists():  # a finished run: its lenses belong to this very delta
+            lenses = LensResult.from_json(io.read_json(Path(out) / LENS))
+        else:
+            lenses = read_lenses(base, ft, result)
+            io.write_json(Path(out) / LENS, lenses.to_json())
     return ADLResult(result, lenses, Path(out))
 
 

@@ -14,36 +14,51 @@ from pathlib import Path
 
 import numpy as np
 
+from adl_jax.errors import InputError, MissingExtra
+
 FINEWEB = "science-of-finetuning/fineweb-1m-sample"
 
 
-def local_texts(path: str | Path, column: str = "text", seed: int | None = 42) -> list[str]:
-    """All texts of a local file, shuffled with `seed` (None keeps file order)."""
+def local_texts(path: str | Path, column: str = "text", seed: int | None = 42, what: str = "corpus") -> list[str]:
+    """All texts of a local file, shuffled with `seed` (None keeps file order). `what` names the file's role
+    in error messages."""
     path = Path(path)
-    if not path.exists():
-        raise FileNotFoundError(f"corpus file {path} does not exist")
+    if not path.is_file():
+        state = "is a directory, not a file" if path.is_dir() else "does not exist"
+        raise FileNotFoundError(f"{what} file {path} {state}")
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as e:
+        raise InputError(f"{what} file {path} is not UTF-8 text ({e})") from e
     if path.suffix == ".txt":
-        texts = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        texts = [line.strip() for line in lines if line.strip()]
     elif path.suffix == ".jsonl":
         texts = []
-        for i, line in enumerate(path.read_text().splitlines()):
+        for i, line in enumerate(lines, 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
-            if column not in row:
-                raise ValueError(f"{path}:{i + 1} has no field {column!r} (fields: {sorted(row)}); pass --column")
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"{path}:{i} is not valid JSON ({e})") from e
+            if not isinstance(row, dict) or column not in row:
+                fields = sorted(row) if isinstance(row, dict) else f"a JSON {type(row).__name__}"
+                raise InputError(f"{path}:{i} has no field {column!r} (it has {fields}); pass --column")
+            if not isinstance(row[column], str | list):  # a text, or a conversation for the chat variant
+                kind = type(row[column]).__name__
+                raise InputError(f"{path}:{i}: field {column!r} is a {kind}, not a text (or a list of messages)")
             texts.append(row[column])
     elif path.suffix == ".parquet":
         try:
             import pyarrow.parquet as pq
         except ImportError as e:
-            raise ImportError("reading .parquet needs pyarrow: pip install 'adl-jax[hf]'") from e
+            raise MissingExtra("reading .parquet needs pyarrow: pip install 'adl-jax[hf]'") from e
         table = pq.read_table(path)
         if column not in table.column_names:
-            raise ValueError(f"{path} has no column {column!r} (columns: {table.column_names}); pass --column")
+            raise InputError(f"{path} has no column {column!r} (columns: {table.column_names}); pass --column")
         texts = [str(t) for t in table.column(column).to_pylist()]
     else:
-        raise ValueError(f"unsupported corpus file type {path.suffix!r}: use .txt, .jsonl or .parquet")
+        raise InputError(f"unsupported {what} file type {path.suffix!r} ({path}): use .txt, .jsonl or .parquet")
     if seed is not None:
         order = np.random.default_rng(seed).permutation(len(texts))
         texts = [texts[i] for i in order]
@@ -55,7 +70,7 @@ def hf_texts(name: str = FINEWEB, split: str = "train", column: str = "text", se
     try:
         import datasets
     except ImportError as e:
-        raise ImportError("HF datasets sources need the optional extra: pip install 'adl-jax[hf]'") from e
+        raise MissingExtra("HF datasets sources need the optional extra: pip install 'adl-jax[hf]'") from e
     stream = datasets.load_dataset(name, split=split, streaming=True).shuffle(seed=seed, buffer_size=10_000)
     return (row[column] for row in stream)
 
@@ -65,7 +80,7 @@ def tfds_texts(name: str, split: str = "train", key: str = "text", seed: int = 4
     try:
         import tensorflow_datasets as tfds
     except ImportError as e:
-        raise ImportError("TFDS sources need the optional extra: pip install 'adl-jax[tfds]'") from e
+        raise MissingExtra("TFDS sources need the optional extra: pip install 'adl-jax[tfds]'") from e
     ds = tfds.load(name, split=split, shuffle_files=True, read_config=tfds.ReadConfig(shuffle_seed=seed))
     for row in tfds.as_numpy(ds):
         value = row[key]
@@ -88,12 +103,12 @@ def tokenize_texts(
             if len(ids) >= n and len(rows) < count:
                 rows.append(ids[:n])
     if len(rows) < count and not allow_fewer:
-        raise ValueError(
+        raise InputError(
             f"the corpus gave only {len(rows)} usable texts of >= {n} tokens (out of {seen} read) but {count} "
             "were requested: lower --samples or --n, use a larger corpus, or allow fewer (--allow-fewer)"
         )
     if not rows:
-        raise ValueError(f"the corpus has no text of at least {n} tokens ({seen} read)")
+        raise InputError(f"the corpus has no text of at least {n} tokens ({seen} read)")
     return np.asarray(rows, dtype=np.int32)
 
 

@@ -20,6 +20,8 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from adl_jax import io
+from adl_jax.errors import InputError, RunDirError, UsageError, require
+from adl_jax.method.identity import source
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import forward
 from adl_jax.sharding import global_batch, process_rows
@@ -31,25 +33,43 @@ STATE, META, TOKENS, RESULT = "state.safetensors", "meta.json", "tokens.npy", "d
 class DiffSettings:
     """What defines a delta run; a run directory holds exactly one setting."""
 
-    layer: int
+    layer: int | float | None = None  # an index, a fraction of depth in (0, 1), or None (see resolve_layer)
     k: int = 5  # positions analysed
     n: int = 16  # tokens per text; the norm statistic reads positions k..n-1
     batch_size: int = 32
     checkpoint_every: int = 16  # batches
 
     def __post_init__(self):
+        check_layer(self.layer)
+        require(self.k >= 1, "k", self.k, "the number of positions analysed must be at least 1")
         if self.n <= self.k:
-            raise ValueError(f"n={self.n} must exceed k={self.k}: the norm statistic reads positions k..n-1")
+            raise UsageError(f"n={self.n} must exceed k={self.k} (--n, --k): the norm statistic reads positions k..n-1")
+        require(self.batch_size >= 1, "batch_size", self.batch_size, "must be at least 1")
+        require(self.checkpoint_every >= 1, "checkpoint_every", self.checkpoint_every, "must be at least 1 (batches)")
+
+    def resolved(self, cfg: ModelConfig) -> DiffSettings:
+        """These settings with the layer as an index of `cfg`'s model."""
+        return dataclasses.replace(self, layer=resolve_layer(self.layer, cfg))
+
+
+def check_layer(layer) -> None:
+    """A layer setting is None, an index >= 0 or a fraction of depth strictly between 0 and 1."""
+    index = isinstance(layer, (int, np.integer)) and not isinstance(layer, bool) and layer >= 0
+    fraction = isinstance(layer, float) and 0 < layer < 1
+    require(layer is None or index or fraction, "layer", layer, "give a layer index >= 0 or a fraction in (0, 1)")
 
 
 def resolve_layer(layer: int | float | None, cfg: ModelConfig) -> int:
     """None -> the paper's int(0.5 * (L - 1)); a float in (0, 1) -> that fraction of depth; an int -> itself."""
+    check_layer(layer)
     if layer is None:
         return cfg.middle_layer
-    if isinstance(layer, float) and 0 < layer < 1:
+    if isinstance(layer, float):
         return int(layer * (cfg.num_layers - 1))
-    if int(layer) != layer or not 0 <= int(layer) < cfg.num_layers:
-        raise ValueError(f"layer {layer!r} is not an index in 0..{cfg.num_layers - 1} or a fraction in (0, 1)")
+    if not layer < cfg.num_layers:
+        raise UsageError(
+            f"--layer {layer}: this model has layers 0..{cfg.num_layers - 1}; or give a fraction in (0, 1)"
+        )
     return int(layer)
 
 
@@ -59,12 +79,12 @@ def check_pair(base, ft) -> None:
     a, b = dataclasses.replace(base.cfg, **strip), dataclasses.replace(ft.cfg, **strip)
     if a != b:
         diffs = [f.name for f in dataclasses.fields(a) if getattr(a, f.name) != getattr(b, f.name)]
-        raise ValueError(
+        raise InputError(
             f"base ({base.spec}) and finetuned ({ft.spec}) models differ in {diffs}: "
             "ADL compares a model with its own finetune; pick the finetuned model's actual base"
         )
     if base.tokenizer.get_vocab() != ft.tokenizer.get_vocab():
-        raise ValueError(
+        raise InputError(
             f"base ({base.spec}) and finetuned ({ft.spec}) tokenizers have different vocabularies; "
             "the activations at a position would not belong to the same text"
         )
@@ -114,7 +134,7 @@ class DiffResult:
     def load(cls, out: str | Path) -> DiffResult:
         out = Path(out)
         if not (out / RESULT).exists():
-            raise FileNotFoundError(f"{out} holds no finished delta run ({RESULT} missing): run `adl diff` first")
+            raise InputError(f"{out} holds no finished delta run ({RESULT} missing): run `adl diff` first")
         a = io.read_arrays(out / RESULT)
         return cls(a["delta"], a["mean_base"], a["mean_ft"], a["ft_norm"].item(), io.read_json(out / META))
 
@@ -132,25 +152,41 @@ def compute_delta(
 ) -> DiffResult:
     """Run (or resume) the delta over `tokens` (N, n) and write delta.safetensors + meta.json into `out`.
 
-    `base`/`ft` carry .spec, .cfg, .params, .tokenizer. `meta` adds provenance (corpus, seed, ...) to the
-    settings that identify the run; a directory holding a run with other settings is refused.
+    `base`/`ft` carry .spec, .cfg, .params, .tokenizer. The run's identity is its settings, the models'
+    resolved paths and file fingerprints (see `identity.source`), the tokens, and `meta` (corpus, seed, ...);
+    a directory holding a run with another identity is refused, so a result is never reused or resumed
+    for other settings or other weights.
     """
     check_pair(base, ft)
     out = Path(out)
+    settings = settings.resolved(base.cfg)
     if tokens.ndim != 2 or tokens.shape[1] != settings.n:
         raise ValueError(f"token matrix has shape {tokens.shape}, expected (samples, n={settings.n})")
     mesh = mesh or base.params["embed"].sharding.mesh  # where the models were placed at load
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     if settings.batch_size % shards or settings.batch_size % jax.process_count():
-        raise ValueError(
-            f"batch size {settings.batch_size} must be a multiple of the {shards} data shards "
+        raise UsageError(
+            f"--batch-size {settings.batch_size} must be a multiple of the {shards} data shards "
             f"and of the {jax.process_count()} processes"
         )
-    identity = dict(dataclasses.asdict(settings), base=base.spec, finetuned=ft.spec, samples=int(len(tokens)))
+    identity = dict(
+        dataclasses.asdict(settings), **source(base.spec, "base"), **source(ft.spec, "finetuned"), **(meta or {})
+    )
     identity.pop("checkpoint_every")
-    identity.update(meta or {})
-    _claim_run_dir(out, identity, tokens)
+    identity["samples"] = int(len(tokens))
+    identity["dtype"] = str(base.params["embed"].dtype)  # a bfloat16 run is not a float32 one, nor resumed as one
+    if identity["base_sha256"] is not None and identity["base_sha256"] == identity["finetuned_sha256"]:
+        raise UsageError(
+            f"base ({base.spec}) and finetuned ({ft.spec}) are the same weights, so delta would be 0: "
+            "give the finetuned model as --finetuned"
+        )
+    with io.run_lock(out):
+        _claim_run_dir(out, identity, tokens)
+        return _accumulate(base, ft, tokens, settings, out, identity, mesh, progress)
 
+
+def _accumulate(base, ft, tokens, settings: DiffSettings, out: Path, identity: dict, mesh: Mesh, progress: bool):
+    """The batch loop of `compute_delta` from the last checkpoint on, then the result files."""
     n_batches = -(-len(tokens) // settings.batch_size)
     state = _load_state(out) or dict(
         cursor=0,
@@ -204,18 +240,27 @@ def compute_delta(
 
 
 def _claim_run_dir(out: Path, identity: dict, tokens: np.ndarray) -> None:
-    """First run: write meta + tokens. Later runs: refuse a directory that holds other settings or data."""
+    """First run: write meta + tokens. Later runs: refuse a directory that holds another run, naming what
+    differs (a model or corpus whose files changed since is another run, never reused or blended)."""
     meta_path = out / META
     if meta_path.exists():
         old = io.read_json(meta_path)
         changed = sorted(k for k in set(old) | set(identity) if old.get(k) != identity.get(k))
+        fingerprinted = [k.removesuffix("_sha256") for k in changed if k.endswith("_sha256")]
+        edited = [k for k in fingerprinted if k not in changed]  # the same path, other contents
+        if edited:
+            what = ", ".join(f"the {k} ({identity[k]})" for k in edited)
+            raise RunDirError(
+                f"{out} holds a delta run of other weights: {what} changed since it was computed (its files' "
+                "fingerprint differs); use a new --out directory, or delete the old run to recompute"
+            )
         if changed:
-            raise ValueError(
+            raise RunDirError(
                 f"{out} holds a delta run with other settings ({', '.join(changed)} differ); "
                 "use a new --out directory or delete the old run"
             )
         if not np.array_equal(np.load(out / TOKENS), tokens):
-            raise ValueError(f"{out} holds a delta run over other texts; use a new --out directory")
+            raise RunDirError(f"{out} holds a delta run over other texts; use a new --out directory")
         return
     if jax.process_index() == 0:
         io.write_npy(out / TOKENS, tokens)
@@ -225,7 +270,13 @@ def _claim_run_dir(out: Path, identity: dict, tokens: np.ndarray) -> None:
 def _load_state(out: Path) -> dict | None:
     if not (out / STATE).exists():
         return None
-    a = io.read_arrays(out / STATE)
+    try:
+        a = io.read_arrays(out / STATE)
+    except InputError as e:
+        raise InputError(
+            f"{e}; it holds the running sums of an interrupted run: delete it to restart the delta from "
+            "the first batch (the rest of the run directory stays valid)"
+        ) from e
     return dict(
         cursor=int(a["cursor"].item()), sum_base=a["sum_base"], sum_ft=a["sum_ft"], norm_sum=a["norm_sum"].item()
     )

@@ -11,11 +11,12 @@ corrupt every activation downstream. A multimodal Gemma 3 config (4B and up) is 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from pathlib import Path
 
 import numpy as np
+
+from adl_jax import io
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
 
@@ -239,7 +240,7 @@ class ModelConfig:
             path = path / "config.json"
         if not path.exists():
             raise FileNotFoundError(f"no config.json at {path}: an HF model directory needs one")
-        return cls.from_hf(json.loads(path.read_text()), **kw)
+        return cls.from_hf(io.read_json(path), **kw)
 
 
 def is_multimodal(d: dict) -> bool:

@@ -130,8 +130,8 @@ def resolve_spec(spec: str | Path) -> Path:
         if path.suffix != ".gguf":
             raise ValueError(f"{path} is neither a .gguf file nor an HF model directory")
         return path
-    if _HUB_ID.fullmatch(spec) and path.suffix != ".gguf":
-        return _download(spec)
+    if _HUB_ID.fullmatch(spec) and path.suffix != ".gguf" and not path.parent.is_dir():
+        return _download(spec)  # a local folder of that name makes it a mistyped path, not a hub id
     raise FileNotFoundError(
         f"model spec {spec!r}: no such file or directory. A spec is {EMBEDDED!r}, a local HF model "
         "directory, a .gguf file, or an HF hub id org/name"
@@ -159,11 +159,16 @@ def embedded_gguf() -> Path:
 
 def _download(repo_id: str) -> Path:
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
     try:
         return Path(snapshot_download(repo_id, allow_patterns=_HUB_FILES))
-    except LocalEntryNotFoundError as e:
+    except HfHubHTTPError as e:  # the hub answered: no such (public) repository, or no access
+        raise FileNotFoundError(
+            f"model spec {repo_id!r} is neither a local path nor a model the Hugging Face hub gives "
+            f"({' '.join(str(e).split())[:200]}); check the spelling, or log in (`hf auth login`) for a gated model"
+        ) from e
+    except (LocalEntryNotFoundError, OSError) as e:  # no network (requests' errors are OSErrors)
         raise ConnectionError(
             f"model spec {repo_id!r} is not a local path, and the Hugging Face hub is unreachable (offline or "
             f"HF_HUB_OFFLINE=1) with no cached copy of it. Download it where there is network, e.g. "
