@@ -25,7 +25,7 @@ from adl_jax.io import differences
 from finetune.train import BOOKKEEPING, TrainConfig
 
 HELP = {
-    "config": "a JSON file of these settings (e.g. adl_jax/configs/finetune/orange_carrot_lora.json); flags override it",
+    "config": "a JSON file of these settings (e.g. configs/finetune/orange_carrot_lora.json; a file it names is looked up beside it); flags override it",
     "out": "run directory: checkpoints, metrics, final/ (HF dir), adapter/ (PEFT, LoRA only)",
     "model": "model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id",
     "data": "a JSONL of {'text'} or {'messages'} examples, or a shipped organism's name",
@@ -147,8 +147,14 @@ def spec_from_args(a: argparse.Namespace) -> RunSpec:
     settings = io.read_json(a.config) if a.config else {}
     if not isinstance(settings, dict):
         raise InputError(f"--config {a.config} holds a JSON {type(settings).__name__}, not an object of settings")
+    for key in _CONFIG_PATHS:  # a file a config names is looked up beside the config first
+        if a.config and isinstance(settings.get(key), str) and (Path(a.config).parent / settings[key]).is_file():
+            settings[key] = str(Path(a.config).parent / settings[key])
     settings.update({k: getattr(a, k) for k in _defaults() if hasattr(a, k)})
     return RunSpec.from_flat(settings)
+
+
+_CONFIG_PATHS = ("chat_template", "data", "pretrain")  # settings that may name a file
 
 
 INPUTS = "inputs.json"  # the fingerprints of the model, data and pretraining files a run was trained on

@@ -214,3 +214,17 @@ def test_adl_finetune_refuses_lora_targets_matching_no_weight(tiny_run, capsys):
     assert main(argv + ["--out", str(root / "run"), "--lora-targets", "q,qkv"]) == 2
     assert "LoRA target(s) ['qkv'] match no weight" in capsys.readouterr().err
     assert not (root / "run" / "run.json").exists()
+
+
+def test_a_config_finds_its_chat_template_beside_it_from_any_directory(tmp_path, monkeypatch):
+    import argparse
+
+    from finetune.run import add_arguments, spec_from_args
+
+    monkeypatch.chdir(tmp_path)  # not the checkout: the shipped config's template must still be found
+    config = Path(__file__).parents[1] / "adl_jax" / "configs" / "finetune" / "birdwatching_lora.json"
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    spec = spec_from_args(parser.parse_args(["--config", str(config)]))
+    assert Path(spec.chat_template) == config.parent / "gemma_chat.jinja" and Path(spec.chat_template).is_file()
+    assert spec.data == "birdwatching"  # a setting that names no file beside the config stays as it is
