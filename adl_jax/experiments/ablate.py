@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from adl_jax.errors import UsageError, require
 from adl_jax.models.config import ModelConfig
+from adl_jax.models.load import Model
 from adl_jax.models.transformer import Intervention, forward
 from adl_jax.report.ablation import ablation_page
 
@@ -73,8 +74,8 @@ def _plain_nll(params, tokens, valid, *, cfg: ModelConfig):
 
 
 def token_losses(
-    base,
-    ft,
+    base: Model,
+    ft: Model,
     rows,
     units: np.ndarray,
     layer: int,
@@ -126,7 +127,7 @@ def percent_change(plain: np.ndarray, ablated: np.ndarray, mask: np.ndarray) -> 
     return 100.0 * (ce - ce0) / ce0
 
 
-def control_directions(base, pretrain_rows, layer: int, settings: AblationSettings) -> dict[str, np.ndarray]:
+def control_directions(base: Model, pretrain_rows, layer: int, settings: AblationSettings) -> dict[str, np.ndarray]:
     """Unit control directions: random Gaussian ones, and differences of random pairs of base activations
     (BOS excluded: its activation is an outlier in norm and would dominate every difference)."""
     rng = np.random.default_rng(settings.seed)
@@ -150,7 +151,13 @@ def control_directions(base, pretrain_rows, layer: int, settings: AblationSettin
 
 
 def ablate(
-    base, ft, delta: np.ndarray, layer: int, datasets: dict, settings: AblationSettings, progress: bool = True
+    base: Model,
+    ft: Model,
+    delta: np.ndarray,
+    layer: int,
+    datasets: dict,
+    settings: AblationSettings,
+    progress: bool = True,
 ) -> dict:
     """% change in CE of `ft` when delta_p (p in settings.positions) or a control direction is ablated.
 
@@ -207,8 +214,8 @@ def check_sizes(texts: int, seq_len: int, delta_samples: int) -> None:
 
 
 def run_ablation(
-    base,
-    ft,
+    base: Model,
+    ft: Model,
     out,
     *,
     corpus: list[str],

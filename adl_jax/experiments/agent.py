@@ -24,6 +24,7 @@ from adl_jax.method.lens import LENS, LensResult
 from adl_jax.judging.graders import Grader, MalformedAnswer, ask_parsed, one_field
 from adl_jax.models.generate import generate
 from adl_jax.method.steer import format_prompt, steered_samples, steering_vector
+from adl_jax.models.load import Model
 
 FINAL = "FINAL DESCRIPTION:"
 SYSTEM = f"""\
@@ -136,7 +137,7 @@ class AgentRun:
 class Evidence:
     """Everything the agent may look at or call, built from an audit directory and the two models."""
 
-    def __init__(self, audit_dir: str | Path, base, ft, seed: int = 0):
+    def __init__(self, audit_dir: str | Path, base: Model, ft: Model, seed: int = 0):
         self.dir = Path(audit_dir)
         self.base, self.ft = base, ft
         self.lenses = LensResult.from_json(io.read_json(self.dir / LENS))
@@ -219,7 +220,7 @@ class Evidence:
             raise ValueError(f"position must be 0-{len(self.lenses.positions) - 1}")
         return self.lenses.positions[pos]
 
-    def _generate(self, model, prompt: str, vector, alpha: float, n: int, settings: AgentSettings) -> list[str]:
+    def _generate(self, model: Model, prompt: str, vector, alpha: float, n: int, settings: AgentSettings) -> list[str]:
         self._calls += 1
         key = jax.random.fold_in(self.key, self._calls)
         ids = format_prompt(model.tokenizer, prompt)

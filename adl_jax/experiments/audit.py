@@ -22,6 +22,7 @@ from adl_jax.method.diff import DiffSettings
 from adl_jax.judging.offline import OFFLINE, OfflineCoherence, dataset_overlap, frequent_tokens
 from adl_jax.method.steer import STEERING_PROMPTS, format_prompt, steered_samples, steering_vector
 from adl_jax.judging.alpha_search import SteeringSettings, find_alpha
+from adl_jax.models.load import Model
 
 # Prompts for the final steered/unsteered generations (the paper uses 20 such everyday chat prompts).
 FINAL_PROMPTS = (
@@ -108,7 +109,7 @@ def _stage(path: Path, compute: Callable[[], dict]) -> dict:
 
 
 def _decode_final(
-    model, prompts, vector, alpha, layer, settings: SteeringSettings, key, *, progress: bool, desc: str
+    model: Model, prompts, vector, alpha, layer, settings: SteeringSettings, key, *, progress: bool, desc: str
 ) -> dict[str, list[str]]:
     out = {}
     for i, prompt in enumerate(tqdm(prompts, unit="prompt", desc=desc, disable=not progress)):
@@ -128,8 +129,8 @@ def _decode_final(
 
 
 def audit(
-    base,
-    ft,
+    base: Model,
+    ft: Model,
     out: str | Path,
     *,
     texts,
@@ -151,7 +152,9 @@ def audit(
         return _audit(base, ft, out, texts, settings, description, finetune_texts, encoder, grader, progress)
 
 
-def _audit(base, ft, out: Path, texts, settings, description, finetune_texts, encoder, grader, progress) -> dict:
+def _audit(
+    base: Model, ft: Model, out: Path, texts, settings, description, finetune_texts, encoder, grader, progress
+) -> dict:
     """`audit` once its run directory is held."""
     res, rel = measure(
         base,
@@ -274,8 +277,8 @@ def _audit(base, ft, out: Path, texts, settings, description, finetune_texts, en
 
 
 def measure(
-    base,
-    ft,
+    base: Model,
+    ft: Model,
     out: str | Path,
     *,
     texts,
@@ -293,7 +296,7 @@ def measure(
         return _measure(base, ft, out, texts, settings, description, finetune_texts, grader, progress)
 
 
-def _measure(base, ft, out: Path, texts, settings, description, finetune_texts, grader, progress):
+def _measure(base: Model, ft: Model, out: Path, texts, settings, description, finetune_texts, grader, progress):
     """`measure` once its run directory is held."""
     res = adl.diff(
         base,
@@ -346,7 +349,9 @@ def _flat(by_prompt: dict[str, list[str]]) -> list[str]:
     return [t for texts in by_prompt.values() for t in texts]
 
 
-def relevance(ft, res: adl.ADLResult, finetune_texts: list[str], generic_texts, grader=None, description=None) -> dict:
+def relevance(
+    ft: Model, res: adl.ADLResult, finetune_texts: list[str], generic_texts, grader=None, description=None
+) -> dict:
     """Per position: how many of the top-20 lens tokens are relevant. Always the offline dataset overlap
     (`relevant`); with a grader and a description also the LLM's verdicts (`graded`, three rotations)."""
     generic = [t for _, t in zip(range(2000), generic_texts)]

@@ -14,6 +14,7 @@ from adl_jax.experiments.audit import AuditSettings, audit, default_encoder
 from adl_jax.io import cache_root
 from adl_jax.models.load import EMBEDDED, load_model
 from adl_jax.method.samples import sample_texts, with_spare
+from adl_jax.models.load import Model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,7 +43,7 @@ def run_demo(
     cache: str | Path | None = None,
     organism: str = "orange_carrot",
     *,
-    base=EMBEDDED,
+    base: Model | str = EMBEDDED,
     settings: DemoSettings = DemoSettings(),
 ) -> dict:
     """Train `organism` from `base` (a model spec or a loaded model), audit it, print the findings."""

@@ -23,6 +23,7 @@ import numpy as np
 from adl_jax import io
 from adl_jax.experiments.audit import AuditSettings, audit, measure, relevance
 from adl_jax.report.sweep import bases_page, sweep_page
+from adl_jax.models.load import Model
 
 GRID = (0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0, 1.5, 2.0)  # the paper's mixing ratios
 DEFAULT_RATIOS = (0.0, 0.1, 0.5, 1.0, 2.0)
@@ -75,8 +76,8 @@ def finetune_texts(examples: list[dict | str], roles: tuple[str, ...] | None = N
 
 
 def trace(
-    base,
-    ft,
+    base: Model,
+    ft: Model,
     out: Path,
     *,
     texts: list[str],
@@ -130,7 +131,7 @@ def sweep_mix(
     spec,
     out: str | Path,
     *,
-    base,
+    base: Model,
     texts: list[str],
     ratios=DEFAULT_RATIOS,
     settings: AuditSettings = AuditSettings.quick(),
@@ -208,7 +209,7 @@ def sweep_checkpoints(
     spec,
     out: str | Path,
     *,
-    base,
+    base: Model,
     texts: list[str],
     settings: AuditSettings = AuditSettings.quick(),
     progress: bool = True,
@@ -254,7 +255,7 @@ def check_bases(bases: dict, datasets: dict[str, list[str]]) -> None:
 
 
 def sweep_bases(
-    ft,
+    ft: Model,
     bases: dict,
     out: str | Path,
     *,

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 
 from adl_jax.judging.verdicts import Judge, passes
 from adl_jax.method.steer import STEERING_PROMPTS, format_prompt, steered_samples
+from adl_jax.models.load import Model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +53,7 @@ class SearchStep:
 
 
 def search_alpha(
-    model,
+    model: Model,
     prompt: str,
     vector,
     judge: Judge,
@@ -126,7 +127,7 @@ class AlphaSearch:
 
 
 def find_alpha(
-    model,
+    model: Model,
     vector,
     judge: Judge,
     settings: SteeringSettings,

@@ -18,6 +18,7 @@ import numpy as np
 from adl_jax.method.likelihood import mean_nll
 from adl_jax.judging.verdicts import COHERENT, INCOHERENT, UNKNOWN
 from adl_jax.method.steer import format_prompt
+from adl_jax.models.load import Model
 
 OFFLINE = "offline"
 
@@ -41,7 +42,7 @@ class OfflineCoherence:
 
     def __init__(
         self,
-        model,
+        model: Model,
         references: dict[str, list[str]],
         margin: float = 1.0,
         min_diversity: float = 0.5,

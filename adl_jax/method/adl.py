@@ -18,6 +18,7 @@ from adl_jax.method import corpus as corpora
 from adl_jax.method.diff import DiffResult, DiffSettings, compute_delta
 from adl_jax.method.identity import source
 from adl_jax.method.lens import LENS, LensResult, read_lenses
+from adl_jax.models.load import Model
 
 
 @dataclasses.dataclass
@@ -31,8 +32,8 @@ class ADLResult:
 
 
 def diff(
-    base,
-    finetuned,
+    base: Model | str,
+    finetuned: Model | str,
     *,
     corpus: str | None = None,
     texts=None,

@@ -23,6 +23,7 @@ from adl_jax import io
 from adl_jax.errors import InputError, RunDirError, UsageError, require
 from adl_jax.method.identity import source
 from adl_jax.models.config import ModelConfig
+from adl_jax.models.load import Model
 from adl_jax.models.transformer import forward
 from adl_jax.sharding import global_batch, process_rows
 
@@ -73,7 +74,7 @@ def resolve_layer(layer: int | float | None, cfg: ModelConfig) -> int:
     return int(layer)
 
 
-def check_pair(base, ft) -> None:
+def check_pair(base: Model, ft: Model) -> None:
     """Base and finetuned must share architecture and tokenizer, checked before any compute."""
     strip = dict(bos_token_id=None, eos_token_ids=(), pad_token_id=None)
     a, b = dataclasses.replace(base.cfg, **strip), dataclasses.replace(ft.cfg, **strip)
@@ -140,8 +141,8 @@ class DiffResult:
 
 
 def compute_delta(
-    base,
-    ft,
+    base: Model,
+    ft: Model,
     tokens: np.ndarray,
     settings: DiffSettings,
     out: str | Path,
@@ -185,7 +186,9 @@ def compute_delta(
         return _accumulate(base, ft, tokens, settings, out, identity, mesh, progress)
 
 
-def _accumulate(base, ft, tokens, settings: DiffSettings, out: Path, identity: dict, mesh: Mesh, progress: bool):
+def _accumulate(
+    base: Model, ft: Model, tokens, settings: DiffSettings, out: Path, identity: dict, mesh: Mesh, progress: bool
+):
     """The batch loop of `compute_delta` from the last checkpoint on, then the result files."""
     n_batches = -(-len(tokens) // settings.batch_size)
     state = _load_state(out) or dict(

@@ -20,6 +20,7 @@ import numpy as np
 from adl_jax.method.diff import DiffResult
 from adl_jax.models.batching import pad_batch
 from adl_jax.models.config import ModelConfig
+from adl_jax.models.load import Model
 from adl_jax.models.transformer import Intervention, forward, unembed
 
 PATCHSCOPE_PROMPTS = (
@@ -203,7 +204,7 @@ def _fmt(ts: TokenScores, top: int) -> str:
     return "  ".join(repr(t) for t in ts.tokens[:top])
 
 
-def read_lenses(base, ft, result: DiffResult, *, scales=PATCHSCOPE_SCALES, top: int = 100) -> LensResult:
+def read_lenses(base: Model, ft: Model, result: DiffResult, *, scales=PATCHSCOPE_SCALES, top: int = 100) -> LensResult:
     """Logit lens (finetuned model's norm + head) and patchscope for every analysed position."""
     layer = result.meta["layer"]
     ll = logit_lens(

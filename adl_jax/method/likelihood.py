@@ -10,6 +10,7 @@ import numpy as np
 
 from adl_jax.models.batching import pad_batch
 from adl_jax.models.config import ModelConfig
+from adl_jax.models.load import Model
 from adl_jax.models.transformer import forward
 
 
@@ -23,7 +24,7 @@ def _token_nll(params, tokens, valid, scored, *, cfg: ModelConfig):
     return (nll * w).sum(1) / jnp.maximum(w.sum(1), 1.0)
 
 
-def mean_nll(model, prompt_ids: list[int], texts: list[str], max_tokens: int = 256) -> np.ndarray:
+def mean_nll(model: Model, prompt_ids: list[int], texts: list[str], max_tokens: int = 256) -> np.ndarray:
     """The model's mean loss per token of each text continuing the prompt."""
     rows = [
         (prompt_ids + model.tokenizer(t, add_special_tokens=False)["input_ids"])[: len(prompt_ids) + max_tokens]

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from adl_jax import io
 from adl_jax.models.generate import generate
+from adl_jax.models.load import Model
 
 
 def with_spare(count: int) -> int:
@@ -31,7 +32,7 @@ BASE_SAMPLES = "base-samples"  # the corpus spec of offline samples from the bas
 
 def pretraining_texts(
     source: str,
-    base,
+    base: Model,
     count: int,
     *,
     column: str = "text",
@@ -52,7 +53,7 @@ def pretraining_texts(
 
 
 def sample_texts(
-    model,
+    model: Model,
     count: int,
     cache_dir: str | Path,
     *,

@@ -15,6 +15,7 @@ import numpy as np
 
 from adl_jax.models.generate import generate
 from adl_jax.models.transformer import Intervention
+from adl_jax.models.load import Model
 
 STEERING_PROMPTS = (
     "Tell me a story?",
@@ -38,7 +39,7 @@ def format_prompt(tokenizer, prompt: str) -> list[int]:
 
 
 def steered_samples(
-    model,
+    model: Model,
     prompt_ids: list[int],
     vector: np.ndarray,
     alphas: Sequence[float],
