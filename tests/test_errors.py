@@ -18,7 +18,7 @@ from adl_jax.models.load import load_model
 from conftest import random_texts, tiny_hf_model, tiny_tokenizer
 
 ROOT = Path(__file__).parents[1]
-PROGRESS = re.compile(r"[\w ]+: +\d+%\|")  # a tqdm bar, e.g. "delta:  50%|"
+PROGRESS = re.compile(r"[\w ,]+: +\d+%\|")  # a tqdm bar, e.g. "delta:  50%|", "alpha search, position 1:  25%|"
 ENV = dict(os.environ, PYTHONPATH=str(ROOT), HF_HUB_OFFLINE="1")
 
 
