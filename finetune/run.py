@@ -36,6 +36,7 @@ HELP = {
     "mode": "lora or full",
     "lora_targets": "comma-separated: q,k,v,o,gate,up,down",
     "seed": "seeds the organism data, the splits, the batches and the adapters' initialisation",
+    "pack": "true: examples concatenated into full rows (attention kept within each); false: one padded example a row",
 }
 
 
@@ -50,6 +51,7 @@ class RunSpec:
     chat_template: str | None = None
     dtype: str = "float32"
     mesh: str | None = None
+    pack: bool = True
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self):
@@ -90,10 +92,18 @@ def _typed(key: str, value, default):
         return tuple(t for t in (value.split(",") if isinstance(value, str) else value) if t)
     if value is None or default is None or isinstance(value, type(default)):
         return value
+    if isinstance(default, bool):
+        return _boolean(value)
     try:
         return type(default)(value)
     except (TypeError, ValueError):
         raise ValueError(f"setting {key}: {value!r} is not a {type(default).__name__}") from None
+
+
+def _boolean(value) -> bool:
+    if str(value).lower() not in ("true", "false", "1", "0"):
+        raise ValueError(f"{value!r} is not a boolean: give true or false")
+    return str(value).lower() in ("true", "1")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -110,6 +120,7 @@ def add_settings(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None
         if key in skip:
             continue
         kind = type(default) if default is not None and not isinstance(default, list) else str
+        kind = _boolean if kind is bool else kind
         shown = "" if default is None else f" (default {','.join(default) if isinstance(default, list) else default})"
         p.add_argument(
             f"--{key.replace('_', '-')}",
@@ -205,6 +216,7 @@ def run(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> dict:
         mix_ratio=tc.mix_ratio,
         eval_fraction=tc.eval_fraction,
         seed=tc.seed,
+        pack=spec.pack,
     )
     io.write_json(out / "run.json", settings)
     statements = organism.statements if organism else ()
