@@ -33,11 +33,11 @@ def next_token_nll(params: Params, h: jax.Array, cfg: ModelConfig, labels: jax.A
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
 def tiled_nll(x, head, labels, weights, axes: str, softcap: float | None, chunk: int):
     """sum of weights * nll for x (B, T, D), labels and weights (B, T), `chunk` positions of each row at a time."""
-    return _tiles(x, head, labels, weights, axes, softcap, chunk, grads=False)[0]
+    return _tiles(x, head, labels, weights, axes, softcap, chunk)[0]
 
 
-def _tiles(x, head, labels, weights, axes, softcap, chunk, *, grads: bool):
-    """(weighted sum, nll (B, T), and with `grads` dL/dx (B, T, D) and dL/dhead in float32)."""
+def _tiles(x, head, labels, weights, axes, softcap, chunk, *, grad_x: bool = False, grad_head: bool = False):
+    """(weighted sum, nll (B, T), dL/dx (B, T, D) if `grad_x`, dL/dhead in float32 if `grad_head`)."""
     rows, length = labels.shape
     tiles = -(-length // chunk)
     pad = lambda a: jnp.pad(a, [(0, 0), (0, tiles * chunk - length)] + [(0, 0)] * (a.ndim - 2))
@@ -46,35 +46,43 @@ def _tiles(x, head, labels, weights, axes, softcap, chunk, *, grads: bool):
     vocab = head.shape[axes.index("v")]
 
     def body(d_head, tile):
+        """One tile's losses and gradients, the head's accumulated in the carry."""
         xc, lc, wc = tile
         z = jnp.einsum(f"btd,{axes}->btv", xc, head, preferred_element_type=jnp.float32)
         logits = jnp.tanh(z / softcap) * softcap if softcap else z
         lse = jax.nn.logsumexp(logits, axis=-1)
         nll = lse - jnp.take_along_axis(logits, lc[..., None], axis=-1)[..., 0]
-        if not grads:
+        if not (grad_x or grad_head):
             return d_head, (nll, None)
         g = (jnp.exp(logits - lse[..., None]) - (jnp.arange(vocab) == lc[..., None])) * wc[..., None]
         if softcap:  # d(c tanh(z / c)) / dz = 1 - tanh^2
             g = g * (1 - jnp.square(logits / softcap))
         g = g.astype(head.dtype)
         dx = jnp.einsum(f"btv,{axes}->btd", g, head, preferred_element_type=jnp.float32).astype(x.dtype)
-        return d_head + jnp.einsum(f"btd,btv->{axes}", xc, g, preferred_element_type=jnp.float32), (nll, dx)
+        if grad_head:
+            d_head = d_head + jnp.einsum(f"btd,btv->{axes}", xc, g, preferred_element_type=jnp.float32)
+        return d_head, (nll, dx if grad_x else None)
 
-    d_head = jnp.zeros(head.shape, jnp.float32) if grads else None
+    d_head = jnp.zeros(head.shape, jnp.float32) if grad_head else None
     d_head, (nll, dx) = jax.lax.scan(body, d_head, (split(x), split(labels), split(weights)))
     nll = join(nll)
     return jnp.sum(weights * nll), nll, None if dx is None else join(dx), d_head
 
 
 def _tiled_fwd(x, head, labels, weights, axes, softcap, chunk):
-    total, nll, dx, d_head = _tiles(x, head, labels, weights, axes, softcap, chunk, grads=True)
+    """Only the gradients asked for: a frozen head (LoRA) costs no (D x vocab) matmul per tile."""
+    grad_x, grad_head = x.perturbed, head.perturbed
+    x, head, labels, weights = x.value, head.value, labels.value, weights.value
+    total, nll, dx, d_head = _tiles(x, head, labels, weights, axes, softcap, chunk, grad_x=grad_x, grad_head=grad_head)
     return total, (nll, dx, d_head, head)
 
 
 def _tiled_bwd(axes, softcap, chunk, residuals, g):
     """The gradients the forward pass already took, scaled by the cotangent of the sum (the labels have none)."""
     nll, dx, d_head, head = residuals
-    return (g * dx).astype(dx.dtype), (g * d_head).astype(head.dtype), None, g * nll
+    dx = None if dx is None else (g * dx).astype(dx.dtype)
+    d_head = None if d_head is None else (g * d_head).astype(head.dtype)
+    return dx, d_head, None, g * nll
 
 
-tiled_nll.defvjp(_tiled_fwd, _tiled_bwd)
+tiled_nll.defvjp(_tiled_fwd, _tiled_bwd, symbolic_zeros=True)
