@@ -92,18 +92,14 @@ def _typed(key: str, value, default):
         return tuple(t for t in (value.split(",") if isinstance(value, str) else value) if t)
     if value is None or default is None or isinstance(value, type(default)):
         return value
-    if isinstance(default, bool):
-        return _boolean(value)
+    if isinstance(default, bool):  # bool("false") would be True
+        if str(value).lower() not in ("true", "false"):
+            raise ValueError(f"setting {key}: {value!r} is not a boolean: give true or false")
+        return str(value).lower() == "true"
     try:
         return type(default)(value)
     except (TypeError, ValueError):
         raise ValueError(f"setting {key}: {value!r} is not a {type(default).__name__}") from None
-
-
-def _boolean(value) -> bool:
-    if str(value).lower() not in ("true", "false", "1", "0"):
-        raise ValueError(f"{value!r} is not a boolean: give true or false")
-    return str(value).lower() in ("true", "1")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -119,8 +115,7 @@ def add_settings(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None
     for key, default in _defaults().items():
         if key in skip:
             continue
-        kind = type(default) if default is not None and not isinstance(default, list) else str
-        kind = _boolean if kind is bool else kind
+        kind = type(default) if default is not None and not isinstance(default, (list, bool)) else str  # `_typed` reads
         shown = "" if default is None else f" (default {','.join(default) if isinstance(default, list) else default})"
         p.add_argument(
             f"--{key.replace('_', '-')}",
