@@ -3,9 +3,9 @@
 Examples become fixed-length rows with a `targets` mask saying which tokens the loss scores: all tokens
 after the first for documents and pretraining text, only the assistant's tokens for chats. Either one
 example a row (right padding, long examples truncated), or packed: examples concatenated into full rows
-with a segment id each, so attention and positions stay within an example and no padding is computed. Batches are drawn by a sample cursor over per-epoch
-permutations, so the batch at any cursor is a pure function of (rows, seed, cursor): a resumed run
-draws exactly the batches an uninterrupted one would.
+with a segment id each, so attention and positions stay within an example and no padding is computed.
+Batches are drawn by a sample cursor over per-epoch permutations, so the batch at any cursor is a pure
+function of (rows, seed, cursor): a resumed run draws exactly the batches an uninterrupted one would.
 """
 
 from __future__ import annotations

@@ -4,9 +4,9 @@ One jitted step computes the masked next-token cross-entropy (float32, over tile
 full logits, `finetune.loss`) over `grad_accum` micro-batches (a `lax.scan`, so the gradient equals that of
 one big batch) and applies AdamW with warmup, cosine or linear decay and global-norm clipping. Trainable
 weights and optimizer state are float32 whatever the base or compute dtype; rows may hold packed examples
-(segment ids, `finetune.data.pack_rows`). Orbax checkpoints hold the trainable weights, the optimizer state, the step and the data
-cursor; batches and dropout keys are functions of (seed, cursor, step), so a resumed run repeats an
-uninterrupted one bit for bit. Output directory: `checkpoints/<step>/`, `metrics.jsonl`.
+(segment ids, `finetune.data.pack_rows`). Orbax checkpoints hold the trainable weights, the optimizer
+state, the step and the data cursor; batches and dropout keys are functions of (seed, cursor, step), so a
+resumed run repeats an uninterrupted one bit for bit. Output directory: `checkpoints/<step>/`, `metrics.jsonl`.
 In a multi-process run (a TPU pod) each process draws and feeds only its rows of every batch, process 0
 writes the metrics, and the export gathers the shards to process 0.
 """
