@@ -13,7 +13,13 @@ something else: our step right after a torch step took a second longer, a cost n
 PEFT's adapters start from ours (A random, B = 0), so the losses should agree step by step (to float32
 noise, which Adam amplifies a little). Last, our step's FLOPs (XLA's count) against the matmul peak.
 
-    python -m benchmarks.bench_finetune [--mode lora|full] [--batch 4] [--seq 128] [--steps 4] [--warmup 2] [--rounds 2]
+`--data documents` measures what a run trains instead: tokens of real document content per second (padding
+excluded). Ours trains on the documents packed into full rows (`build_splits(pack=True)`, the default of
+`adl finetune`); theirs, as a transformers training loop usually does, on one document a row, truncated to
+`--seq` and padded to the longest row of the batch. The batches then differ, so the losses are not compared.
+
+    python -m benchmarks.bench_finetune [--mode lora|full] [--data windows|documents] [--batch 4] [--seq 128]
+        [--steps 4] [--warmup 2] [--rounds 2]
 """
 
 import argparse
@@ -27,6 +33,7 @@ import torch
 from adl_jax.models.params import param_shardings
 from adl_jax.sharding import Rules, batch_sharding, make_mesh
 from benchmarks.common import compiled_flops, load_pair, matmul_peak
+from finetune.data import batch_at, build_splits
 from finetune.lora import LoraConfig
 from finetune.organisms import ORGANISMS
 from finetune.peft_format import peft_tensors
@@ -46,6 +53,7 @@ HF_NAMES = {
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--mode", choices=("lora", "full"), default="lora")
+    ap.add_argument("--data", choices=("windows", "documents"), default="windows")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=4, help="timed steps per side and round")
@@ -65,14 +73,21 @@ def main():
     cfg = ours.cfg
 
     docs = ORGANISMS["orange_carrot"].generate(400, 0)
-    ids = ours.tokenizer("\n\n".join(d["text"] for d in docs))["input_ids"]
-    if len(ids) < total * B * T:
-        raise SystemExit(f"the organism's documents have {len(ids)} tokens; fewer steps, rows or tokens per row needed")
-    windows = np.asarray(ids[: total * B * T], np.int32).reshape(total * B, T)
-    batches = [windows[s * B : (s + 1) * B] for s in range(total)]
-    valid = np.ones((B, T), bool)
-    targets = np.ones((B, T), bool)
-    targets[:, 0] = False  # like `encode_document`: the first token is no target
+    if args.data == "windows":
+        ids = ours.tokenizer("\n\n".join(d["text"] for d in docs))["input_ids"]
+        if len(ids) < total * B * T:
+            raise SystemExit(f"the organism's documents have {len(ids)} tokens; fewer steps, rows or tokens needed")
+        windows = np.asarray(ids[: total * B * T], np.int32).reshape(total * B, T)
+        targets = np.ones((B, T), bool)
+        targets[:, 0] = False  # like `encode_document`: the first token is no target
+        ours_rows = [(windows[s * B : (s + 1) * B], np.ones((B, T), np.int32), targets) for s in range(total)]
+        their_rows = [(w, np.ones((B, T), bool), targets) for w, _, _ in ours_rows]
+    else:
+        ours_rows, their_rows = document_batches(docs, ours.tokenizer, B, T, total)
+    real = {
+        "ours": [int((segments > 0).sum()) for _, segments, _ in ours_rows],
+        "theirs": [int(valid.sum()) for _, valid, _ in their_rows],
+    }
 
     # Ours, set up as `train` does. steps=1e9 with linear decay: a constant lr like torch's, to ~1e-8.
     targets_ours = tuple(args.targets.split(","))
@@ -96,7 +111,7 @@ def main():
 
     def ours_step(step):
         nonlocal state
-        arrays = (put(batches[step]), put(valid), put(targets))
+        arrays = tuple(put(a) for a in ours_rows[step])
         trainable, opt_state, out = train_step(*state, base, arrays, step, cfg=cfg, tc=tc)
         state = (trainable, opt_state)
         return float(out["loss"])  # waits for the step
@@ -115,11 +130,18 @@ def main():
     theirs.train()
     params = [p for p in theirs.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
-    labels = [torch.tensor(np.where(targets, b, -100), dtype=torch.long) for b in batches]
+    inputs = [
+        {
+            "input_ids": torch.tensor(tokens, dtype=torch.long),
+            "attention_mask": torch.tensor(valid, dtype=torch.long),
+            "labels": torch.tensor(np.where(targets, tokens, -100), dtype=torch.long),
+        }
+        for tokens, valid, targets in their_rows
+    ]
 
     def theirs_step(step):
         opt.zero_grad(set_to_none=True)
-        loss = theirs(input_ids=torch.tensor(batches[step], dtype=torch.long), labels=labels[step]).loss
+        loss = theirs(**inputs[step]).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
@@ -127,6 +149,7 @@ def main():
 
     losses = {"ours": [], "theirs": []}
     times = {"ours": [], "theirs": []}
+    counted = {"ours": 0, "theirs": 0}  # real tokens of the timed steps
     for start in range(0, total, block):
         for name, fn in (("ours", ours_step), ("theirs", theirs_step)):
             for step in range(start, start + block):
@@ -134,6 +157,7 @@ def main():
                 losses[name].append(fn(step))
                 if step - start >= args.warmup:
                     times[name].append(time.perf_counter() - t)
+                    counted[name] += real[name][step]
 
     n_ours = sum(x.size for x in jax.tree.leaves(state[0]))
     n_theirs = sum(p.numel() for p in params)
@@ -155,6 +179,13 @@ def main():
     ):
         print(f"{label:<22}{med[name]:>16.2f}{tok / med[name]:>10.1f}   " + " ".join(f"{t:.2f}" for t in times[name]))
     print(f"ratio (theirs s/step / ours s/step): {med['theirs'] / med['ours']:.2f}x")
+    rate = {k: counted[k] / sum(times[k]) for k in times}
+    print(
+        f"real tokens/s (padding excluded, all timed steps): ours {rate['ours']:.1f}  theirs {rate['theirs']:.1f}  "
+        f"ratio {rate['ours'] / rate['theirs']:.2f}x"
+    )
+    if args.data == "documents":
+        return
     print(
         f"step-1 loss: ours {losses['ours'][0]:.5f}  theirs {losses['theirs'][0]:.5f}  "
         f"(|diff| {abs(losses['ours'][0] - losses['theirs'][0]):.2e})"
@@ -164,7 +195,7 @@ def main():
 
     # Where our time goes: XLA's FLOP count of the step against this machine's matmul peak; the tied
     # 262k-token head dominates both sides.
-    arrays = (put(batches[0]), put(valid), put(targets))
+    arrays = tuple(put(a) for a in ours_rows[0])
     flops = compiled_flops(train_step, *state, base, arrays, 0, cfg=cfg, tc=tc)
     peak = matmul_peak()
     print(
@@ -173,6 +204,21 @@ def main():
     )
     head = 2 * 2 * B * T * cfg.vocab_size * cfg.hidden_size
     print(f"of which {head / 1e9:.0f} GFLOP are the output head forward and backward")
+
+
+def document_batches(docs, tokenizer, rows: int, length: int, steps: int):
+    """(ours, theirs): per step (tokens, segments or validity, targets). Ours: the documents packed into
+    full rows, drawn as training draws them; theirs: `rows` documents a step in the same seeded order,
+    each truncated to `length` and padded to the batch's longest."""
+    packed = build_splits(docs, tokenizer, length, eval_fraction=0.0, pack=True).train
+    ours = [(r.tokens, r.segments, r.targets) for r in (batch_at(packed, s * rows, rows, 0) for s in range(steps))]
+    padded = build_splits(docs, tokenizer, length, eval_fraction=0.0).train
+    theirs = []
+    for s in range(steps):
+        r = batch_at(padded, s * rows, rows, 0)
+        width = int(r.valid.sum(axis=1).max())
+        theirs.append((r.tokens[:, :width], r.valid[:, :width], r.targets[:, :width]))
+    return ours, theirs
 
 
 if __name__ == "__main__":

@@ -1,10 +1,11 @@
 """Narrow finetuning data: JSONL documents or chat conversations, mixed with pretraining text.
 
-Every example becomes one fixed-length row (right padding, long examples truncated) with a `targets`
-mask saying which tokens the loss scores: all tokens after the first for documents and pretraining
-text, only the assistant's tokens for chats. Batches are drawn by a sample cursor over per-epoch
-permutations, so the batch at any cursor is a pure function of (rows, seed, cursor): a resumed run
-draws exactly the batches an uninterrupted one would.
+Examples become fixed-length rows with a `targets` mask saying which tokens the loss scores: all tokens
+after the first for documents and pretraining text, only the assistant's tokens for chats. Either one
+example a row (right padding, long examples truncated), or packed: examples concatenated into full rows
+with a segment id each, so attention and positions stay within an example and no padding is computed.
+Batches are drawn by a sample cursor over per-epoch permutations, so the batch at any cursor is a pure
+function of (rows, seed, cursor): a resumed run draws exactly the batches an uninterrupted one would.
 """
 
 from __future__ import annotations
@@ -26,16 +27,21 @@ class Rows:
     tokens: np.ndarray  # (N, T) int32
     valid: np.ndarray  # (N, T) bool, False at padding
     targets: np.ndarray  # (N, T) bool
+    segments: np.ndarray | None = None  # (N, T) int32: example 1, 2, ... of a packed row, 0 at padding
+
+    def __post_init__(self):
+        if self.segments is None:  # one example a row
+            object.__setattr__(self, "segments", self.valid.astype(np.int32))
 
     def __len__(self) -> int:
         return len(self.tokens)
 
     def take(self, index) -> Rows:
-        return Rows(self.tokens[index], self.valid[index], self.targets[index])
+        return Rows(*(getattr(self, f.name)[index] for f in dataclasses.fields(Rows)))
 
     @staticmethod
     def concat(*parts: Rows) -> Rows:
-        return Rows(*(np.concatenate([getattr(p, f) for p in parts]) for f in ("tokens", "valid", "targets")))
+        return Rows(*(np.concatenate([getattr(p, f.name) for p in parts]) for f in dataclasses.fields(Rows)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,6 +152,49 @@ def pad_rows(encoded: Sequence[tuple[list[int], list[bool]]], seq_len: int, pad_
     return Rows(tokens[keep], valid[keep], targets[keep])
 
 
+def pieces(ids: list[int], targets: list[bool], seq_len: int) -> list[tuple[list[int], list[bool]]]:
+    """An example cut into pieces of at most `seq_len` tokens that overlap by one: each piece starts with the
+    last token of the one before as context (no target), so every target token keeps its loss."""
+    if len(ids) <= seq_len:
+        return [(ids, [False] + targets[1:])]  # a row's first token is never scored; packed, it must not be
+    step = seq_len - 1
+    return [(ids[s : s + seq_len], [False] + targets[s + 1 : s + seq_len]) for s in range(0, len(ids) - 1, step)]
+
+
+def pack_rows(encoded: Sequence[tuple[list[int], list[bool]]], seq_len: int, pad_id: int) -> Rows:
+    """Examples placed whole, in the given order, each into the first row with room (first fit); one longer
+    than `seq_len` is split into `pieces` first, with a warning counting them. Pieces without a target
+    token (e.g. a chat's user turn) are dropped, also counted."""
+    if seq_len < 2:
+        raise ValueError(f"packing needs seq_len >= 2, not {seq_len}")
+    split = [p for ids, tgt in encoded for p in pieces(ids, tgt, seq_len)]
+    kept = [p for p in split if any(p[1])]
+    n = len(kept)
+    tokens = np.full((n, seq_len), pad_id, np.int32)
+    targets = np.zeros((n, seq_len), bool)
+    segments = np.zeros((n, seq_len), np.int32)
+    used = np.zeros(n, np.int64)  # tokens placed per row; rows 0..rows-1 are open
+    count = np.zeros(n, np.int32)  # segments per row
+    rows = 0
+    for ids, tgt in kept:
+        fits = np.flatnonzero(used[:rows] + len(ids) <= seq_len)
+        r = fits[0] if len(fits) else rows
+        rows += not len(fits)
+        a, b = used[r], used[r] + len(ids)
+        count[r] += 1
+        tokens[r, a:b], targets[r, a:b], segments[r, a:b] = ids, tgt, count[r]
+        used[r] = b
+    long = sum(len(ids) > seq_len for ids, _ in encoded)
+    if long or len(kept) < len(split):
+        warnings.warn(
+            f"{long} of {len(encoded)} examples longer than {seq_len} tokens split into pieces; "
+            f"{len(split) - len(kept)} pieces dropped for having no target token",
+            stacklevel=3,
+        )
+    segments = segments[:rows]
+    return Rows(tokens[:rows], segments > 0, targets[:rows], segments)
+
+
 def build_splits(
     examples: Sequence[dict],
     tokenizer,
@@ -155,10 +204,12 @@ def build_splits(
     mix_ratio: float = 0.0,
     eval_fraction: float = 0.1,
     seed: int = 0,
+    pack: bool = False,
 ) -> Splits:
     """Hold out `eval_fraction` of the finetuning examples, and add round(mix_ratio * n_train) pretraining
     texts to the training rows (1:r finetuning to pretraining samples). Held-out pretraining texts as
-    many as finetuning eval examples are kept for the eval loss on pretraining data."""
+    many as finetuning eval examples are kept for the eval loss on pretraining data. `pack`: rows of
+    concatenated examples (`pack_rows`, in the seeded order) instead of one padded example a row."""
     if not examples:
         raise ValueError("no finetuning examples")
     for i, ex in enumerate(examples):
@@ -176,7 +227,7 @@ def build_splits(
     pt_order = rng.permutation(len(pretrain_texts))[: n_pt_train + n_pt_eval]
     pt = [encode_document(pretrain_texts[i], tokenizer) for i in pt_order]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    rows = lambda enc: pad_rows(enc, seq_len, pad_id) if enc else None
+    rows = lambda enc: (pack_rows if pack else pad_rows)(enc, seq_len, pad_id) if enc else None
     train = rows(ft[n_eval:] + pt[n_pt_eval:])
     if not len(train):
         raise ValueError(f"no training example keeps a target token within seq_len={seq_len}")

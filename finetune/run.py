@@ -39,6 +39,7 @@ HELP = {
     "mode": "lora or full",
     "lora_targets": "comma-separated: q,k,v,o,gate,up,down",
     "seed": "seeds the organism data, the splits, the batches and the adapters' initialisation",
+    "pack": "true: examples concatenated into full rows (attention kept within each); false: one padded example a row",
 }
 
 
@@ -53,6 +54,7 @@ class RunSpec:
     chat_template: str | None = None
     dtype: str = "float32"
     mesh: str | None = None
+    pack: bool = True
     train: TrainConfig = TrainConfig()
 
     def __post_init__(self):
@@ -109,6 +111,10 @@ def _typed(key: str, value, default):
         if value is not None and not isinstance(value, str):
             raise UsageError(f"setting {key}: {value!r} is not a string")
         return value
+    if isinstance(default, bool):  # bool("false") would be True
+        if str(value).lower() not in ("true", "false"):
+            raise UsageError(f"setting {key}: {value!r} is not a boolean: give true or false")
+        return str(value).lower() == "true"
     if value is None or isinstance(value, type(default)) and not isinstance(value, bool):
         return value
     if isinstance(value, bool) or isinstance(default, int) and isinstance(value, float) and not value.is_integer():
@@ -132,7 +138,7 @@ def add_settings(p: argparse.ArgumentParser, skip: tuple[str, ...] = ()) -> None
     for key, default in _defaults().items():
         if key in skip:
             continue
-        kind = type(default) if default is not None and not isinstance(default, list) else str
+        kind = type(default) if default is not None and not isinstance(default, (list, bool)) else str  # `_typed` reads
         shown = "" if default is None else f" (default {','.join(default) if isinstance(default, list) else default})"
         p.add_argument(
             f"--{key.replace('_', '-')}",
@@ -262,6 +268,7 @@ def _train_and_export(spec: RunSpec, settings: dict, examples: list, organism, p
         mix_ratio=tc.mix_ratio,
         eval_fraction=tc.eval_fraction,
         seed=tc.seed,
+        pack=spec.pack,
     )
     io.write_json(out / INPUTS, _inputs(spec))
     io.write_json(out / "run.json", settings)

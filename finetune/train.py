@@ -1,11 +1,12 @@
 """Finetuning with optax: LoRA or full, on our own `forward`, sharded by the mesh rules, resumable.
 
-One jitted step computes the masked next-token cross-entropy (float32) over `grad_accum` micro-batches
-(a `lax.scan`, so the gradient equals that of one big batch) and applies AdamW with warmup, cosine or
-linear decay and global-norm clipping. Trainable weights and optimizer state are float32 whatever the
-base dtype. Orbax checkpoints hold the trainable weights, the optimizer state, the step and the data
-cursor; batches and dropout keys are functions of (seed, cursor, step), so a resumed run repeats an
-uninterrupted one bit for bit. Output directory: `checkpoints/<step>/`, `metrics.jsonl`.
+One jitted step computes the masked next-token cross-entropy (float32, over tiles of positions: never the
+full logits, `finetune.loss`) over `grad_accum` micro-batches (a `lax.scan`, so the gradient equals that of
+one big batch) and applies AdamW with warmup, cosine or linear decay and global-norm clipping. Trainable
+weights and optimizer state are float32 whatever the base or compute dtype; rows may hold packed examples
+(segment ids, `finetune.data.pack_rows`). Orbax checkpoints hold the trainable weights, the optimizer
+state, the step and the data cursor; batches and dropout keys are functions of (seed, cursor, step), so a
+resumed run repeats an uninterrupted one bit for bit. Output directory: `checkpoints/<step>/`, `metrics.jsonl`.
 In a multi-process run (a TPU pod) each process draws and feeds only its rows of every batch, process 0
 writes the metrics, and the export gathers the shards to process 0.
 """
@@ -35,10 +36,11 @@ from adl_jax.io import differences
 from adl_jax.errors import UsageError, require
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.params import param_shardings
-from adl_jax.models.transformer import Params, forward
+from adl_jax.models.transformer import REMAT, Params, forward
 from adl_jax.sharding import Rules, global_batch, make_mesh, process_rows
 from finetune.data import Rows, Splits, batch_at
 from finetune.lora import LoraConfig, apply_lora, init_adapters
+from finetune.loss import next_token_nll
 
 # Fields that change no number of the run, so a resumed run may set them differently.
 BOOKKEEPING = ("checkpoint_every", "eval_every")
@@ -64,6 +66,8 @@ class TrainConfig:
     seed: int = 0
     checkpoint_every: int = 50  # 0 = only at the end
     eval_every: int = 50  # 0 = only at the end
+    remat: str = "none"  # what each block keeps for the backward pass: none (all) | dots (matmul outputs) | full
+    compute_dtype: str = "base"  # base (the base weights' dtype) | bfloat16 | float32; master weights stay f32
 
     def __post_init__(self):
         if self.mode not in ("lora", "full"):
@@ -85,6 +89,13 @@ class TrainConfig:
         require(lora.rank >= 1, "lora_rank", lora.rank, "the adapters' rank must be at least 1")
         require(lora.alpha > 0, "lora_alpha", lora.alpha, "must be > 0 (the adapters' scale is alpha / rank)")
         require(0 <= lora.dropout < 1, "lora_dropout", lora.dropout, "must be in [0, 1)")
+        require(self.remat in REMAT, "remat", self.remat, f"must be one of {', '.join(REMAT)}")
+        require(
+            self.compute_dtype in ("base", "bfloat16", "float32"),
+            "compute_dtype",
+            self.compute_dtype,
+            "must be base, bfloat16 or float32",
+        )
 
 
 class TrainResult(NamedTuple):
@@ -123,17 +134,26 @@ def model_params(trainable, base: Params, tc: TrainConfig, key=None) -> Params:
     if tc.mode == "lora":
         dropout = tc.lora.dropout if key is not None else 0.0
         return apply_lora(base, trainable, tc.lora.scale, dropout=dropout, key=key, merge=key is None)
-    return jax.tree.map(lambda t, b: t.astype(b.dtype), trainable, base)
+    dtype = lambda b: b.dtype if tc.compute_dtype == "base" else tc.compute_dtype
+    return jax.tree.map(lambda t, b: t.astype(dtype(b)), trainable, base)
 
 
-def token_nll(params: Params, cfg: ModelConfig, tokens, valid, targets):
-    """(sum, count) of the float32 next-token negative log-likelihood over target tokens."""
-    # Every position's logits with the next token as label, the last masked: slicing the (B, T, vocab)
-    # logits to T - 1 positions would copy them, a large cost with Gemma's 262k vocabulary.
-    logits = forward(params, tokens, cfg, valid=valid).logits
-    nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.roll(tokens, -1, axis=1))
+def token_nll(params: Params, cfg: ModelConfig, tc: TrainConfig, tokens, segments, targets):
+    """(sum, count) of the float32 next-token negative log-likelihood over target tokens, in `tc`'s compute
+    dtype and remat policy. `segments`: packed documents' ids (0 = padding), or a boolean validity mask
+    (one document a row). The loss runs over tiles of positions, never forming the (B, T, vocab) logits."""
+    if tc.compute_dtype != "base":
+        params = jax.tree.map(
+            lambda x: x.astype(tc.compute_dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, params
+        )
+    last = cfg.num_layers - 1
+    h = forward(
+        params, tokens, cfg, segments=segments.astype(jnp.int32), until_layer=last, capture=(last,), remat=tc.remat
+    )
+    # Every position with the next token as label, the last masked; a document's first token is no target,
+    # so no position predicts across a packed boundary.
     mask = jnp.pad(targets[:, 1:], ((0, 0), (0, 1)))
-    return jnp.sum(jnp.where(mask, nll, 0.0)), jnp.sum(mask)
+    return next_token_nll(params, h.hidden[last], cfg, jnp.roll(tokens, -1, axis=1), mask), jnp.sum(mask)
 
 
 def loss_and_grads(trainable, base: Params, batch, cfg: ModelConfig, tc: TrainConfig, key):
@@ -145,8 +165,10 @@ def loss_and_grads(trainable, base: Params, batch, cfg: ModelConfig, tc: TrainCo
 
     def body(carry, xs):
         grads, total, count = carry
-        (tokens, valid, targets), i = xs
-        loss = lambda t: token_nll(model_params(t, base, tc, jax.random.fold_in(key, i)), cfg, tokens, valid, targets)
+        (tokens, segments, targets), i = xs
+        loss = lambda t: token_nll(
+            model_params(t, base, tc, jax.random.fold_in(key, i)), cfg, tc, tokens, segments, targets
+        )
         (s, n), g = jax.value_and_grad(loss, has_aux=True)(trainable)
         return (jax.tree.map(jnp.add, grads, g), total + s, count + n), None
 
@@ -160,7 +182,7 @@ def loss_and_grads(trainable, base: Params, batch, cfg: ModelConfig, tc: TrainCo
 # Module-level jits with the configs static: a resumed run in the same process reuses the compiled step.
 @functools.partial(jax.jit, static_argnames=("cfg", "tc"), donate_argnums=(0, 1))
 def train_step(trainable, opt_state, base, batch, step, *, cfg: ModelConfig, tc: TrainConfig):
-    """One optimizer update on batch = (tokens, valid, targets), each (batch_size * grad_accum, T)."""
+    """One optimizer update on batch = (tokens, segments, targets), each (batch_size * grad_accum, T)."""
     key = jax.random.fold_in(jax.random.PRNGKey(tc.seed), step)
     loss, grads = loss_and_grads(trainable, base, batch, cfg, tc, key)
     updates, opt_state = make_optimizer(tc).update(grads, opt_state, trainable)
@@ -184,8 +206,8 @@ def _initial_state(base: Params, cfg: ModelConfig, tc: TrainConfig, tx, mesh, ru
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "tc"))
-def _eval_nll(trainable, base, tokens, valid, targets, *, cfg: ModelConfig, tc: TrainConfig):
-    return token_nll(model_params(trainable, base, tc), cfg, tokens, valid, targets)
+def _eval_nll(trainable, base, tokens, segments, targets, *, cfg: ModelConfig, tc: TrainConfig):
+    return token_nll(model_params(trainable, base, tc), cfg, tc, tokens, segments, targets)
 
 
 def _adapter_shardings(weight_shardings: Params, adapters) -> dict:
@@ -199,7 +221,7 @@ def _adapter_shardings(weight_shardings: Params, adapters) -> dict:
 def run_identity(cfg: ModelConfig, tc: TrainConfig, rows: Rows) -> dict:
     """What a checkpoint must share with a run that resumes it: training settings, model, data."""
     digest = hashlib.sha256()
-    for a in (rows.tokens, rows.valid, rows.targets):
+    for a in (rows.tokens, rows.segments, rows.targets):
         digest.update(np.ascontiguousarray(a).tobytes())
     settings = {k: v for k, v in dataclasses.asdict(tc).items() if k not in BOOKKEEPING}
     return io.plain({**settings, "model": dataclasses.asdict(cfg), "data": digest.hexdigest()})
@@ -260,7 +282,9 @@ def train(
         tick = time.perf_counter()
         while step < end:
             batch = batch_at(splits.train, cursor + mine.start, mine.stop - mine.start, tc.seed)
-            arrays = tuple(global_batch(a, mesh, per_update, rules) for a in (batch.tokens, batch.valid, batch.targets))
+            arrays = tuple(
+                global_batch(a, mesh, per_update, rules) for a in (batch.tokens, batch.segments, batch.targets)
+            )
             trainable, opt_state, out = train_step(trainable, opt_state, base, arrays, step, cfg=cfg, tc=tc)
             loss, grad_norm = float(out["loss"]), float(out["grad_norm"])
             step, cursor = step + 1, cursor + per_update
@@ -353,7 +377,7 @@ def _mean_nll(trainable, base, rows: Rows, cfg: ModelConfig, tc: TrainConfig, me
         index = np.arange(start, start + tc.batch_size)[mine]
         chunk = rows.take(index % len(rows))
         targets = chunk.targets & (index < len(rows))[:, None]
-        s, n = _eval_nll(trainable, base, put(chunk.tokens), put(chunk.valid), put(targets), cfg=cfg, tc=tc)
+        s, n = _eval_nll(trainable, base, put(chunk.tokens), put(chunk.segments), put(targets), cfg=cfg, tc=tc)
         total, count = total + float(s), count + int(n)
     return total / max(count, 1)
 

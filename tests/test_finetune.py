@@ -55,12 +55,23 @@ RESUMABLE = TrainConfig(
 )
 
 
-@pytest.fixture(scope="module")
-def splits():
+def _splits(pack: bool):
     rng = np.random.RandomState(1)
     docs = [{"text": t} for t in random_texts(rng, 20, words=(6, 14))]
     pretrain = random_texts(rng, 30, words=(6, 14))
-    return build_splits(docs, tiny_tokenizer(), SEQ, pretrain_texts=pretrain, mix_ratio=1.0, seed=3)
+    return build_splits(docs, tiny_tokenizer(), SEQ, pretrain_texts=pretrain, mix_ratio=1.0, seed=3, pack=pack)
+
+
+@pytest.fixture(scope="module")
+def splits():
+    return _splits(pack=False)
+
+
+@pytest.fixture(scope="module")
+def packed_splits():
+    packed = _splits(pack=True)
+    assert packed.train.segments.max() > 1  # rows hold several examples
+    return packed
 
 
 def plain_loss(params, cfg, rows: Rows):
@@ -165,8 +176,10 @@ def _losses(path):
     return [(r["step"], r["loss"], r.get("eval_loss_ft")) for r in map(json.loads, path.read_text().splitlines())]
 
 
-def test_killed_run_resumes_bit_identical(tiny, splits, tmp_path):
+@pytest.mark.parametrize("data", ["splits", "packed_splits"])
+def test_killed_run_resumes_bit_identical(data, tiny, tmp_path, request):
     _, cfg, params = tiny
+    splits = request.getfixturevalue(data)
     tc = RESUMABLE
     whole = train(params, cfg, splits, tc, tmp_path / "whole", progress=False)
     # The killed run logged step 4 but died before its checkpoint was committed.

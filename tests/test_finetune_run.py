@@ -186,6 +186,7 @@ def test_finetune_config_is_the_demo_and_bad_settings_are_refused(tmp_path, caps
     assert spec.train == TrainConfig(mode="lora", lora=lora, **demo.train)
     assert (spec.model, spec.data, spec.pretrain) == (EMBEDDED, "orange_carrot", None)
     assert spec.examples == demo.organism_docs
+    assert spec.pack and not RunSpec.from_flat({"out": "o", "data": "d", "pack": "false"}).pack
 
     (tmp_path / "c.json").write_text(json.dumps({"data": "orange_carrot", "stepz": 3}))
     (tmp_path / "steps.json").write_text(json.dumps({"data": "orange_carrot", "steps": "many"}))
@@ -202,6 +203,7 @@ def test_finetune_config_is_the_demo_and_bad_settings_are_refused(tmp_path, caps
         ("--data", "orange_carrot", "--mix-ratio", "-1", "--pretrain", "base-samples", *out): "mix_ratio must be >= 0",
         ("--data", "orange_carrot", "--dtype", "float16", *out): "dtype must be float32 or bfloat16",
         ("--config", str(tmp_path / "steps.json"), *out): "setting steps: 'many' is not a int",
+        ("--data", "orange_carrot", "--pack", "maybe", *out): "'maybe' is not a boolean: give true or false",
     }
     for args, message in cases.items():
         assert main(["finetune", *args]) == 2, args

@@ -29,6 +29,7 @@ from adl_jax.models.params import param_shapes, param_specs
 from adl_jax.sharding import MESH_AXES, Rules, parse_mesh
 from adl_jax.method.steer import STEERING_PROMPTS
 from finetune.lora import LoraConfig, resolve_targets
+from finetune.loss import TILE_BYTES
 from finetune.train import TrainConfig
 
 USABLE = 0.9
@@ -302,13 +303,31 @@ def _audit(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
     }
 
 
+def kept_bytes(cfg: ModelConfig, sizes: Mapping[str, int], rows: int, tokens: int, nbytes: int, remat: str) -> int:
+    """What rematerialised layers keep for the backward pass, all layers: each block's input ("full"), or
+    the outputs of its weight matmuls q, k, v, o, gate, up, down ("dots"); 0 without remat (then
+    `activation_bytes` counts every layer's working set)."""
+    if remat == "none":
+        return 0
+    m = sizes["model"]
+    rows = -(-rows // (sizes["data"] * sizes["fsdp"]))
+    q, kv = _split(cfg.num_heads, m) * cfg.head_dim, _split(cfg.num_kv_heads, m) * cfg.head_dim
+    per_token = cfg.hidden_size if remat == "full" else q + 2 * kv + 2 * cfg.hidden_size
+    per_token += 0 if remat == "full" else 2 * _split(cfg.intermediate_size, m)
+    return rows * tokens * cfg.num_layers * per_token * nbytes
+
+
 def _finetune(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
     b, tc, rules = DTYPES[run.dtype], run.train, run.rules
+    compute = b if tc.compute_dtype == "base" else DTYPES[tc.compute_dtype]
     if tc.mode == "full":
         trainable = weight_bytes(cfg, sizes, 4, rules)
         working = (
-            "working copy (base dtype)",
-            (weight_bytes(cfg, sizes, b, rules) if b != 4 else 0, "estimate: the f32 weights cast for the forward"),
+            "working copy (compute dtype)",
+            (
+                weight_bytes(cfg, sizes, compute, rules) if compute != 4 else 0,
+                "estimate: the f32 weights cast for the forward",
+            ),
         )
     else:
         trainable = adapter_bytes(cfg, sizes, tc, rules)
@@ -320,17 +339,18 @@ def _finetune(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
                 "estimate: f32 A@B, merged W and f32 cotangent per adapted weight",
             ),
         )
+    tile = min(tc.seq_len, max(1, TILE_BYTES // (4 * cfg.vocab_size * tc.batch_size)))  # as finetune.loss tiles
     act = activation_bytes(
         cfg,
         sizes,
         tc.batch_size,
         tc.seq_len,
         tc.seq_len,
-        b,
-        layers=cfg.num_layers,
-        logit_tokens=tc.seq_len,
+        compute,
+        layers=cfg.num_layers if tc.remat == "none" else 1,
+        logit_tokens=tile,
         logit_copies=3,
-    )
+    ) + kept_bytes(cfg, sizes, tc.batch_size, tc.seq_len, compute, tc.remat)
     return {
         "weights (base)": (weight_bytes(cfg, sizes, b, rules), "exact"),
         "trainable (f32)": (trainable, "exact"),
@@ -339,7 +359,8 @@ def _finetune(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
         working[0]: working[1],
         "activations (saved for backward)": (
             act,
-            f"estimate: {tc.batch_size} x {tc.seq_len} tokens a micro-batch, no remat, f32 logits",
+            f"estimate: {tc.batch_size} x {tc.seq_len} tokens a micro-batch, remat {tc.remat}, "
+            f"f32 logits of {tile}-position tiles",
         ),
     }
 

@@ -216,10 +216,13 @@ def _block(h, p, cfg: ModelConfig, local, ropes, masks, cache, layer):
     return h + mlp, cache
 
 
-def _attention_masks(cfg: ModelConfig, q_pos, k_pos):
-    """(local, global) boolean masks (B, T, S): causal by position, keys with position -1 are empty slots."""
+def _attention_masks(cfg: ModelConfig, q_pos, k_pos, segments=None):
+    """(local, global) boolean masks (B, T, S): causal by position, keys with position -1 are empty slots;
+    with segment ids, a query sees only keys of its own segment (packed documents stay apart)."""
     diff = q_pos[:, :, None] - k_pos[:, None, :]
     causal = (k_pos[:, None, :] >= 0) & (diff >= 0)
+    if segments is not None:
+        causal = causal & (segments[:, :, None] == segments[:, None, :])
     local = causal & (diff < cfg.sliding_window) if cfg.sliding_window else causal
     return local, causal
 
@@ -231,16 +234,31 @@ def embed(params: Params, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
     return x
 
 
+def lm_head(params: Params, cfg: ModelConfig) -> tuple[jax.Array, str]:
+    """The output matrix and its einsum axes: the embedding "vd" when tied, else lm_head "dv"."""
+    return (params["embed"], "vd") if cfg.tie_embeddings else (params["lm_head"], "dv")
+
+
 def unembed(params: Params, h: jax.Array, cfg: ModelConfig) -> jax.Array:
     """Final norm + LM head (+ Gemma 2's soft-cap), in float32. Also the logit lens's readout."""
     x = rms_norm(h, params["final_norm"], cfg)
-    if cfg.tie_embeddings:
-        logits = jnp.einsum("...d,vd->...v", x, params["embed"], preferred_element_type=jnp.float32)
-    else:
-        logits = jnp.einsum("...d,dv->...v", x, params["lm_head"], preferred_element_type=jnp.float32)
+    head, axes = lm_head(params, cfg)
+    logits = jnp.einsum(f"...d,{axes}->...v", x, head, preferred_element_type=jnp.float32)
     if cfg.final_softcap:
         logits = jnp.tanh(logits / cfg.final_softcap) * cfg.final_softcap
     return logits
+
+
+def segment_positions(segments: jax.Array) -> jax.Array:
+    """Positions (B, T) counted from the start of each run of equal segment ids: packed documents restart at 0."""
+    index = jnp.arange(segments.shape[1])
+    starts = jnp.concatenate([jnp.ones_like(segments[:, :1], bool), segments[:, 1:] != segments[:, :-1]], axis=1)
+    return index - jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+
+
+# What each block keeps for the backward pass: everything ("none"), the outputs of its weight matmuls with the
+# rest (attention scores included) recomputed ("dots"), or only its input ("full").
+REMAT = ("none", "dots", "full")
 
 
 def forward(
@@ -249,21 +267,33 @@ def forward(
     cfg: ModelConfig,
     *,
     valid: jax.Array | None = None,
+    segments: jax.Array | None = None,
     positions: jax.Array | None = None,
     cache: KVCache | None = None,
     interventions: tuple[Intervention, ...] = (),
     capture: tuple[int, ...] = (),
     until_layer: int | None = None,
+    remat: str = "none",
 ) -> ForwardOut:
     """Run the decoder on tokens (B, T).
 
     valid: (B, T) bool, False at (left) padding; positions default to the count of valid tokens before each.
+    segments: (B, T) int, documents packed in a row (0 = padding): attention stays within a segment, positions
+    restart at each segment and `valid` defaults to segments > 0.
     cache: when given, this call's keys/values are written at `cache.index` and attention reads the cache.
     until_layer: stop after that block; no later layer and no logits are computed.
     capture: blocks whose output residual to return, each within 0..the last block run.
     Interventions at a layer are applied before that layer's residual is captured.
+    remat: one of `REMAT`, what each block keeps for the backward pass (training memory vs compute).
     """
     B, T = tokens.shape
+    if remat not in REMAT:
+        raise ValueError(f"remat must be one of {', '.join(REMAT)}, not {remat!r}")
+    if segments is not None:
+        if cache is not None:
+            raise ValueError("packed segments are for training and scoring; decoding with a cache takes none")
+        valid = segments > 0 if valid is None else valid
+        positions = segment_positions(segments) if positions is None else positions
     if valid is None:
         valid = jnp.ones((B, T), bool)
     if positions is None:
@@ -287,13 +317,13 @@ def forward(
         k_pos = cache.pos
     h = embed(params, tokens, cfg)
     ropes = tuple(_rope_tables(r.inv_freq(cfg.head_dim), positions, h.dtype) for r in (cfg.rope_local, cfg.rope_global))
-    masks = _attention_masks(cfg, positions, k_pos)
+    masks = _attention_masks(cfg, positions, k_pos, segments)
 
     hidden = {}
     boundaries = sorted({last, *capture, *(i.layer for i in interventions)})
     start = 0
     for end in boundaries:
-        h, cache = _run_layers(h, params["layers"], cfg, start, end + 1, ropes, masks, cache)
+        h, cache = _run_layers(h, params["layers"], cfg, start, end + 1, ropes, masks, cache, remat)
         for iv in interventions:
             if iv.layer == end:
                 h = iv(h)
@@ -306,18 +336,31 @@ def forward(
     return ForwardOut(logits, hidden, cache)
 
 
-def _run_layers(h, layers, cfg: ModelConfig, start, stop, ropes, masks, cache):
+def _checkpointed(block, remat: str):
+    if remat == "none":
+        return block
+    return jax.checkpoint(
+        block, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable if remat == "dots" else None
+    )
+
+
+def _run_layers(h, layers, cfg: ModelConfig, start, stop, ropes, masks, cache, remat="none"):
     """Blocks start..stop-1, unrolled in Python or as one lax.scan over the stacked weights."""
     if not cfg.scan_layers:
         for i in range(start, stop):
             p = jax.tree.map(lambda x: x[i], layers)
-            h, cache = _block(h, p, cfg, cfg.local_layers[i], ropes, masks, cache, i)
+            block = _checkpointed(
+                lambda h, p, c, i=i: _block(h, p, cfg, cfg.local_layers[i], ropes, masks, c, i), remat
+            )
+            h, cache = block(h, p, cache)
         return h, cache
+
+    block = _checkpointed(lambda h, p, local, c, i: _block(h, p, cfg, local, ropes, masks, c, i), remat)
 
     def body(carry, xs):
         h, cache = carry
         p, local, i = xs
-        return _block(h, p, cfg, local, ropes, masks, cache, i), None
+        return block(h, p, local, cache, i), None
 
     xs = (
         jax.tree.map(lambda x: x[start:stop], layers),

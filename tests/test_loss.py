@@ -1,0 +1,81 @@
+"""The tiled next-token loss against the plain one over full logits (value and gradient, with and without
+Gemma 2's final soft-cap, tied and untied heads, tiles that do not divide the tokens), and its memory."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import finetune.loss
+from adl_jax.models.config import ModelConfig
+from adl_jax.models.transformer import forward, unembed
+from adl_jax.models.weights import load_hf_dir
+from conftest import tiny_hf_model
+from finetune.loss import next_token_nll
+from finetune.train import TrainConfig, token_nll
+
+
+def plain_nll(params, cfg, tokens, valid, targets):
+    """The loss as the trainer computed it before tiling: optax over every position's full logits."""
+    logits = forward(params, tokens, cfg, valid=valid).logits
+    nll = optax.softmax_cross_entropy_with_integer_labels(logits, jnp.roll(tokens, -1, axis=1))
+    mask = jnp.pad(targets[:, 1:], ((0, 0), (0, 1)))
+    return jnp.sum(jnp.where(mask, nll, 0.0))
+
+
+@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen2"])  # untied, soft-capped and tied heads
+def test_tiled_loss_and_gradient_equal_full_logits(family, tmp_path, monkeypatch):
+    tiny_hf_model(family, tmp_path, tie_word_embeddings=family != "llama")
+    cfg, params = load_hf_dir(tmp_path)
+    assert (cfg.final_softcap is not None) == (family == "gemma2") and cfg.tie_embeddings == (family != "llama")
+    monkeypatch.setattr(
+        finetune.loss, "TILE_BYTES", 3 * 4 * cfg.vocab_size * 3
+    )  # tiles of 3 positions x 3 rows, 11 positions
+    rng = np.random.RandomState(0)
+    tokens = jnp.asarray(rng.randint(3, cfg.vocab_size, (3, 11)))
+    valid = jnp.asarray(np.arange(11)[None] < np.array([[11], [8], [5]]))
+    targets = valid & jnp.asarray(rng.rand(3, 11) > 0.3)
+    ours = jax.value_and_grad(lambda p: token_nll(p, cfg, TrainConfig(), tokens, valid, targets)[0])(params)
+    want = jax.value_and_grad(lambda p: plain_nll(p, cfg, tokens, valid, targets))(params)
+    np.testing.assert_allclose(float(ours[0]), float(want[0]), rtol=1e-5)
+    for (path, got), ref in zip(jax.tree_util.tree_leaves_with_path(ours[1]), jax.tree.leaves(want[1])):
+        scale = max(float(np.abs(ref).max()), 1e-6)
+        np.testing.assert_allclose(got, ref, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
+
+
+def test_head_memory_is_a_tile_not_the_logits():
+    """Gemma 3's vocabulary, hidden size 640, 8 x 2,048 tokens, abstract shapes: XLA's own peak temporary
+    memory for loss + gradient. The plain loss holds at least the full f32 logits; the tiled one an eighth."""
+    cfg = ModelConfig(
+        family="gemma3_text",
+        vocab_size=262_144,
+        hidden_size=640,
+        intermediate_size=2048,
+        num_layers=1,
+        num_heads=4,
+        num_kv_heads=1,
+        head_dim=256,
+        norm_offset=1.0,
+        tie_embeddings=True,
+        local_layers=(False,),
+    )
+    B, T, D, V = 8, 2048, cfg.hidden_size, cfg.vocab_size
+    shape = jax.ShapeDtypeStruct
+    args = (
+        {"final_norm": shape((D,), jnp.float32), "embed": shape((V, D), jnp.float32)},
+        shape((B, T, D), jnp.float32),
+    )
+    args += (shape((B, T), jnp.int32), shape((B, T), jnp.bool_))
+
+    def plain(params, h, labels, mask):
+        nll = optax.softmax_cross_entropy_with_integer_labels(unembed(params, h, cfg), labels)
+        return jnp.sum(jnp.where(mask, nll, 0.0))
+
+    tiled = lambda params, h, labels, mask: next_token_nll(params, h, cfg, labels, mask)
+    temp = {
+        name: jax.jit(jax.value_and_grad(f, argnums=(0, 1))).lower(*args).compile().memory_analysis().temp_size_in_bytes
+        for name, f in (("plain", plain), ("tiled", tiled))
+    }
+    logits = B * T * V * 4
+    assert temp["plain"] >= logits and temp["tiled"] <= logits / 8, (temp, logits)
