@@ -48,6 +48,18 @@ def read_json(path: str | Path):
         raise InputError(f"{path} is a directory, not a JSON file") from e
 
 
+def jsonl_rows(lines: list[str], path: str | Path):
+    """(line number, value) of every non-blank line of a JSONL file; a malformed line is an InputError
+    naming the file and the line."""
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            yield i, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise InputError(f"{path}:{i} is not valid JSON ({e})") from e
+
+
 def write_arrays(path: str | Path, arrays: dict[str, np.ndarray], metadata: dict[str, str] | None = None) -> None:
     arrays = {k: np.ascontiguousarray(v) for k, v in arrays.items()}
     _atomic(Path(path), lambda tmp: save_file(arrays, tmp, metadata=metadata))

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+
+from adl_jax import io
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,13 +59,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not path.exists():
         raise FileNotFoundError(f"finetuning data {path} does not exist")
     rows = []
-    for i, line in enumerate(path.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i} is not valid JSON ({e})") from e
+    for i, row in io.jsonl_rows(path.read_text().splitlines(), path):
         _check_example(row, f"{path}:{i}")
         rows.append(row)
     if not rows:

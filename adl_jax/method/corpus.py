@@ -8,12 +8,12 @@ an offline source of unconditional samples from the base model (see `adl_jax.met
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 
+from adl_jax import io
 from adl_jax.errors import InputError, MissingExtra
 
 FINEWEB = "science-of-finetuning/fineweb-1m-sample"
@@ -34,13 +34,7 @@ def local_texts(path: str | Path, column: str = "text", seed: int | None = 42, w
         texts = [line.strip() for line in lines if line.strip()]
     elif path.suffix == ".jsonl":
         texts = []
-        for i, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise InputError(f"{path}:{i} is not valid JSON ({e})") from e
+        for i, row in io.jsonl_rows(lines, path):
             if not isinstance(row, dict) or column not in row:
                 fields = sorted(row) if isinstance(row, dict) else f"a JSON {type(row).__name__}"
                 raise InputError(f"{path}:{i} has no field {column!r} (it has {fields}); pass --column")
