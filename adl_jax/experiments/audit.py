@@ -63,6 +63,8 @@ class AuditSettings:
     # The model that delta steers: the paper steers the finetuned (chat) model; for an organism trained
     # from a base model on plain documents, steering the base model shows what delta alone adds.
     steer_model: str = "finetuned"  # finetuned | base
+    search_prompts: tuple[str, ...] | None = None  # the alpha search's prompts; None: STEERING_PROMPTS
+    chat_before: int | None = None  # the chat variant (corpus of conversations), as `adl diff --chat-before`
 
     def __post_init__(self):
         if self.steer_model not in ("finetuned", "base"):
@@ -77,6 +79,13 @@ class AuditSettings:
             f"steered positions must be analysed ones, in 0..{self.k - 1}",
         )
         require(len(self.final_prompts) >= 1, "final_prompts", "()", "give at least one prompt")
+        require(self.search_prompts is None or len(self.search_prompts) >= 1, "search_prompts", "()", "give a prompt")
+        require(
+            self.chat_before is None or 0 <= self.chat_before < self.n,
+            "chat_before",
+            self.chat_before,
+            f"must be in 0..n-1 (n={self.n})",
+        )
 
     def delta_settings(self) -> DiffSettings:
         return DiffSettings(layer=self.layer, k=self.k, n=self.n, batch_size=self.batch_size)
@@ -172,6 +181,7 @@ def _audit(
     key = jax.random.key(settings.seed)
     zero = np.zeros(ft.cfg.hidden_size, np.float32)
     steered = ft if settings.steer_model == "finetuned" else base
+    search_prompts = settings.search_prompts or STEERING_PROMPTS
 
     if grader is not None:
         from adl_jax.judging.graders import coherence_judge
@@ -193,7 +203,7 @@ def _audit(
                     key=jax.random.fold_in(key, i),
                 )[0]
                 for i, p in enumerate(
-                    tqdm(STEERING_PROMPTS, unit="prompt", desc="unsteered references", disable=not progress)
+                    tqdm(search_prompts, unit="prompt", desc="unsteered references", disable=not progress)
                 )
             },
         )
@@ -226,6 +236,7 @@ def _audit(
                 st,
                 layer=layer,
                 key=jax.random.fold_in(key, 1000 + j),
+                prompts=search_prompts,
                 progress=progress,
                 desc=f"alpha search, position {j}",
             )
@@ -309,6 +320,7 @@ def _measure(base: Model, ft: Model, out: Path, texts, settings, description, fi
         batch_size=settings.batch_size,
         seed=settings.seed,
         out=out,
+        chat_before=settings.chat_before,
         progress=progress,
     )
     # After the delta (whose own identity covers the models and texts), so that input the delta refuses, such
@@ -354,7 +366,10 @@ def relevance(
 ) -> dict:
     """Per position: how many of the top-20 lens tokens are relevant. Always the offline dataset overlap
     (`relevant`); with a grader and a description also the LLM's verdicts (`graded`, three rotations)."""
-    generic = [t for _, t in zip(range(2000), generic_texts)]
+    # A chat-variant corpus holds conversations: their messages' contents are its text.
+    generic = [
+        t if isinstance(t, str) else "\n".join(m["content"] for m in t) for _, t in zip(range(2000), generic_texts)
+    ]
     frequent = frequent_tokens(finetune_texts, ft.tokenizer, generic)
     if grader is not None and description:
         from adl_jax.judging.graders import RELEVANT, judge_relevance
