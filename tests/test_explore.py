@@ -140,6 +140,19 @@ def test_token_differences_equal_pytorch(explored):
         assert abs(t["mean_rise"] - sums[t["id"]] / counts[t["id"]]) < 1e-5
 
 
+def test_audit_scores_promoted_tokens_like_lens_tokens(explored):
+    from adl_jax.experiments.audit import promoted
+
+    root, base, ft, _ = explored
+    texts = random_texts(np.random.RandomState(2), 5)
+    plain = promoted(base, ft, texts, None)
+    assert "relevance" not in plain and plain["texts"] == 5
+    top = [t["token"] for t in plain["tokens"]]
+    frequent = [top[0].strip(), top[7].strip(), top[30].strip(), "w999"]  # two of them in the top 20
+    scored = promoted(base, ft, texts, {"frequent_tokens": frequent})
+    assert scored["relevance"] == {"relevant": 2, "share": 0.1} and scored["tokens"] == plain["tokens"]
+
+
 def test_dashboard_refuses_a_remote_address(explored, capsys):
     root = explored[0]
     assert main(["dashboard", str(root / "run"), "--host", "0.0.0.0"]) == 2

@@ -21,6 +21,7 @@ from adl_jax.method import adl
 from adl_jax.method.diff import DiffSettings
 from adl_jax.judging.offline import OFFLINE, OfflineCoherence, dataset_overlap, frequent_tokens
 from adl_jax.method.steer import STEERING_PROMPTS, format_prompt, steered_samples, steering_vector
+from adl_jax.method.tokens import PROMOTED, differences, promoted_tokens
 from adl_jax.judging.alpha_search import SteeringSettings, find_alpha
 from adl_jax.models.load import Model
 
@@ -266,6 +267,8 @@ def _audit(
             ),
         )
 
+    _stage(out / PROMOTED, lambda: promoted(base, ft, texts, rel, grader, description))
+
     summary = {
         "base": base.spec,
         "finetuned": ft.spec,
@@ -371,8 +374,6 @@ def relevance(
         t if isinstance(t, str) else "\n".join(m["content"] for m in t) for _, t in zip(range(2000), generic_texts)
     ]
     frequent = frequent_tokens(finetune_texts, ft.tokenizer, generic)
-    if grader is not None and description:
-        from adl_jax.judging.graders import RELEVANT, judge_relevance
     rows = []
     for p in res.lenses.positions:
         patch = p["patchscope"][str(p["patchscope_scale"])]
@@ -383,13 +384,37 @@ def relevance(
             ("base_mean", p["logit_lens"]["base_mean"]),
             ("ft_mean", p["logit_lens"]["ft_mean"]),
         ]:
-            count, share = dataset_overlap(scores.tokens[:20], frequent)
-            row[name] = {"relevant": count, "share": share}
-            if grader is not None and description:
-                verdicts = judge_relevance(grader, description, frequent, scores.tokens[:20])
-                row[name]["graded"] = sum(v == RELEVANT for v in verdicts)
-                row[name]["verdicts"] = verdicts
+            row[name] = score_tokens(scores.tokens, frequent, grader, description)
         rows.append(row)
     best = max(rows, key=lambda r: max(r["logit_lens"]["relevant"], r["patchscope"]["relevant"]))
     measure = "dataset overlap (offline)" + (" and LLM relevance" if grader is not None and description else "")
     return {"measure": measure, "frequent_tokens": frequent, "positions": rows, "best": best}
+
+
+def score_tokens(tokens: list[str], frequent: list[str], grader=None, description=None) -> dict:
+    """The relevance of a ranked token list's top 20: the offline dataset overlap (`relevant`, `share`); with a
+    grader and a description also the LLM's verdicts (`graded`, three rotations)."""
+    count, share = dataset_overlap(tokens[:20], frequent)
+    row = {"relevant": count, "share": share}
+    if grader is not None and description:
+        from adl_jax.judging.graders import RELEVANT, judge_relevance
+
+        verdicts = judge_relevance(grader, description, frequent, tokens[:20])
+        row["graded"] = sum(v == RELEVANT for v in verdicts)
+        row["verdicts"] = verdicts
+    return row
+
+
+PROMOTED_TEXTS, PROMOTED_TOKENS = 64, 64  # corpus texts read by the per-token lens, and tokens of each
+
+
+def promoted(base: Model, ft: Model, texts, rel: dict | None, grader=None, description=None) -> dict:
+    """The per-token lens over the corpus (`adl_jax.method.tokens`): the tokens the finetune most often promotes
+    on the first texts, scored for relevance as the lens tokens are, so the report can set the two side by side.
+    A chat-variant corpus (conversations, no plain text) gives an empty result."""
+    plain = [t for _, t in zip(range(PROMOTED_TEXTS), (t for t in texts if isinstance(t, str)))]
+    result = promoted_tokens(differences(base, ft, plain, max_tokens=PROMOTED_TOKENS), ft.tokenizer)
+    if rel:
+        tokens = [t["token"] for t in result["tokens"]]
+        result["relevance"] = score_tokens(tokens, rel["frequent_tokens"], grader, description)
+    return result
