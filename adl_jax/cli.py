@@ -539,7 +539,7 @@ def cmd_tokens(a) -> None:
         raise UsageError("give --text TEXT or --file FILE (one text per line, or JSONL with --column)")
     for flag in ("top", "max_tokens", "batch_size"):
         require(getattr(a, flag) >= 1, flag, getattr(a, flag), "must be at least 1")
-    texts = [a.text] if a.text else local_texts(a.file, a.column, what="text")
+    texts = [a.text] if a.text else local_texts(a.file, a.column, seed=None, what="text")
     base, ft = _tokens_pair(a)
     diffs = differences(base, ft, texts, top=a.top, max_tokens=a.max_tokens, batch_size=a.batch_size)
     summary = promoted_tokens(diffs, base.tokenizer)
