@@ -448,7 +448,11 @@ def cmd_plan(a) -> None:
 def cmd_demo(a) -> None:
     from adl_jax.experiments.demo import run_demo
 
-    run_demo(cache=a.cache, organism=a.organism)
+    if a.dashboard:
+        from adl_jax.experiments.dashboard import check_host
+
+        check_host(a.host, a.allow_remote)
+    run_demo(cache=a.cache, organism=a.organism, then=_serve_dashboard(a) if a.dashboard else None)
 
 
 STEER_FLAGS = {
@@ -513,7 +517,7 @@ def cmd_steer(a) -> None:
         print(f"json: {a.json}")
 
 
-def _tokens_pair(a):
+def _run_pair(a):
     """The base and finetuned models of `adl tokens` / `adl dashboard`: a run's (checked), or --base/--finetuned."""
     from adl_jax.experiments import steer as st
     from adl_jax.models.load import load_pair
@@ -540,7 +544,7 @@ def cmd_tokens(a) -> None:
     for flag in ("top", "max_tokens", "batch_size"):
         require(getattr(a, flag) >= 1, flag, getattr(a, flag), "must be at least 1")
     texts = [a.text] if a.text else local_texts(a.file, a.column, seed=None, what="text")
-    base, ft = _tokens_pair(a)
+    base, ft = _run_pair(a)
     diffs = differences(base, ft, texts, top=a.top, max_tokens=a.max_tokens, batch_size=a.batch_size)
     summary = promoted_tokens(diffs, base.tokenizer)
     if a.text:
@@ -561,16 +565,26 @@ def cmd_tokens(a) -> None:
 
 
 def cmd_dashboard(a) -> None:
-    from adl_jax.experiments.dashboard import Dashboard, check_host, make_server
+    from adl_jax.experiments.dashboard import check_host
 
     check_host(a.host, a.allow_remote)  # before a model loads
-    base, ft = _tokens_pair(a)
-    server = make_server(Dashboard(base, ft, a.runs), a.host, a.port)
-    print(f"dashboard: http://{a.host}:{server.server_address[1]}/  (Ctrl-C stops it)", flush=True)
-    try:
-        server.serve_forever()
-    finally:
-        server.server_close()
+    _serve_dashboard(a)(*_run_pair(a), *a.runs)
+
+
+def _serve_dashboard(a):
+    """A function of (base, finetuned, *runs) that serves them on --host/--port until Ctrl-C."""
+
+    def serve(base, ft, *runs):
+        from adl_jax.experiments.dashboard import Dashboard, make_server
+
+        server = make_server(Dashboard(base, ft, runs), a.host, a.port)
+        print(f"dashboard: http://{a.host}:{server.server_address[1]}/  (Ctrl-C stops it)", flush=True)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+
+    return serve
 
 
 MESH_HELP = "e.g. data=2,fsdp=4,model=2 (default: all devices, on data as far as they divide the batch, rest on model)"
@@ -597,6 +611,15 @@ def _pair_flags(required: bool = True) -> argparse.ArgumentParser:
         required=required,
         help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base",
     )
+    return p
+
+
+def _serve_flags() -> argparse.ArgumentParser:
+    """Where `adl dashboard` (and `adl demo --dashboard`) serve: loopback unless --allow-remote."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a --host other machines can reach")
     return p
 
 
@@ -794,13 +817,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     db = sub.add_parser(
         "dashboard",
-        parents=[_pair_flags(required=False)],
+        parents=[_pair_flags(required=False), _serve_flags()],
         help="a local web page: steer live, per-token differences, browse and switch runs",
     )
     db.add_argument("runs", nargs="+", help="finished runs of the same models (the first one's models are loaded)")
-    db.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine only)")
-    db.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
-    db.add_argument("--allow-remote", action="store_true", help="allow a --host other machines can reach")
     db.add_argument("--dtype", choices=DTYPES, default="float32", help="the models' weights dtype")
     db.set_defaults(func=cmd_dashboard)
 
@@ -828,9 +848,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.set_defaults(func=cmd_plan)
 
-    dm = sub.add_parser("demo", help="the whole story offline on the embedded Gemma-3-270M")
+    dm = sub.add_parser("demo", parents=[_serve_flags()], help="the whole story offline on the embedded Gemma-3-270M")
     dm.add_argument("--cache", default=None, help="cache directory (default $ADL_CACHE/demo or ~/.cache/adl-jax/demo)")
     dm.add_argument("--organism", default="orange_carrot", help="which shipped organism to train and audit")
+    dm.add_argument("--dashboard", action="store_true", help="then serve adl dashboard on the organism's audit")
     dm.set_defaults(func=cmd_demo)
     return p
 

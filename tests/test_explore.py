@@ -188,6 +188,8 @@ def test_dashboard_refuses_a_remote_address(explored, capsys):
     root = explored[0]
     assert main(["dashboard", str(root / "run"), "--host", "0.0.0.0"]) == 2
     assert "--allow-remote" in capsys.readouterr().err
+    assert main(["demo", "--dashboard", "--host", "0.0.0.0"]) == 2  # refused before the demo starts
+    assert "--allow-remote" in capsys.readouterr().err
 
 
 def test_dashboard_in_a_browser(explored, tmp_path, capsys):

@@ -166,7 +166,7 @@ def side_by_side(results: list[dict], width: int | None = None) -> str:
         cell = max(12, (width - 3 * (len(heads) - 1)) // len(heads))
         lines = [
             f"prompt: {r['prompt']}",
-            " | ".join(h.ljust(cell) for h in heads),
+            " | ".join(h.ljust(cell) for h in heads).rstrip(),
             "-+-".join("-" * cell for _ in heads),
         ]
         for s in range(len(columns[0])):
