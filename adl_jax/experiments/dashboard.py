@@ -18,6 +18,8 @@ import traceback
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import numpy as np
+
 from adl_jax import io
 from adl_jax.errors import AdlError, InputError, UsageError
 from adl_jax.experiments import steer as st
@@ -148,7 +150,7 @@ def _overview(path: Path, res: DiffResult) -> dict:
         "finetuned": res.meta["finetuned"],
         "layer": res.meta["layer"],
         "samples": res.meta["samples"],
-        "delta_norms": [float(x) for x in (res.delta**2).sum(-1) ** 0.5],
+        "delta_norms": [float(x) for x in np.linalg.norm(res.delta, axis=-1)],
         "lenses": None,
         "steering": [],
         "unsteered": {},
