@@ -20,6 +20,7 @@ import numpy as np
 
 from adl_jax import io
 from adl_jax.errors import InputError, UsageError, require
+from adl_jax.judging.alpha_search import SteeringSettings
 from adl_jax.method.diff import DiffResult
 from adl_jax.method.identity import source
 from adl_jax.method.steer import format_prompt, steering_vector
@@ -33,13 +34,15 @@ STEER_MODELS = ("finetuned", "base")
 
 @dataclasses.dataclass(frozen=True)
 class SteerSettings:
+    """What `adl steer` generates; the texts depend on nothing else (with the model and the vector)."""
+
     alphas: tuple[float, ...] = (1.0,)
     position: int = 1
     layer: int | None = None  # None: the run's read layer
     steer_model: str = "finetuned"
     samples: int = 1
     new_tokens: int = 64
-    temperature: float = 1.1  # the audit's final samples' (SteeringSettings.final_temperature); 0 is greedy
+    temperature: float = SteeringSettings.final_temperature  # the audit's final samples'; 0 is greedy
     seed: int = 0
 
     def __post_init__(self):
