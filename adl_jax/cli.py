@@ -64,8 +64,15 @@ AUDIT_FLAGS = {
     "seed": "seeds the corpus shuffle and the steering samples",
     "steer_positions": "comma-separated positions to steer; default all analysed (1,2 with --quick)",
     "steer_model": "the model delta steers: finetuned (paper) or base",
+    "chat_before": "chat variant: the corpus holds conversations (--column messages); rows start this many "
+    "tokens before the first assistant token",
 }
-AUDIT_TYPES = {"layer": _layer, "steer_positions": _ints}
+AUDIT_TYPES = {"layer": _layer, "steer_positions": _ints, "chat_before": int}
+# Settings read from a file of prompts (one per line, or JSONL): the flag names the file.
+AUDIT_PROMPT_FLAGS = {
+    "final_prompts": ("--prompts", "the final steered/unsteered samples' prompts (default: 20 everyday chat prompts)"),
+    "search_prompts": ("--search-prompts", "the alpha search's prompts (default: the paper's 3)"),
+}
 SWEEP_FLAGS = {name: AUDIT_FLAGS[name] for name in ("samples", "n", "k")}
 ABLATE_FLAGS = {
     "positions": "delta positions ablated one at a time, LO-HI (paper: 0-8)",
@@ -142,12 +149,12 @@ def cmd_info(a) -> None:
 
 
 def cmd_audit(a) -> None:
-    from adl_jax.experiments.audit import AuditSettings, audit, default_encoder
+    from adl_jax.experiments.audit import audit, default_encoder
     from adl_jax.experiments.sweep import finetune_texts
     from adl_jax.judging.graders import Grader, GraderSettings
     from adl_jax.models.load import load_pair
 
-    settings = settings_from(a, AuditSettings.quick() if a.quick else AuditSettings(), AUDIT_FLAGS)
+    settings = audit_settings(a)
     organism_data = _organism(a)
     # The finetuning data, like the settings, is checked before any model loads; chats count by their
     # assistant turns, the tokens finetuning trains on.
@@ -169,6 +176,19 @@ def cmd_audit(a) -> None:
         grader=grader_settings and Grader(grader_settings),
     )
     print(f"report: {Path(a.out) / 'report.html'}")
+
+
+def audit_settings(a):
+    """The AuditSettings of `adl audit`'s flags: the preset's, with the flags given and the prompt files read."""
+    from adl_jax.experiments.audit import AuditSettings
+    from adl_jax.experiments.steer import read_prompts
+
+    settings = settings_from(a, AuditSettings.quick() if a.quick else AuditSettings(), AUDIT_FLAGS)
+    given = {name: read_prompts(getattr(a, name)) for name in AUDIT_PROMPT_FLAGS if getattr(a, name, None)}
+    settings = dataclasses.replace(settings, **given)
+    if settings.chat_before is not None and a.corpus == "base-samples":
+        raise UsageError("--chat-before needs a corpus of conversations: --corpus FILE.jsonl --column messages")
+    return settings
 
 
 ORGANISM_SAMPLE = 1000  # texts of an organism's finetuning dataset read for relevance and similarity
@@ -428,7 +448,143 @@ def cmd_plan(a) -> None:
 def cmd_demo(a) -> None:
     from adl_jax.experiments.demo import run_demo
 
-    run_demo(cache=a.cache, organism=a.organism)
+    if a.dashboard:
+        from adl_jax.experiments.dashboard import check_host
+
+        check_host(a.host, a.allow_remote)
+    run_demo(cache=a.cache, organism=a.organism, then=_serve_dashboard(a) if a.dashboard else None)
+
+
+STEER_FLAGS = {
+    "position": "the position of delta to steer with",
+    "layer": "the layer after which to add it (default: the run's read layer; needed with --vector)",
+    "steer_model": "the model to steer: finetuned or base",
+    "samples": "samples per prompt and alpha",
+    "new_tokens": "tokens to generate",
+    "temperature": "sampling temperature (0: greedy)",
+    "seed": "seeds the sampling",
+}
+
+
+def _floats(value: str) -> tuple[float, ...]:
+    """'0.5,1,2' -> (0.5, 1.0, 2.0)."""
+    try:
+        return tuple(float(x) for x in value.split(",") if x.strip())
+    except ValueError:
+        raise UsageError(f"{value!r} is not a comma-separated list of numbers, e.g. 0.5,1,2") from None
+
+
+def _prompts(a) -> tuple[str, ...]:
+    """--prompt (repeatable) and the prompts of --prompts FILE, checked."""
+    from adl_jax.experiments.steer import check_prompts, read_prompts
+
+    prompts = tuple(a.prompt or ()) + (read_prompts(a.prompts) if a.prompts else ())
+    if not prompts:
+        raise UsageError("give --prompt TEXT (repeatable) or --prompts FILE")
+    check_prompts(prompts)
+    return prompts
+
+
+def cmd_steer(a) -> None:
+    from adl_jax import io
+    from adl_jax.experiments import steer as st
+    from adl_jax.models.load import load_model
+
+    defaults = st.SteerSettings(**({"alphas": _floats(a.alpha)} if a.alpha else {}))
+    settings = settings_from(a, defaults, STEER_FLAGS)
+    prompts = _prompts(a)
+    if a.vector:
+        if a.run:
+            raise UsageError("give a run directory or --vector FILE, not both")
+        vector = st.file_vector(a.vector, settings.position)
+        spec, base = (a.finetuned, a.base) if settings.steer_model == "finetuned" else (a.base, None)
+        if not spec or settings.layer is None:
+            raise UsageError(f"with --vector give --layer and the model to steer (--{settings.steer_model})")
+        layer, source = settings.layer, a.vector
+    elif a.run:
+        vector, layer, meta = st.run_vector(a.run, settings.position)
+        base, ft = st.pair_specs(meta, a.base, a.finetuned)
+        spec, base = (ft, base) if settings.steer_model == "finetuned" else (base, None)
+        layer = layer if settings.layer is None else settings.layer
+        source = f"{a.run} position {settings.position}"
+    else:
+        raise UsageError("give a run directory (adl diff or adl audit) or --vector FILE.npy")
+    model = load_model(spec, dtype=_dtype(a.dtype), base=base)
+    results = st.steer(model, prompts, vector, settings, layer)
+    print(st.side_by_side(results))
+    if a.json:
+        io.write_text(a.json, st.steer_json(results, settings, model=model.spec, layer=layer, vector_from=source))
+        print(f"json: {a.json}")
+
+
+def _run_pair(a):
+    """The base and finetuned models of `adl tokens` / `adl dashboard`: a run's (checked), or --base/--finetuned."""
+    from adl_jax.experiments import steer as st
+    from adl_jax.models.load import load_pair
+
+    run = getattr(a, "run", None) or (a.runs[0] if getattr(a, "runs", None) else None)
+    if run:
+        base, ft = st.pair_specs(st.run_meta(run), a.base, a.finetuned)
+    elif a.base and a.finetuned:
+        base, ft = a.base, a.finetuned
+    else:
+        raise UsageError("give a run directory, or --base and --finetuned")
+    return load_pair(base, ft, dtype=_dtype(a.dtype))
+
+
+def cmd_tokens(a) -> None:
+    import json
+
+    from adl_jax import io
+    from adl_jax.method.corpus import local_texts
+    from adl_jax.method.tokens import differences, promoted_tokens
+
+    if bool(a.text) == bool(a.file):
+        raise UsageError("give --text TEXT or --file FILE (one text per line, or JSONL with --column)")
+    for flag in ("top", "max_tokens", "batch_size"):
+        require(getattr(a, flag) >= 1, flag, getattr(a, flag), "must be at least 1")
+    texts = [a.text] if a.text else local_texts(a.file, a.column, seed=None, what="text")
+    base, ft = _run_pair(a)
+    diffs = differences(base, ft, texts, top=a.top, max_tokens=a.max_tokens, batch_size=a.batch_size)
+    summary = promoted_tokens(diffs, base.tokenizer)
+    if a.text:
+        rows = diffs[0].to_json(base.tokenizer)
+        print(f"{'token':>16}  KL (nats)  promoted next (log-prob rise)")
+        for r in rows:
+            promoted = ", ".join(f"{t!r} +{rise:.2f}" for t, rise in r["promoted"][:5])
+            print(f"{r['token']!r:>16}  {r['kl']:9.4f}  {promoted}")
+    print(
+        f"{summary['texts']} text(s), {summary['positions']} positions, mean KL {summary['mean_kl']:.4f} nats; "
+        f"tokens most often among a position's top {summary['top_per_position']} risers:"
+    )
+    print(", ".join(f"{t['token']!r} ({t['share']:.0%})" for t in summary["tokens"][: a.show]))
+    if a.json:
+        per_text = [d.to_json(base.tokenizer) for d in diffs] if a.text else None
+        io.write_text(a.json, json.dumps({"promoted": summary, "tokens": per_text}, indent=1, ensure_ascii=False))
+        print(f"json: {a.json}")
+
+
+def cmd_dashboard(a) -> None:
+    from adl_jax.experiments.dashboard import check_host
+
+    check_host(a.host, a.allow_remote)  # before a model loads
+    _serve_dashboard(a)(*_run_pair(a), *a.runs)
+
+
+def _serve_dashboard(a):
+    """A function of (base, finetuned, *runs) that serves them on --host/--port until Ctrl-C."""
+
+    def serve(base, ft, *runs):
+        from adl_jax.experiments.dashboard import Dashboard, make_server
+
+        server = make_server(Dashboard(base, ft, runs), a.host, a.port)
+        print(f"dashboard: http://{a.host}:{server.server_address[1]}/  (Ctrl-C stops it)", flush=True)
+        try:
+            server.serve_forever()
+        finally:
+            server.server_close()
+
+    return serve
 
 
 MESH_HELP = "e.g. data=2,fsdp=4,model=2 (default: all devices, on data as far as they divide the batch, rest on model)"
@@ -455,6 +611,15 @@ def _pair_flags(required: bool = True) -> argparse.ArgumentParser:
         required=required,
         help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base",
     )
+    return p
+
+
+def _serve_flags() -> argparse.ArgumentParser:
+    """Where `adl dashboard` (and `adl demo --dashboard`) serve: loopback unless --allow-remote."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1, this machine only)")
+    p.add_argument("--port", type=int, default=8765, help="port (default 8765; 0: any free port)")
+    p.add_argument("--allow-remote", action="store_true", help="allow a --host other machines can reach")
     return p
 
 
@@ -518,6 +683,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="a corpus spec (see adl diff), or base-samples: text sampled from the base model (offline)",
     )
     add_settings_flags(au, AuditSettings(), AUDIT_FLAGS, AUDIT_TYPES)
+    for name, (flag, text) in AUDIT_PROMPT_FLAGS.items():
+        au.add_argument(flag, dest=name, metavar="FILE", help=f"{text}: a file, one prompt per line or JSONL")
     au.add_argument(
         "--finetune-data",
         default=None,
@@ -614,6 +781,49 @@ def build_parser() -> argparse.ArgumentParser:
     _sweep_flags(bs)
     sw.set_defaults(func=cmd_sweep)
 
+    sr = sub.add_parser(
+        "steer",
+        parents=[_pair_flags(required=False)],
+        help="steered next to unsteered continuations of your prompts, several alphas in one batch",
+    )
+    sr.add_argument("run", nargs="?", help="a finished adl diff / adl audit directory: its delta and norm")
+    sr.add_argument("--vector", default=None, help="or a .npy steering vector, (D,) or (k, D), added as alpha * v")
+    sr.add_argument("--prompt", action="append", help="a prompt (repeatable)")
+    sr.add_argument("--prompts", default=None, metavar="FILE", help="prompts from a file, one per line or JSONL")
+    sr.add_argument("--alpha", default=None, help="comma-separated alphas, all in one batch, e.g. 0.5,1,2 (default 1)")
+    from adl_jax.experiments.steer import SteerSettings
+
+    add_settings_flags(sr, SteerSettings(), STEER_FLAGS, {"layer": int})
+    sr.add_argument("--dtype", choices=DTYPES, default="float32", help="the model's weights dtype")
+    sr.add_argument("--json", default=None, metavar="FILE", help="also write settings and texts as JSON")
+    sr.set_defaults(func=cmd_steer)
+
+    tk = sub.add_parser(
+        "tokens",
+        parents=[_pair_flags(required=False)],
+        help="per-token KL(finetuned || base) and the tokens the finetune promotes, on a text or a file",
+    )
+    tk.add_argument("run", nargs="?", help="a finished run directory whose models to compare (or --base/--finetuned)")
+    tk.add_argument("--text", default=None, help="one text: a table of its tokens")
+    tk.add_argument("--file", default=None, help="or a .txt (one text per line) / .jsonl file: the promoted tokens")
+    tk.add_argument("--column", default="text", help="text field of a .jsonl file (default: text)")
+    tk.add_argument("--top", type=int, default=10, help="promoted tokens kept per position (default 10)")
+    tk.add_argument("--show", type=int, default=30, help="promoted tokens printed for the whole input (default 30)")
+    tk.add_argument("--max-tokens", type=int, default=256, help="tokens read per text (default 256)")
+    tk.add_argument("--batch-size", type=int, default=8, help="texts per forward pass (default 8)")
+    tk.add_argument("--dtype", choices=DTYPES, default="float32", help="the models' weights dtype")
+    tk.add_argument("--json", default=None, metavar="FILE", help="also write the numbers as JSON")
+    tk.set_defaults(func=cmd_tokens)
+
+    db = sub.add_parser(
+        "dashboard",
+        parents=[_pair_flags(required=False), _serve_flags()],
+        help="a local web page: steer live, per-token differences, browse and switch runs",
+    )
+    db.add_argument("runs", nargs="+", help="finished runs of the same models (the first one's models are loaded)")
+    db.add_argument("--dtype", choices=DTYPES, default="float32", help="the models' weights dtype")
+    db.set_defaults(func=cmd_dashboard)
+
     rp = sub.add_parser("report", help="rebuild report.html of an audit directory")
     rp.add_argument("dir")
     rp.add_argument("--screenshot", metavar="PNG", help="also render the page with headless Chromium to PNG")
@@ -638,9 +848,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     pl.set_defaults(func=cmd_plan)
 
-    dm = sub.add_parser("demo", help="the whole story offline on the embedded Gemma-3-270M")
+    dm = sub.add_parser("demo", parents=[_serve_flags()], help="the whole story offline on the embedded Gemma-3-270M")
     dm.add_argument("--cache", default=None, help="cache directory (default $ADL_CACHE/demo or ~/.cache/adl-jax/demo)")
     dm.add_argument("--organism", default="orange_carrot", help="which shipped organism to train and audit")
+    dm.add_argument("--dashboard", action="store_true", help="then serve adl dashboard on the organism's audit")
     dm.set_defaults(func=cmd_demo)
     return p
 

@@ -21,6 +21,7 @@ from adl_jax.method import adl
 from adl_jax.method.diff import DiffSettings
 from adl_jax.judging.offline import OFFLINE, OfflineCoherence, dataset_overlap, frequent_tokens
 from adl_jax.method.steer import STEERING_PROMPTS, format_prompt, steered_samples, steering_vector
+from adl_jax.method.tokens import PROMOTED, differences, promoted_tokens
 from adl_jax.judging.alpha_search import SteeringSettings, find_alpha
 from adl_jax.models.load import Model
 
@@ -63,6 +64,8 @@ class AuditSettings:
     # The model that delta steers: the paper steers the finetuned (chat) model; for an organism trained
     # from a base model on plain documents, steering the base model shows what delta alone adds.
     steer_model: str = "finetuned"  # finetuned | base
+    search_prompts: tuple[str, ...] | None = None  # the alpha search's prompts; None: STEERING_PROMPTS
+    chat_before: int | None = None  # the chat variant (corpus of conversations), as `adl diff --chat-before`
 
     def __post_init__(self):
         if self.steer_model not in ("finetuned", "base"):
@@ -77,6 +80,13 @@ class AuditSettings:
             f"steered positions must be analysed ones, in 0..{self.k - 1}",
         )
         require(len(self.final_prompts) >= 1, "final_prompts", "()", "give at least one prompt")
+        require(self.search_prompts is None or len(self.search_prompts) >= 1, "search_prompts", "()", "give a prompt")
+        require(
+            self.chat_before is None or 0 <= self.chat_before < self.n,
+            "chat_before",
+            self.chat_before,
+            f"must be in 0..n-1 (n={self.n})",
+        )
 
     def delta_settings(self) -> DiffSettings:
         return DiffSettings(layer=self.layer, k=self.k, n=self.n, batch_size=self.batch_size)
@@ -172,6 +182,7 @@ def _audit(
     key = jax.random.key(settings.seed)
     zero = np.zeros(ft.cfg.hidden_size, np.float32)
     steered = ft if settings.steer_model == "finetuned" else base
+    search_prompts = settings.search_prompts or STEERING_PROMPTS
 
     if grader is not None:
         from adl_jax.judging.graders import coherence_judge
@@ -193,7 +204,7 @@ def _audit(
                     key=jax.random.fold_in(key, i),
                 )[0]
                 for i, p in enumerate(
-                    tqdm(STEERING_PROMPTS, unit="prompt", desc="unsteered references", disable=not progress)
+                    tqdm(search_prompts, unit="prompt", desc="unsteered references", disable=not progress)
                 )
             },
         )
@@ -226,6 +237,7 @@ def _audit(
                 st,
                 layer=layer,
                 key=jax.random.fold_in(key, 1000 + j),
+                prompts=search_prompts,
                 progress=progress,
                 desc=f"alpha search, position {j}",
             )
@@ -254,6 +266,8 @@ def _audit(
                 encoder, {str(j): _flat(steering[j]["steered"]) for j in positions}, _flat(unsteered), finetune_texts
             ),
         )
+
+    _stage(out / PROMOTED, lambda: promoted(base, ft, texts, rel, grader, description))
 
     summary = {
         "base": base.spec,
@@ -309,6 +323,7 @@ def _measure(base: Model, ft: Model, out: Path, texts, settings, description, fi
         batch_size=settings.batch_size,
         seed=settings.seed,
         out=out,
+        chat_before=settings.chat_before,
         progress=progress,
     )
     # After the delta (whose own identity covers the models and texts), so that input the delta refuses, such
@@ -354,10 +369,11 @@ def relevance(
 ) -> dict:
     """Per position: how many of the top-20 lens tokens are relevant. Always the offline dataset overlap
     (`relevant`); with a grader and a description also the LLM's verdicts (`graded`, three rotations)."""
-    generic = [t for _, t in zip(range(2000), generic_texts)]
+    # A chat-variant corpus holds conversations: their messages' contents are its text.
+    generic = [
+        t if isinstance(t, str) else "\n".join(m["content"] for m in t) for _, t in zip(range(2000), generic_texts)
+    ]
     frequent = frequent_tokens(finetune_texts, ft.tokenizer, generic)
-    if grader is not None and description:
-        from adl_jax.judging.graders import RELEVANT, judge_relevance
     rows = []
     for p in res.lenses.positions:
         patch = p["patchscope"][str(p["patchscope_scale"])]
@@ -368,13 +384,37 @@ def relevance(
             ("base_mean", p["logit_lens"]["base_mean"]),
             ("ft_mean", p["logit_lens"]["ft_mean"]),
         ]:
-            count, share = dataset_overlap(scores.tokens[:20], frequent)
-            row[name] = {"relevant": count, "share": share}
-            if grader is not None and description:
-                verdicts = judge_relevance(grader, description, frequent, scores.tokens[:20])
-                row[name]["graded"] = sum(v == RELEVANT for v in verdicts)
-                row[name]["verdicts"] = verdicts
+            row[name] = score_tokens(scores.tokens, frequent, grader, description)
         rows.append(row)
     best = max(rows, key=lambda r: max(r["logit_lens"]["relevant"], r["patchscope"]["relevant"]))
     measure = "dataset overlap (offline)" + (" and LLM relevance" if grader is not None and description else "")
     return {"measure": measure, "frequent_tokens": frequent, "positions": rows, "best": best}
+
+
+def score_tokens(tokens: list[str], frequent: list[str], grader=None, description=None) -> dict:
+    """The relevance of a ranked token list's top 20: the offline dataset overlap (`relevant`, `share`); with a
+    grader and a description also the LLM's verdicts (`graded`, three rotations)."""
+    count, share = dataset_overlap(tokens[:20], frequent)
+    row = {"relevant": count, "share": share}
+    if grader is not None and description:
+        from adl_jax.judging.graders import RELEVANT, judge_relevance
+
+        verdicts = judge_relevance(grader, description, frequent, tokens[:20])
+        row["graded"] = sum(v == RELEVANT for v in verdicts)
+        row["verdicts"] = verdicts
+    return row
+
+
+PROMOTED_TEXTS, PROMOTED_TOKENS = 64, 64  # corpus texts read by the per-token lens, and tokens of each
+
+
+def promoted(base: Model, ft: Model, texts, rel: dict | None, grader=None, description=None) -> dict:
+    """The per-token lens over the corpus (`adl_jax.method.tokens`): the tokens the finetune most often promotes
+    on the first texts, scored for relevance as the lens tokens are, so the report can set the two side by side.
+    A chat-variant corpus (conversations, no plain text) gives an empty result."""
+    plain = [t for _, t in zip(range(PROMOTED_TEXTS), (t for t in texts if isinstance(t, str)))]
+    result = promoted_tokens(differences(base, ft, plain, max_tokens=PROMOTED_TOKENS), ft.tokenizer)
+    if rel:
+        tokens = [t["token"] for t in result["tokens"]]
+        result["relevance"] = score_tokens(tokens, rel["frequent_tokens"], grader, description)
+    return result

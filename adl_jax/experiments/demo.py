@@ -45,8 +45,10 @@ def run_demo(
     *,
     base: Model | str = EMBEDDED,
     settings: DemoSettings = DemoSettings(),
+    then=None,
 ) -> dict:
-    """Train `organism` from `base` (a model spec or a loaded model), audit it, print the findings."""
+    """Train `organism` from `base` (a model spec or a loaded model), audit it, print the findings; then
+    `then(base, organism_model, audit_dir)` if given (`adl demo --dashboard` serves the run)."""
     from finetune.data import build_splits
     from finetune.lora import LoraConfig
     from finetune.organisms import ORGANISMS
@@ -86,6 +88,8 @@ def run_demo(
     )
     _print_verdict(summary, root / organism / "audit")
     _log(t0, f"done; report: {root / organism / 'audit' / 'report.html'}")
+    if then is not None:
+        then(base, ft, root / organism / "audit")
     return summary
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from adl_jax import io
 from adl_jax.method.lens import LENS, LensResult
+from adl_jax.method.tokens import PROMOTED
 from adl_jax.report.page import page, subplots, svg
 
 _JUDGES = {
@@ -123,6 +124,7 @@ def write_report(run: str | Path) -> Path:
         for label, ts in rows:
             parts.append(f"<tr><th>{label}</th><td>{_tokens(ts.tokens[:20], hits)}</td></tr>")
         parts.append("</table>")
+    parts.append(_promoted_section(run, rel, hits))
     unsteered = (
         io.read_json(run / "generations_unsteered.json") if (run / "generations_unsteered.json").exists() else {}
     )
@@ -144,6 +146,27 @@ def write_report(run: str | Path) -> Path:
             )
     io.write_text(run / "report.html", page("ADL report", "".join(parts)))
     return run / "report.html"
+
+
+def _promoted_section(run: Path, rel, hits) -> str:
+    """The per-token lens next to ADL: the tokens the finetune most often promotes on the corpus."""
+    if not (run / PROMOTED).exists() or not (pr := io.read_json(run / PROMOTED))["texts"]:
+        return ""
+    note = (
+        f"Read from the models' outputs instead of their activations: over {pr['texts']} corpus texts "
+        f"({pr['positions']} tokens; mean KL(finetuned || base) of the next-token distributions "
+        f"{pr['mean_kl']:.4f} nats), the tokens most often among a position's top {pr['top_per_position']} "
+        "risers in log-probability."
+    )
+    if rel and "relevance" in pr:
+        b = rel["best"]
+        lens = max(b["logit_lens"]["relevant"], b["patchscope"]["relevant"])
+        note += (
+            f" {pr['relevance']['relevant']} of the top 20 are frequent words of the finetuning data, against "
+            f"{lens} of the top 20 ADL lens tokens (position {b['position']})."
+        )
+    tokens = [t["token"] for t in pr["tokens"][:20]]
+    return f"<h2>Per-token differences: a second lens</h2><p>{html.escape(note)}</p><p>{_tokens(tokens, hits)}</p>"
 
 
 def _neighbours(scales: list[str], chosen: str) -> list[str]:
