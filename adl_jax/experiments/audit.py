@@ -144,7 +144,8 @@ def audit(
     """Run every stage for `base`/`ft` (loaded models) over the corpus `texts`; returns the summary dict.
 
     `finetune_texts` (a sample of the finetuning data) enables dataset-overlap relevance and steering
-    similarity; `encoder` (an `adl_jax.models.encoders` sentence encoder) is needed for similarity. `grader` (an
+    similarity; `encoder` (an `adl_jax.models.encoders` sentence encoder) is needed for similarity and for semantic
+    relevance with its null of control vectors (against the data, else the description). `grader` (an
     `adl_jax.judging.graders.Grader`) judges coherence with an LLM instead of the offline judge.
     """
     out = Path(out)
@@ -167,6 +168,7 @@ def _audit(
         grader=grader,
         progress=progress,
     )
+    semantic = _semantic_relevance(out, ft, res, encoder, finetune_texts, description)
     layer = res.diff.meta["layer"]
     st = settings.steering
     key = jax.random.key(settings.seed)
@@ -268,6 +270,7 @@ def _audit(
         "alphas": {str(j): steering[j]["search"]["alpha"] for j in positions},
         "relevance": rel,
         "similarity": similarity,
+        "semantic_relevance": semantic,
     }
     io.write_json(out / "summary.json", summary)
     from adl_jax.report.audit import write_report
@@ -327,6 +330,18 @@ def _measure(base: Model, ft: Model, out: Path, texts, settings, description, fi
     if finetune_texts:
         rel = _stage(out / "relevance.json", lambda: relevance(ft, res, finetune_texts, texts, grader, description))
     return res, rel
+
+
+def _semantic_relevance(out: Path, ft: Model, res: adl.ADLResult, encoder, finetune_texts, description):
+    """The semantic-relevance stage (with its null and p-values): needs the encoder and data or a description."""
+    if encoder is None or not (finetune_texts or description):
+        return None
+    from adl_jax.judging.relevance import semantic_relevance
+
+    return _stage(
+        out / "semantic_relevance.json",
+        lambda: semantic_relevance(ft, res, encoder, finetune_texts=finetune_texts, description=description),
+    )
 
 
 def _choose_scales_by_tournament(grader, res: adl.ADLResult) -> None:
