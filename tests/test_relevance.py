@@ -121,3 +121,29 @@ def test_random_vectors_are_significant_at_most_at_the_stated_rate(model):
     rng = np.random.RandomState(7)
     hits = [_read(model, rng.randn(1, model.cfg.hidden_size), seed)["significant"] for seed in range(20)]
     assert sum(hits) <= 3, hits
+    itself = _read(model, np.zeros((1, model.cfg.hidden_size)), 0)  # a model against itself: nothing to read
+    assert itself["positions"][0]["p_value"] == 1.0 and not itself["significant"]
+
+
+def test_placebo_deltas_join_the_null(model, tmp_path):
+    from adl_jax import io
+    from adl_jax.errors import InputError
+    from adl_jax.judging.relevance import placebo_deltas
+    from adl_jax.method.diff import META
+
+    d = model.cfg.hidden_size
+    placebo = np.random.RandomState(3).randn(2, d).astype(np.float32)
+    DiffResult(placebo, placebo, placebo, 1.0, {}).save(tmp_path)
+    io.write_json(tmp_path / META, {"layer": 1})
+    np.testing.assert_array_equal(placebo_deltas([tmp_path, tmp_path], d), np.concatenate([placebo, placebo]))
+    with pytest.raises(InputError, match="placebo run .* 64 dimensions, this audit's model 65"):
+        placebo_deltas([tmp_path], d + 1)
+    with pytest.raises(InputError, match="no finished delta run"):
+        placebo_deltas([tmp_path / "absent"], d)
+    delta = np.random.RandomState(4).randn(1, d)
+    diff = DiffResult(delta.astype(np.float32), placebo[:1], placebo[1:], 10.0, {"layer": 1})
+    res = ADLResult(diff, read_lenses(model, model, diff), out=None)
+    settings = RelevanceSettings(controls_per_position=CONTROLS)
+    out = semantic_relevance(model, res, BagOfWords(), description="w100 w101", placebo=placebo, settings=settings)
+    assert out["controls"] == {"random": CONTROLS, "base_mean": 1, "ft_mean": 1, "placebo": 2}
+    assert out["reference"] == "description"

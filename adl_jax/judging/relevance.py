@@ -23,7 +23,9 @@ import re
 import numpy as np
 
 from adl_jax.judging.similarity import unit_rows
+from adl_jax.errors import InputError
 from adl_jax.method.adl import ADLResult
+from adl_jax.method.diff import DiffResult
 from adl_jax.method.lens import logit_lens, patchscope_each
 from adl_jax.models.load import Model
 
@@ -108,6 +110,19 @@ def significance(observed: dict, null: dict, quantile: float = 0.95, alpha: floa
     }
 
 
+def placebo_deltas(runs, hidden_size: int) -> np.ndarray | None:
+    """The deltas (P, D) of placebo audits' run directories: the same base finetuned with the same recipe on
+    generic text, whose trace shows what finetuning on nothing in particular leaves."""
+    deltas = [DiffResult.load(run).delta for run in runs]
+    for run, delta in zip(runs, deltas):
+        if delta.shape[-1] != hidden_size:
+            raise InputError(
+                f"placebo run {run}: its delta has {delta.shape[-1]} dimensions, this audit's model {hidden_size}; "
+                "give the audit of a placebo finetuned from the same base model"
+            )
+    return np.concatenate(deltas) if deltas else None
+
+
 def control_vectors(res: ADLResult, per_position: int, seed: int, placebo=None) -> tuple[list[str], np.ndarray]:
     """(kinds, vectors (N, D)): `per_position` random directions of each position's |delta|, both means at
     every position, and the rows of `placebo` (P, D) when given (placebo organisms' deltas)."""
@@ -157,9 +172,14 @@ def semantic_relevance(
     def score(token_lists):
         return np.array([[scored[t] for t in tokens] for tokens in token_lists])
 
+    # A zero delta (a model against itself) has no direction to read: its lens tokens are arbitrary, none relevant.
+    no_trace = ~np.any(res.diff.delta, axis=-1)[:, None]
     null_ll = score(control_ll)
     result = significance(
-        {"logit_lens": score(observed_ll), "patchscope": score(observed_ps)},
+        {
+            "logit_lens": np.where(no_trace, -1.0, score(observed_ll)),
+            "patchscope": np.where(no_trace, -1.0, score(observed_ps)),
+        },
         {
             "logit_lens": [null_ll] * len(positions),
             "patchscope": [score(control_ps[p["patchscope_scale"]]) for p in positions],
