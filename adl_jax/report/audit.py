@@ -66,7 +66,8 @@ def _semantic_section(sem: dict) -> str:
     ax.set_xlabel("position (*: significant)")
     ax.set_ylabel(f"semantically relevant of top {top}")
     ax.set_xticks(xs)
-    ax.legend(fontsize=8)
+    ax.set_ylim(0, top)
+    ax.legend(fontsize=8, loc="upper right")
     controls = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sem["controls"].items())
     p_values = table(
         ["position", "logit lens", "patchscope", "null 95%", "p", "p adjusted"],
@@ -85,7 +86,7 @@ def _semantic_section(sem: dict) -> str:
     return (
         "<h2>Semantic relevance against a null</h2>"
         f"<p>Each lens token is scored by its embedding's similarity to the {html.escape(sem['reference'])} "
-        f"({html.escape(sem['encoder'])}); it counts as relevant above the {sem['quantile']:.0%} quantile of the "
+        f"({html.escape('/'.join(Path(sem['encoder']).parts[-2:]))}); it counts as relevant above the {sem['quantile']:.0%} quantile of the "
         f"tokens that control vectors give through the same lenses ({html.escape(controls)}). The grey band is "
         f"the controls' 5-95% range of the position's statistic (the larger count of the two lenses); p is the "
         f"share of controls at least as relevant, adjusted by {html.escape(sem['correction'])}. Unlike the overlap "
@@ -98,13 +99,14 @@ def _significance_line(sem: dict) -> str:
     rows = {r["position"]: r for r in sem["positions"]}
     controls = sum(sem["controls"].values())
     if sem["significant"]:
-        where = ", ".join(
-            f"{j} (p = {rows[j]['p_value']:.2g}, adjusted {rows[j]['p_adjusted']:.2g}; "
-            f"{rows[j]['logit_lens']['relevant']} logit-lens and {rows[j]['patchscope']['relevant']} patchscope "
-            f"tokens of {sem['top']} semantically relevant)"
-            for j in sem["significant_positions"]
+        where = ", ".join(f"{j} (p = {rows[j]['p_value']:.2g})" for j in sem["significant_positions"])
+        b = max((rows[j] for j in sem["significant_positions"]), key=lambda r: r["statistic"])
+        return (
+            f"The trace is significant against {controls} control vectors at position(s) {where} "
+            f"(after {sem['correction']}); at position {b['position']}, {b['logit_lens']['relevant']} logit-lens and "
+            f"{b['patchscope']['relevant']} patchscope tokens of {sem['top']} are semantically relevant, where "
+            f"the controls' 95% quantile is {sem['top'] * b['null']['q95']:.0f}."
         )
-        return f"The trace is significant against {controls} control vectors at position(s) {where}."
     best = min(rows.values(), key=lambda r: r["p_value"])
     return (
         f"The trace is not significant against {controls} control vectors at any position (smallest p = "
