@@ -83,10 +83,11 @@ def _semantic_section(sem: dict) -> str:
             for r in rows
         ],
     )
+    encoder = "/".join(Path(sem["encoder"]).parts[-2:])
     return (
         "<h2>Semantic relevance against a null</h2>"
         f"<p>Each lens token is scored by its embedding's similarity to the {html.escape(sem['reference'])} "
-        f"({html.escape('/'.join(Path(sem['encoder']).parts[-2:]))}); it counts as relevant above the {sem['quantile']:.0%} quantile of the "
+        f"({html.escape(encoder)}); it counts as relevant above the {sem['quantile']:.0%} quantile of the "
         f"tokens that control vectors give through the same lenses ({html.escape(controls)}). The grey band is "
         f"the controls' 5-95% range of the position's statistic (the larger count of the two lenses); p is the "
         f"share of controls at least as relevant, adjusted by {html.escape(sem['correction'])}. Unlike the overlap "
