@@ -77,10 +77,13 @@ def model():
 
 
 def test_patchscope_each_reads_as_patchscope(model):
-    """The batched reading of many vectors (chunks padded to one shape) gives each vector's own patchscope."""
-    vectors = np.random.RandomState(0).randn(3, model.cfg.hidden_size).astype(np.float32)
-    each = patchscope_each(model.params, model.cfg, model.tokenizer, vectors, 1, np.array([2.0, 5.0, 5.0]), chunk=2)
-    for v, norm, got in zip(vectors, (2.0, 5.0, 5.0), each):
+    """The batched reading of many vectors (chunks of 16, the last one padded) gives each vector's own
+    patchscope. (The chunk shape is the one the tests below compile as well.)"""
+    vectors = np.random.RandomState(0).randn(17, model.cfg.hidden_size).astype(np.float32)
+    norms = np.linspace(2.0, 30.0, 17)
+    each = patchscope_each(model.params, model.cfg, model.tokenizer, vectors, 1, norms)
+    assert len(each) == 17
+    for v, norm, got in zip(vectors, norms, each):
         want = patchscope(model.params, model.cfg, model.tokenizer, v[None], 1, norm, scales=(1.0,))[0][1.0]
         assert got.ids == want.ids
         np.testing.assert_allclose(got.probs, want.probs, rtol=1e-5, atol=1e-7)
