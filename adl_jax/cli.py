@@ -172,8 +172,9 @@ def cmd_audit(a) -> None:
         settings=settings,
         description=description,
         finetune_texts=ft_texts,
-        encoder=default_encoder() if ft_texts else None,
+        encoder=default_encoder() if ft_texts or description else None,
         grader=grader_settings and Grader(grader_settings),
+        placebo_runs=a.placebo,
     )
     print(f"report: {Path(a.out) / 'report.html'}")
 
@@ -692,6 +693,13 @@ def build_parser() -> argparse.ArgumentParser:
         "enables relevance as dataset overlap and steering similarity",
     )
     au.add_argument("--description", default=None, help="the finetuning objective (text or a file)")
+    au.add_argument(
+        "--placebo",
+        action="append",
+        default=[],
+        help="an audit run directory of a placebo (the base finetuned the same way on generic text): its delta "
+        "joins the null of semantic relevance; repeatable",
+    )
     au.add_argument("--quick", action="store_true", help="CPU preset: 512 texts, 2 steered positions, short samples")
     au.set_defaults(func=cmd_audit)
 

@@ -22,6 +22,7 @@ def test_audit_writes_every_stage(audited):
         "steering_pos1.json",
         "relevance.json",
         "similarity.json",
+        "semantic_relevance.json",
         "summary.json",
         "report.html",
     ):
@@ -44,6 +45,13 @@ def test_audit_writes_every_stage(audited):
     scores = p["logit_lens"]["delta"] if lens == "logit_lens" else p["patchscope"][str(p["patchscope_scale"])]
     quoted = ", ".join(t.strip() for t in scores.tokens[:10])
     assert f"tokens at position {best['position']}: {html.escape(quoted)}." in page
+    # semantic relevance: every position, its null from 5 x 20 random directions and both means per position
+    sem = summary["semantic_relevance"]
+    assert [r["position"] for r in sem["positions"]] == list(range(5))
+    assert (
+        sem["controls"] == {"random": 100, "base_mean": 5, "ft_mean": 5} and sem["reference"] == "20 finetuning texts"
+    )
+    assert "Semantic relevance against a null" in page and "against 110 control vectors" in page
 
 
 def test_finished_stages_are_reused(audited, monkeypatch):

@@ -70,6 +70,7 @@ def test_demo_miniature_end_to_end_and_cached(tmp_path, capsys, monkeypatch):
     out = capsys.readouterr().out
     for line in ("1/4", "2/4", "3/4", "4/4", "Top patchscope / logit-lens tokens", "Relevance", "report:"):
         assert line in out, line
+    assert re.search(r"Semantic relevance .*\n  position 0: logit lens +\d+/20, patchscope +\d+/20, p = ", out)
     run = tmp_path / "cache" / "orange_carrot"
     assert (run / "audit" / "report.html").exists() and (run / "train" / "checkpoints" / "2").exists()
     assert summary["samples"] == MINI.corpus_texts and set(summary["alphas"]) == {"1"}

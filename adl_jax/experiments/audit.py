@@ -150,20 +150,38 @@ def audit(
     encoder=None,
     grader=None,
     progress: bool = True,
+    placebo_runs=(),
 ) -> dict:
     """Run every stage for `base`/`ft` (loaded models) over the corpus `texts`; returns the summary dict.
 
     `finetune_texts` (a sample of the finetuning data) enables dataset-overlap relevance and steering
-    similarity; `encoder` (an `adl_jax.models.encoders` sentence encoder) is needed for similarity. `grader` (an
+    similarity; `encoder` (an `adl_jax.models.encoders` sentence encoder) is needed for similarity and for semantic
+    relevance with its null of control vectors (against the data, else the description). `grader` (an
     `adl_jax.judging.graders.Grader`) judges coherence with an LLM instead of the offline judge.
+    `placebo_runs`: run directories of placebo audits (the base finetuned with the same recipe on generic text);
+    their deltas join the null of semantic relevance.
     """
+    from adl_jax.judging.relevance import placebo_deltas
+
     out = Path(out)
+    placebo = {"runs": [str(Path(r).resolve()) for r in placebo_runs]}  # read before any stage runs
+    placebo["deltas"] = placebo_deltas(placebo["runs"], ft.cfg.hidden_size)
     with io.run_lock(out):
-        return _audit(base, ft, out, texts, settings, description, finetune_texts, encoder, grader, progress)
+        return _audit(base, ft, out, texts, settings, description, finetune_texts, encoder, grader, progress, placebo)
 
 
 def _audit(
-    base: Model, ft: Model, out: Path, texts, settings, description, finetune_texts, encoder, grader, progress
+    base: Model,
+    ft: Model,
+    out: Path,
+    texts,
+    settings,
+    description,
+    finetune_texts,
+    encoder,
+    grader,
+    progress,
+    placebo,
 ) -> dict:
     """`audit` once its run directory is held."""
     res, rel = measure(
@@ -177,6 +195,7 @@ def _audit(
         grader=grader,
         progress=progress,
     )
+    semantic = _semantic_relevance(out, ft, res, encoder, finetune_texts, description, placebo)
     layer = res.diff.meta["layer"]
     st = settings.steering
     key = jax.random.key(settings.seed)
@@ -282,6 +301,7 @@ def _audit(
         "alphas": {str(j): steering[j]["search"]["alpha"] for j in positions},
         "relevance": rel,
         "similarity": similarity,
+        "semantic_relevance": semantic,
     }
     io.write_json(out / "summary.json", summary)
     from adl_jax.report.audit import write_report
@@ -342,6 +362,22 @@ def _measure(base: Model, ft: Model, out: Path, texts, settings, description, fi
     if finetune_texts:
         rel = _stage(out / "relevance.json", lambda: relevance(ft, res, finetune_texts, texts, grader, description))
     return res, rel
+
+
+def _semantic_relevance(out: Path, ft: Model, res: adl.ADLResult, encoder, finetune_texts, description, placebo):
+    """The semantic-relevance stage (with its null and p-values): needs the encoder and data or a description.
+    `placebo`: {"runs": resolved run directories, "deltas": their deltas stacked, or None}."""
+    if encoder is None or not (finetune_texts or description):
+        return None
+    from adl_jax.judging.relevance import semantic_relevance
+
+    io.claim(out / "placebo.json", {"placebo_runs": placebo["runs"]}, "an audit")
+    return _stage(
+        out / "semantic_relevance.json",
+        lambda: semantic_relevance(
+            ft, res, encoder, finetune_texts=finetune_texts, description=description, placebo=placebo["deltas"]
+        ),
+    )
 
 
 def _choose_scales_by_tournament(grader, res: adl.ADLResult) -> None:

@@ -107,6 +107,20 @@ def _print_verdict(summary: dict, run: Path) -> None:
                 f"  position {r['position']}: logit lens {r['logit_lens']['relevant']:2d}/20, patchscope "
                 f"{r['patchscope']['relevant']:2d}/20, baseline base mean {r['base_mean']['relevant']:2d}/20"
             )
+    sem = summary.get("semantic_relevance")
+    if sem:
+        controls = sum(sem["controls"].values())
+        print(
+            f"\nSemantic relevance (MiniLM), top-20 tokens closer to the organism data than the "
+            f"{sem['quantile']:.0%} quantile of {controls} control vectors' tokens:"
+        )
+        for r in sem["positions"]:
+            print(
+                f"  position {r['position']}: logit lens {r['logit_lens']['relevant']:2d}/20, patchscope "
+                f"{r['patchscope']['relevant']:2d}/20, p = {r['p_value']:.3g} ({r['p_adjusted']:.3g} adjusted)"
+            )
+        where = ", ".join(map(str, sem["significant_positions"]))
+        print(f"  significant at position(s) {where}" if where else "  not significant at any position")
     sim = summary.get("similarity")
     if sim:
         print("\nSimilarity of generations to the organism data (MiniLM):")

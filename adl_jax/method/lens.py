@@ -130,6 +130,45 @@ def patchscope(
     return out
 
 
+@functools.partial(jax.jit, static_argnames=("cfg", "layer", "keep", "top"))
+def _patchscope_many(params, vectors, norms, tokens, valid, *, cfg: ModelConfig, layer: int, keep: int, top: int):
+    """`_patchscope_one` vmapped over vectors (N, D), each at its own norm (N,): one batch for all of them."""
+    one = functools.partial(_patchscope_one, cfg=cfg, layer=layer, keep=keep, top=top)
+    ids, probs = jax.vmap(one, in_axes=(None, 0, 0, None, None))(params, vectors, norms[:, None], tokens, valid)
+    return ids[:, 0], probs[:, 0]
+
+
+def patchscope_each(
+    params,
+    cfg: ModelConfig,
+    tokenizer,
+    vectors: np.ndarray,
+    layer: int,
+    norms: np.ndarray,
+    *,
+    prompts=PATCHSCOPE_PROMPTS,
+    keep: int = 16384,
+    top: int = 20,
+    chunk: int = 16,
+) -> list[TokenScores]:
+    """The patchscope of each vector (N, D) at one norm each (N,), `chunk` vectors per forward pass: the
+    batched reading that control vectors need by the hundred (`patchscope` reads few vectors at many scales).
+    The last chunk is padded with copies of its first row, so every chunk has one compiled shape."""
+    tokens, valid = (jnp.asarray(a) for a in _prompt_batch(tokenizer, prompts))
+    vectors, norms = np.asarray(vectors, np.float32), np.asarray(norms, np.float32)
+    out = []
+    for start in range(0, len(vectors), chunk):
+        v, n = vectors[start : start + chunk], norms[start : start + chunk]
+        pad = chunk - len(v) if len(vectors) > chunk else 0
+        v, n = np.concatenate([v, np.repeat(v[:1], pad, 0)]), np.concatenate([n, np.repeat(n[:1], pad)])
+        ids, probs = _patchscope_many(
+            params, jnp.asarray(v), jnp.asarray(n), tokens, valid, cfg=cfg, layer=layer, keep=keep, top=top
+        )
+        rows = len(v) - pad
+        out += [TokenScores.from_arrays(i, p, tokenizer) for i, p in zip(np.asarray(ids)[:rows], np.asarray(probs))]
+    return out
+
+
 _JUNK = re.compile(r"^[\W_]*$")
 
 

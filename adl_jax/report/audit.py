@@ -15,7 +15,7 @@ from pathlib import Path
 from adl_jax import io
 from adl_jax.method.lens import LENS, LensResult
 from adl_jax.method.tokens import PROMOTED
-from adl_jax.report.page import page, subplots, svg
+from adl_jax.report.page import page, subplots, svg, table
 
 _JUDGES = {
     "offline": " (no LLM grader configured: coherence from the model's own loss, relevance as overlap "
@@ -47,6 +47,73 @@ def _relevance_plot(rel: dict) -> str:
     ax.set_xticks(xs)
     ax.legend(fontsize=8)
     return svg(fig)
+
+
+def _semantic_section(sem: dict) -> str:
+    """Semantic relevance per position and lens, the null band of the controls, and the p-values."""
+    rows, top = sem["positions"], sem["top"]
+    xs = [r["position"] for r in rows]
+    fig, ax = subplots(figsize=(6, 2.8))
+    for x, r in zip(xs, rows):
+        band = [top * r["null"]["q05"], top * r["null"]["q95"]]
+        ax.fill_between(
+            [x - 0.45, x + 0.45], *band, color="0.85", zorder=0, label="null, 5-95%" if x == xs[0] else None
+        )
+    for i, (name, label) in enumerate([("logit_lens", "logit lens of delta"), ("patchscope", "patchscope of delta")]):
+        ax.bar([x + (i - 0.5) * 0.35 for x in xs], [r[name]["relevant"] for r in rows], 0.35, label=label)
+    for x, r in zip(xs, rows):
+        if r["p_adjusted"] < sem["alpha"]:
+            ax.annotate("*", (x, max(r[n]["relevant"] for n in ("logit_lens", "patchscope"))), ha="center")
+    ax.set_xlabel("position (*: significant)")
+    ax.set_ylabel(f"semantically relevant of top {top}")
+    ax.set_xticks(xs)
+    ax.set_ylim(0, top)
+    ax.legend(fontsize=8, loc="upper right")
+    controls = ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in sem["controls"].items())
+    p_values = table(
+        ["position", "logit lens", "patchscope", "null 95%", "p", "p adjusted"],
+        [
+            [
+                str(r["position"]),
+                f"{r['logit_lens']['relevant']}/{top}",
+                f"{r['patchscope']['relevant']}/{top}",
+                f"{top * r['null']['q95']:.0f}/{top}",
+                f"{r['p_value']:.3g}",
+                f"{r['p_adjusted']:.3g}",
+            ]
+            for r in rows
+        ],
+    )
+    encoder = "/".join(Path(sem["encoder"]).parts[-2:])
+    return (
+        "<h2>Semantic relevance against a null</h2>"
+        f"<p>Each lens token is scored by its embedding's similarity to the {html.escape(sem['reference'])} "
+        f"({html.escape(encoder)}); it counts as relevant above the {sem['quantile']:.0%} quantile of the "
+        f"tokens that control vectors give through the same lenses ({html.escape(controls)}). The grey band is "
+        f"the controls' 5-95% range of the position's statistic (the larger count of the two lenses); p is the "
+        f"share of controls at least as relevant, adjusted by {html.escape(sem['correction'])}. Unlike the overlap "
+        "measure above, synonyms and related words count.</p>" + svg(fig) + p_values
+    )
+
+
+def _significance_line(sem: dict) -> str:
+    """The finding's sentence on whether the trace is above chance, and where."""
+    rows = {r["position"]: r for r in sem["positions"]}
+    controls = sum(sem["controls"].values())
+    if sem["significant"]:
+        where = ", ".join(f"{j} (p = {rows[j]['p_value']:.2g})" for j in sem["significant_positions"])
+        b = max((rows[j] for j in sem["significant_positions"]), key=lambda r: r["statistic"])
+        return (
+            f"The trace is significant against {controls} control vectors at position(s) {where} "
+            f"(after {sem['correction']}); at position {b['position']}, {b['logit_lens']['relevant']} logit-lens and "
+            f"{b['patchscope']['relevant']} patchscope tokens of {sem['top']} are semantically relevant, where "
+            f"the controls' 95% quantile is {sem['top'] * b['null']['q95']:.0f}."
+        )
+    best = min(rows.values(), key=lambda r: r["p_value"])
+    return (
+        f"The trace is not significant against {controls} control vectors at any position (smallest p = "
+        f"{best['p_value']:.2g} at position {best['position']}, adjusted {best['p_adjusted']:.2g})."
+    )
 
 
 def _similarity_plot(sim: dict) -> str:
@@ -104,6 +171,8 @@ def write_report(run: str | Path) -> Path:
             "<p class='note'>No description or finetuning data was given, so token relevance and steering "
             "similarity were skipped.</p>"
         )
+    if summary.get("semantic_relevance"):
+        parts.append(_semantic_section(summary["semantic_relevance"]))
     if sim:
         parts.append("<h2>Steered text vs finetuning data</h2>" + _similarity_plot(sim))
     parts.append("<h2>Tokens per position</h2>")
@@ -185,6 +254,8 @@ def _verdict(summary, lenses: LensResult, rel, sim) -> str:
             f"the top 20 lens tokens are frequent words of the finetuning data, against "
             f"{b['base_mean']['relevant']} for the base model's own mean activation."
         )
+    if summary.get("semantic_relevance"):
+        lines.append(_significance_line(summary["semantic_relevance"]))
     if sim:
         best = max(sim, key=lambda p: sim[p]["steered_vs_finetune"]["similarity"])
         s, u = sim[best]["steered_vs_finetune"], sim[best]["unsteered_vs_finetune"]
