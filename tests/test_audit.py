@@ -149,3 +149,15 @@ def test_graded_audit_over_real_http(tmp_path, rng):
         assert grader.stats.retries >= 1 and grader.stats.calls > 10
         lens = io.read_json(tmp_path / "run" / "lens.json")["positions"][0]
         assert lens["patchscope_scale_rule"] == "LLM tournament" and lens["patchscope_scale"] == 0.5
+
+
+def test_semantic_relevance_is_reused_only_for_its_own_inputs(audited):
+    """Its reference (data or description), encoder and placebo runs bind the stage: a rerun that changes one
+    is refused instead of reading the old null and p-values."""
+    from adl_jax.experiments.audit import _semantic_relevance
+    from conftest import BagOfWords
+
+    res, none = api.load(audited.run), {"runs": [], "deltas": None}
+    assert _semantic_relevance(audited.run, audited.ft, res, BagOfWords(), audited.ft_texts, None, none) is not None
+    with pytest.raises(ValueError, match="finetune_data"):
+        _semantic_relevance(audited.run, audited.ft, res, BagOfWords(), None, "a description", none)

@@ -371,13 +371,22 @@ def _semantic_relevance(out: Path, ft: Model, res: adl.ADLResult, encoder, finet
         return None
     from adl_jax.judging.relevance import semantic_relevance
 
-    io.claim(out / "placebo.json", {"placebo_runs": placebo["runs"]}, "an audit")
+    # Everything the stage's numbers depend on beyond the delta run: reused only for the same inputs.
+    reference = {"finetune_data": io.digest(finetune_texts)} if finetune_texts else {"description": description}
+    identity = {"placebo_runs": placebo["runs"], "encoder": _encoder_name(encoder), **reference}
+    io.claim(out / "semantic_relevance_inputs.json", identity, "an audit")
     return _stage(
         out / "semantic_relevance.json",
         lambda: semantic_relevance(
             ft, res, encoder, finetune_texts=finetune_texts, description=description, placebo=placebo["deltas"]
         ),
     )
+
+
+def _encoder_name(encoder) -> str:
+    """A loaded encoder's resolved directory; a stand-in encoder object (tests, custom code) its class."""
+    path = getattr(encoder, "path", None)
+    return str(Path(path).resolve()) if path is not None else type(encoder).__qualname__
 
 
 def _choose_scales_by_tournament(grader, res: adl.ADLResult) -> None:
