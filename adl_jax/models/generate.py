@@ -110,7 +110,8 @@ def top_p_filter(logits: jax.Array, top_p) -> jax.Array:
 
 
 # Candidates the nucleus is first sought among: the top-k of a 262k vocabulary costs a fraction of one
-# full-vocabulary pass, and at the usual top_p the nucleus of a trained model is far smaller.
+# full-vocabulary pass, and at the usual top_p the nucleus of a trained model is far smaller. Flat rows (text
+# steered past coherence, say) fall back to the full bisection, and with them their whole batch.
 PREFILTER = 256
 BLOCK = 512  # the full-vocabulary sampler's inverse CDF runs over block sums, then inside one block
 
