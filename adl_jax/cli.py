@@ -90,12 +90,26 @@ def _dtype(name: str):
     return {"float32": jnp.float32, "bfloat16": jnp.bfloat16}[name]
 
 
-def _mesh(a, batch_size: int):
-    """Join the multi-process run if this is one (`init_distributed`), then the --mesh mesh."""
+def _mesh(a, batch_size: int, run=None):
+    """Join the multi-process run if this is one (`init_distributed`), then the --mesh mesh; without one, the
+    planner's choice for `run` of the base model (`_default_mesh`)."""
     from adl_jax.sharding import init_distributed, make_mesh
 
     init_distributed()
-    return make_mesh(getattr(a, "mesh", None), batch_size=batch_size)
+    spec = getattr(a, "mesh", None) or (run and _default_mesh(a.base, run))
+    return make_mesh(spec, batch_size=batch_size)
+
+
+def _default_mesh(model: str, run) -> str | None:
+    """The planner's choice on these devices (`plan.runtime_mesh`), said on stderr; None: the default layout."""
+    import jax
+
+    from adl_jax.experiments.plan import runtime_mesh
+
+    spec = runtime_mesh(model, run, jax.device_count())
+    if spec:
+        print(f"mesh {spec}: the fitting mesh with the most data parallelism (--mesh to choose)", file=sys.stderr)
+    return spec
 
 
 def _given_mesh(a, batch_size: int):
@@ -106,6 +120,7 @@ def _given_mesh(a, batch_size: int):
 
 def cmd_diff(a) -> None:
     from adl_jax import api
+    from adl_jax.experiments import plan as pl
     from adl_jax.method.diff import DiffSettings
 
     DiffSettings(layer=a.layer, k=a.k, n=a.n, batch_size=a.batch_size)  # refuses bad values before the mesh
@@ -122,7 +137,7 @@ def cmd_diff(a) -> None:
         seed=a.seed,
         out=a.out,
         dtype=_dtype(a.dtype),
-        mesh=_mesh(a, a.batch_size),
+        mesh=_mesh(a, a.batch_size, pl.Run.of("audit", a.dtype, batch_size=a.batch_size)),
         allow_fewer=a.allow_fewer,
         column=a.column,
         chat_before=a.chat_before,
@@ -150,6 +165,7 @@ def cmd_info(a) -> None:
 
 def cmd_audit(a) -> None:
     from adl_jax.experiments.audit import audit, default_encoder
+    from adl_jax.experiments.plan import Run
     from adl_jax.experiments.sweep import finetune_texts
     from adl_jax.judging.graders import Grader, GraderSettings
     from adl_jax.models.load import load_pair
@@ -161,7 +177,7 @@ def cmd_audit(a) -> None:
     ft_texts = finetune_texts(_examples(a.finetune_data), roles=("assistant",)) if a.finetune_data else organism_data
     description = _text_or_file(a.description, "--description") if a.description else None
     grader_settings = GraderSettings.from_env()
-    mesh = _mesh(a, settings.batch_size)
+    mesh = _mesh(a, settings.batch_size, Run("audit", a.dtype, audit=settings))
     base, ft = load_pair(a.base, a.finetuned, dtype=_dtype(a.dtype), mesh=mesh)
     texts = _corpus(a, base, settings.samples)
     audit(
@@ -320,6 +336,12 @@ def cmd_finetune(a) -> None:
     from finetune.run import run, spec_from_args
 
     spec = spec_from_args(a)
+    if spec.mesh is None:
+        from adl_jax.experiments.plan import Run
+        from adl_jax.sharding import init_distributed
+
+        init_distributed()
+        spec = dataclasses.replace(spec, mesh=_default_mesh(spec.model, Run("finetune", spec.dtype, train=spec.train)))
     metrics = run(spec, resume=a.resume, progress=not a.no_progress)
     print(
         f"trained {metrics['step']} steps, loss {metrics['loss']:.4f}; model: {spec.out}/final"
@@ -588,7 +610,10 @@ def _serve_dashboard(a):
     return serve
 
 
-MESH_HELP = "e.g. data=2,fsdp=4,model=2 (default: all devices, on data as far as they divide the batch, rest on model)"
+MESH_HELP = (
+    "e.g. data=2,fsdp=4,model=2 (default: all devices, the layout with the most data parallelism that fits their "
+    "memory by `adl plan`'s count; the memory as the runtime reports it, or $ADL_DEVICE_MEMORY_GIB GiB)"
+)
 DTYPES = ("float32", "bfloat16")
 
 

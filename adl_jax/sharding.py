@@ -78,6 +78,37 @@ def parse_mesh(spec: str | None, n_devices: int | None = None, batch_size: int |
     return sizes
 
 
+def layouts(n_devices: int, batch_size: int) -> list[dict[str, int]]:
+    """Every (data, fsdp, model) layout of `n_devices` whose data x fsdp divides the batch, in the order a
+    default mesh is chosen (the first that fits): most data parallelism (data x fsdp, the ways the batch is
+    split) first, then most `data` (fsdp gathers weights that data replicates)."""
+    g = math.gcd(batch_size, n_devices)
+    sizes = [
+        {"data": d, "fsdp": dp // d, "model": n_devices // dp}
+        for dp in range(1, g + 1)
+        if g % dp == 0
+        for d in range(1, dp + 1)
+        if dp % d == 0
+    ]
+    return sorted(sizes, key=lambda s: (s["data"] * s["fsdp"], s["data"]), reverse=True)
+
+
+MEMORY_ENV = "ADL_DEVICE_MEMORY_GIB"
+
+
+def device_memory() -> int | None:
+    """Bytes one device may hold, for choosing a default mesh: $ADL_DEVICE_MEMORY_GIB when set, else what the
+    runtime reports (GPU, TPU); None when unknown (CPU: devices share the host's memory)."""
+    given = os.environ.get(MEMORY_ENV)
+    if given:
+        try:
+            return int(float(given) * 2**30)
+        except ValueError:
+            raise ValueError(f"{MEMORY_ENV}={given!r}: give a number of GiB per device, e.g. 16") from None
+    stats = jax.local_devices()[0].memory_stats() or {}
+    return stats.get("bytes_limit")
+
+
 def make_mesh(spec: str | None = None, devices=None, batch_size: int | None = None) -> Mesh:
     """A (data, fsdp, model) mesh over `devices` (default: all; see `parse_mesh` for the default layout).
     Axes are `Auto`: jit propagates shardings from the placed inputs."""

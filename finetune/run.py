@@ -34,7 +34,7 @@ HELP = {
     "column": "text field of the pretraining corpus",
     "chat_template": "a Jinja chat template file, for chat data when the tokenizer has none",
     "dtype": "the base weights' dtype (float32 or bfloat16)",
-    "mesh": "e.g. data=2,model=4 (default: all devices, on data as far as they divide batch_size, the rest on model)",
+    "mesh": "e.g. data=2,model=4 (default: all devices, the layout with the most data parallelism that fits)",
     "mix_ratio": "pretraining texts per finetuning example (1:r; the paper's grid: 0, 0.1..1.0, 1.5, 2)",
     "mode": "lora or full",
     "lora_targets": "comma-separated: q,k,v,o,gate,up,down",

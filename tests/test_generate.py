@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from transformers.generation.logits_process import TopPLogitsWarper
+from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from adl_jax.models.generate import generate, top_p_filter
+from adl_jax.models.generate import _sample_full, generate, nucleus_sample, top_p_filter
 from adl_jax.models.transformer import Intervention, KVCache, forward
 from adl_jax.models.weights import load_hf_dir
 from conftest import FAMILIES, left_padded_batch, tiny_hf_model
@@ -155,6 +155,36 @@ def test_top_p_filter_matches_transformers_warper(top_p, rng):
     logits = rng.randn(4, 5000).astype(np.float32) * 3
     ref = TopPLogitsWarper(top_p)(None, torch.tensor(logits)).numpy()
     np.testing.assert_array_equal(np.asarray(top_p_filter(jnp.asarray(logits), top_p)), ref)
+
+
+@pytest.mark.parametrize(
+    "spread,top_p,prefilter_holds",
+    [(6.0, 0.95, True), (0.3, 0.9, False), (0.3, 1.0, False)],  # peaked: the top 32 hold the nucleus; flat: not
+)
+def test_nucleus_sample_is_the_full_vocabulary_nucleus(spread, top_p, prefilter_holds, rng):
+    """Quantiles on an even grid land on each token in proportion to its probability (to 1/n), so the
+    sampler's distribution is checked exactly against transformers' temperature + top-p warpers, with the
+    32-token prefilter holding the nucleus and with the fallback to the whole vocabulary (1300: not whole
+    blocks of 512). top_p 1 is the steering search's setting: no cut, the whole-vocabulary sampler."""
+    n, vocab, temperature, prefilter = 4000, 1300, 1.2, 32
+    logits = (rng.randn(vocab) * spread).astype(np.float32)
+    tempered = TemperatureLogitsWarper(temperature)(None, torch.tensor(logits[None]))
+    probs = torch.softmax(TopPLogitsWarper(top_p)(None, tempered), -1)[0].double().numpy()
+    top = np.sort(torch.softmax(tempered, -1)[0].numpy())[::-1][:prefilter]
+    assert (top[top > top[-1]].sum() >= top_p) == prefilter_holds  # the regime the case claims
+    u = jnp.asarray((np.arange(n) + 0.5)[:, None] / n)
+    scaled = jnp.asarray(np.repeat(logits[None] / temperature, n, 0))
+
+    @jax.jit
+    def draws(x, u):  # the sampler, and the same quantiles of the whole-vocabulary nucleus without the prefilter
+        sampled = nucleus_sample(x, top_p, u, prefilter) if top_p < 1 else _sample_full(x, u)
+        return sampled, _sample_full(top_p_filter(x, top_p), u)
+
+    tokens, whole = map(np.asarray, draws(scaled, u))
+    freq = np.bincount(tokens, minlength=vocab) / n
+    assert freq[probs == 0].sum() == 0
+    np.testing.assert_allclose(freq, probs, atol=1 / n + 1e-6)
+    assert (tokens == whole).mean() > 0.999
 
 
 def test_refuses_bad_input(tiny):

@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 
 from adl_jax.experiments import plan as pl
-from adl_jax.cli import main
+from adl_jax.cli import _mesh, main
 from adl_jax.models.weights import load_hf_dir
-from adl_jax.sharding import Rules, batch_sharding, make_mesh
+from adl_jax.sharding import MEMORY_ENV, Rules, batch_sharding, layouts, make_mesh
 from conftest import tiny_hf_model
 from finetune.lora import LoraConfig
 from finetune.train import TrainConfig, _initial_state, make_optimizer, train_step
@@ -84,6 +84,34 @@ def test_refuses_qwen3_32b_full_finetune_on_v5e_4_and_names_a_slice_that_fits(ca
     assert "\nfits\naudit time, estimated: delta" in out
 
 
+def test_default_mesh_fits_qwen3_32b_on_v5e_16():
+    """Without --mesh the plan takes the first layout that fits, in the order of most data parallelism: none
+    before it fits, so data=16 (weights replicated) is not what the plan refuses any more."""
+    cfg = pl.model_config("Qwen3-32B")
+    p = pl.plan(cfg, "v5e-16")
+    assert p.chosen and p.fits and p.sizes["data"] < 16
+    order = layouts(16, p.run.batch)
+    earlier = order[: order.index(p.sizes)]
+    assert earlier[0] == {"data": 16, "fsdp": 1, "model": 1}
+    assert not any(pl.plan(cfg, "v5e-16", ",".join(f"{a}={n}" for a, n in s.items())).fits for s in earlier)
+
+
+def test_commands_without_mesh_shard_a_model_too_large_to_replicate(tiny, monkeypatch):
+    """On the 8 simulated devices with a per-device budget that the replicated layout exceeds, a command's
+    default mesh (`cli._mesh`, as `adl diff` makes it) splits the weights, and it is the first layout that fits."""
+    run = pl.Run.of("audit", "bfloat16", batch_size=8)
+    cfg = pl.model_config(str(tiny))
+    total = {tuple(s.values()): sum(b for b, _ in pl.plan_rows(cfg, s, run).values()) for s in layouts(8, 8)}
+    budget = total[(8, 1, 1)] / 2  # replicated weights, batch on data: twice what fits
+    monkeypatch.setenv(MEMORY_ENV, str(budget / pl.USABLE / pl.GIB))
+    mesh = _mesh(type("Args", (), {"mesh": None, "base": str(tiny)}), 8, run)
+    chosen = tuple(mesh.shape.values())
+    assert next(s for s, t in total.items() if t <= budget) == chosen != (8, 1, 1)
+    _, params = load_hf_dir(tiny, dtype=jnp.bfloat16, mesh=mesh)
+    (held,) = per_device(params)
+    assert held < pl.weight_bytes(cfg, {"data": 8, "fsdp": 1, "model": 1}, 2)  # sharded, not replicated
+
+
 def check_shipped_configs():
     """Every model of the configs' README table (file, hub id, parameter count) is shipped and read right: its
     architecture numbers are the config.json's own, and the parameters the loader would place add up to the
@@ -138,7 +166,7 @@ def test_an_installed_wheel_plans_with_its_shipped_configs(tmp_path):
         "import sys, adl_jax.experiments.plan as p; from adl_jax.cli import main; "
         "assert p.__file__.startswith(sys.argv[1]), p.__file__; "
         "plan = ['plan', '--model', 'Qwen3-32B', '--devices', 'v5e-16']; "
-        "print('rc', main(plan), main(plan + ['--mesh', 'fsdp=2,model=8']))"
+        "print('rc', main(plan), main(plan + ['--mesh', 'fsdp=2,model=8']), main(plan + ['--mesh', 'data=16']))"
     )
     path = f"{tmp_path / 'site'}:{sysconfig.get_paths()['purelib']}"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": path, "JAX_PLATFORMS": "cpu"}
@@ -150,6 +178,7 @@ def test_an_installed_wheel_plans_with_its_shipped_configs(tmp_path):
         text=True,
         timeout=120,
     )
-    assert done.stdout.endswith("rc 2 0\n"), done.stderr[-3000:]  # the default mesh (data=16) is refused ...
+    assert done.stdout.endswith("rc 0 0 2\n"), done.stderr[-3000:]  # the default mesh fits; data=16 is refused ...
     assert "it fits on v5e-16 with --mesh" in done.stderr  # ... with a mesh that fits
-    assert done.stdout.count("Qwen3-32B: audit in bfloat16 on v5e-16") == 2 and "\nfits\n" in done.stdout
+    assert done.stdout.count("Qwen3-32B: audit in bfloat16 on v5e-16") == 3 and "\nfits\n" in done.stdout
+    assert "(no --mesh: the fitting mesh with the most data parallelism)" in done.stdout

@@ -21,12 +21,12 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from adl_jax.experiments.audit import AuditSettings
-from adl_jax.models.adapters import adapter_specs
+from adl_jax.models.adapters import adapter_specs, is_adapter, read_adapter_config
 from adl_jax.method.diff import resolve_layer
 from adl_jax.method.lens import PATCHSCOPE_PROMPTS, PATCHSCOPE_SCALES
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.params import param_shapes, param_specs
-from adl_jax.sharding import MESH_AXES, Rules, parse_mesh
+from adl_jax.sharding import MESH_AXES, Rules, device_memory, layouts, parse_mesh
 from adl_jax.method.steer import STEERING_PROMPTS
 from finetune.lora import LoraConfig, resolve_targets
 from finetune.loss import TILE_BYTES
@@ -92,6 +92,8 @@ def model_config(spec: str) -> ModelConfig:
     if name in shipped and not Path(spec).exists():
         return ModelConfig.from_hf(json.loads(shipped[name].read_text()))
     path = Path(spec).expanduser()
+    if path.is_dir() and is_adapter(path):  # a PEFT adapter runs on its base's architecture
+        return model_config(read_adapter_config(path)["base_model_name_or_path"])
     if path.is_dir() or path.suffix == ".json":
         return ModelConfig.from_json(path)
     from adl_jax.models.load import EMBEDDED, resolve_spec
@@ -224,6 +226,7 @@ class Plan:
     n_devices: int
     sizes: dict[str, int]
     rows: dict[str, tuple[int, str]]  # what a device holds -> (bytes, how it is counted)
+    chosen: bool = False  # the mesh is the planner's choice (no --mesh given)
 
     @property
     def total(self) -> int:
@@ -246,7 +249,9 @@ class Plan:
         task = "audit" if self.run.task == "audit" else f"{self.run.train.mode} finetuning"
         lines = [
             f"{self.model}: {task} in {self.run.dtype} on {slice_name(self.kind, self.n_devices)} "
-            f"({self.n_devices} x {device.label}), mesh {self.mesh}; per device:"
+            f"({self.n_devices} x {device.label}), mesh {self.mesh}"
+            + (" (no --mesh: the fitting mesh with the most data parallelism)" if self.chosen else "")
+            + "; per device:"
         ]
         lines += [f"  {name:<36}{b / GIB:8.2f} GiB  {how}" for name, (b, how) in self.rows.items()]
         lines.append(
@@ -257,12 +262,39 @@ class Plan:
 
 
 def plan(cfg: ModelConfig, devices: str, mesh: str | None = None, run: Run = Run(), model: str = "model") -> Plan:
-    """Per-device bytes of `run` for `cfg` on `devices` (e.g. 'v5e-16') with `mesh` (default: the layout
-    `adl diff` and the trainer pick for that many devices and the run's batch)."""
-    kind, _, n = parse_devices(devices)
-    sizes = parse_mesh(mesh, n, run.batch)
-    counted = _audit(cfg, sizes, run) if run.task == "audit" else _finetune(cfg, sizes, run)
-    return Plan(model, run, kind, n, sizes, counted)
+    """Per-device bytes of `run` for `cfg` on `devices` (e.g. 'v5e-16') with `mesh` (default: the planner's
+    choice, `default_sizes`, as every command makes it without --mesh; where no mesh fits, the layout with
+    the most data parallelism, which `check` then refuses)."""
+    kind, device, n = parse_devices(devices)
+    sizes = None if mesh else default_sizes(cfg, n, run, int(USABLE * device.hbm_gib * GIB))
+    chosen = sizes is not None
+    sizes = sizes or parse_mesh(mesh, n, run.batch)
+    return Plan(model, run, kind, n, sizes, plan_rows(cfg, sizes, run), chosen)
+
+
+def plan_rows(cfg: ModelConfig, sizes: Mapping[str, int], run: Run) -> dict[str, tuple[int, str]]:
+    """What a device holds of `run` on a mesh of these axis sizes -> (bytes, how it is counted)."""
+    return _audit(cfg, sizes, run) if run.task == "audit" else _finetune(cfg, sizes, run)
+
+
+def default_sizes(cfg: ModelConfig, n_devices: int, run: Run, capacity: int) -> dict[str, int] | None:
+    """The mesh a run takes without --mesh: the first of `layouts` (most data parallelism first) whose
+    per-device total fits `capacity` bytes; None if none does."""
+    for sizes in layouts(n_devices, run.batch):
+        if sum(b for b, _ in plan_rows(cfg, sizes, run).values()) <= capacity:
+            return sizes
+    return None
+
+
+def runtime_mesh(model: str, run: Run, n_devices: int) -> str | None:
+    """`default_sizes` for `model` (a spec: the planner reads only its config) on `n_devices` devices of the
+    memory `device_memory` gives, as a --mesh string; None where the memory is unknown (CPU: then every
+    layout fits, and the default layout has the most data parallelism) or no layout fits."""
+    memory = device_memory()
+    if memory is None:
+        return None
+    sizes = default_sizes(model_config(model), n_devices, run, int(USABLE * memory))
+    return sizes and ",".join(f"{a}={sizes[a]}" for a in MESH_AXES)
 
 
 def _audit(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
@@ -371,14 +403,7 @@ def suggest(cfg: ModelConfig, kind: str, run: Run = Run()) -> Plan | None:
     replicated, so only sharding shortens its memory-bound steps (XLA keeps the weight shards in place and
     all-reduces the small activations instead, in the HLO of a sharded decode step)."""
     for n in DEVICES[kind].sizes:
-        g = math.gcd(run.batch, n)  # data x fsdp must divide the batch and the slice
-        meshes = [
-            f"data={d},fsdp={dp // d},model={n // dp}"
-            for dp in range(1, g + 1)
-            if g % dp == 0
-            for d in range(1, dp + 1)
-            if dp % d == 0
-        ]
+        meshes = [",".join(f"{a}={s[a]}" for a in MESH_AXES) for s in layouts(n, run.batch)]
         fitting = [p for mesh in meshes if (p := plan(cfg, slice_name(kind, n), mesh, run)).fits]
         if fitting:
             if run.task == "audit":

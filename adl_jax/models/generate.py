@@ -74,9 +74,10 @@ def generate(
     interventions = tuple(interventions)
 
     sampling = (key, jnp.float32(temperature), jnp.float32(top_p))
-    cache, first = _prefill(params, tokens, valid, interventions, sampling, cfg, greedy, max_new_tokens)
+    how = (greedy, top_p < 1)  # static: greedy, or sampling with or without a nucleus cut
+    cache, first = _prefill(params, tokens, valid, interventions, sampling, cfg, how, max_new_tokens)
     out = jnp.full((tokens.shape[0], max_new_tokens), pad_id, jnp.int32).at[:, 0].set(first)
-    out, _ = _decode(params, cache, out, interventions, sampling, eos, jnp.int32(pad_id), cfg, greedy)
+    out, _ = _decode(params, cache, out, interventions, sampling, eos, jnp.int32(pad_id), cfg, how)
     is_eos = jnp.isin(out, eos)
     lengths = jnp.where(is_eos.any(1), jnp.argmax(is_eos, axis=1) + 1, max_new_tokens).astype(jnp.int32)
     return Generation(out, jnp.arange(max_new_tokens) < lengths[:, None], lengths)
@@ -108,34 +109,101 @@ def top_p_filter(logits: jax.Array, top_p) -> jax.Array:
     return jnp.where(keep, logits, -jnp.inf)
 
 
-def _pick(logits, step, sampling, greedy: bool):
+# Candidates the nucleus is first sought among: the top-k of a 262k vocabulary costs a fraction of one
+# full-vocabulary pass, and at the usual top_p the nucleus of a trained model is far smaller. Flat rows (text
+# steered past coherence, say) fall back to the full bisection, and with them their whole batch.
+PREFILTER = 256
+BLOCK = 512  # the full-vocabulary sampler's inverse CDF runs over block sums, then inside one block
+
+
+def _pick(logits, step, sampling, greedy: bool, nucleus: bool):
     """Next token per row: argmax, or a sample keyed by (key, step) so a run is reproducible.
 
-    Sampling inverts the cumulative distribution with one uniform draw per row: exact, and unlike
-    Gumbel-max it needs no random number per vocabulary entry (262k of them for Gemma) at every step.
+    Sampling inverts the cumulative distribution in vocabulary order with one uniform draw per row: exact,
+    and unlike Gumbel-max it needs no random number per vocabulary entry (262k of them for Gemma) at every
+    step. `nucleus` (top_p < 1, static) cuts the distribution to the top-p nucleus first.
     """
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     key, temperature, top_p = sampling
-    probs = jax.nn.softmax(top_p_filter(logits / temperature, top_p), axis=-1)
-    cdf = jnp.cumsum(probs, axis=-1)
-    u = jax.random.uniform(jax.random.fold_in(key, step), (logits.shape[0], 1), minval=1e-12) * cdf[:, -1:]
-    return jnp.minimum(jnp.sum(cdf < u, axis=-1), logits.shape[-1] - 1).astype(jnp.int32)
+    u = jax.random.uniform(jax.random.fold_in(key, step), (logits.shape[0], 1), minval=1e-12)
+    scaled = logits.astype(jnp.float32) / temperature
+    if not nucleus:
+        return _sample_full(scaled, u)
+    return nucleus_sample(scaled, top_p, u)
 
 
-@partial(jax.jit, static_argnames=("cfg", "greedy", "max_new_tokens"))
-def _prefill(params, tokens, valid, interventions, sampling, cfg, greedy, max_new_tokens):
+def nucleus_sample(logits: jax.Array, top_p, u: jax.Array, prefilter: int = PREFILTER) -> jax.Array:
+    """The token of each row at quantile u (B, 1) of softmax(logits) cut to its top-p nucleus (top_p_filter's).
+
+    The nucleus is sought among the `prefilter` most likely tokens first. That is exact whenever the mass of
+    the candidates strictly more likely than the least likely one reaches top_p: the cutoff probability is
+    then above every token left out. Otherwise (flat distributions) the whole batch takes the full-vocabulary
+    computation. Both give the same token for the same u, up to float rounding at the quantile's boundary.
+    """
+    k = min(prefilter, logits.shape[-1])
+    vals, ids = jax.lax.top_k(logits, k)  # sorted, most likely first
+    shifted = jnp.exp(logits - vals[:, :1])
+    probs = jnp.exp(vals - vals[:, :1]) / jnp.sum(shifted, axis=-1, keepdims=True)  # softmax, as top_p_filter's
+    held = jnp.sum(jnp.where(probs > probs[:, -1:], probs, 0.0), axis=-1) >= top_p
+
+    def among_candidates(_):
+        above = jnp.cumsum(probs, axis=-1) - probs  # mass of the candidates before each one
+        cutoff = jnp.take_along_axis(probs, jnp.sum(above < top_p, axis=-1, keepdims=True) - 1, axis=-1)
+        weights = jnp.where(probs >= cutoff, probs, 0.0)
+        order = jnp.argsort(ids, axis=-1)  # vocabulary order, as the full computation walks it
+        weights, tokens = jnp.take_along_axis(weights, order, axis=-1), jnp.take_along_axis(ids, order, axis=-1)
+        cdf = jnp.cumsum(weights, axis=-1)
+        return jnp.take_along_axis(tokens, _first_reaching(weights, cdf, u * cdf[:, -1:]), axis=-1)[:, 0]
+
+    def full(_):
+        return _sample_full(top_p_filter(logits, top_p), u)
+
+    return jax.lax.cond(jnp.all(held), among_candidates, full, None)
+
+
+def _sample_full(logits: jax.Array, u: jax.Array) -> jax.Array:
+    """The token at quantile u (B, 1) of softmax(logits) over the whole vocabulary, in vocabulary order.
+
+    A cumulative sum over 262k entries is slow on CPU (XLA scans it in log steps), so the quantile is found
+    among BLOCK-sized block sums first, then inside the one block it falls in.
+    """
+    B, V = logits.shape
+    weights = jnp.exp(logits - jnp.max(logits, axis=-1, keepdims=True))  # -inf (cut) -> 0
+    blocks = jnp.pad(weights, ((0, 0), (0, -V % BLOCK))).reshape(B, -1, BLOCK)
+    sums = jnp.sum(blocks, axis=-1)
+    cdf = jnp.cumsum(sums, axis=-1)
+    target = u * cdf[:, -1:]
+    block = _first_reaching(sums, cdf, target)
+    before = jnp.where(block > 0, jnp.take_along_axis(cdf, jnp.maximum(block - 1, 0), axis=-1), 0.0)
+    inside = jnp.take_along_axis(blocks, block[:, :, None], axis=1)[:, 0]
+    return (block * BLOCK + _first_reaching(inside, jnp.cumsum(inside, axis=-1), target - before))[:, 0]
+
+
+def _first_reaching(weights: jax.Array, cdf: jax.Array, target: jax.Array) -> jax.Array:
+    """Index (B, 1) of the first entry whose running total `cdf` reaches target (B, 1).
+
+    Float rounding can leave the total just short of it; the last entry of positive weight is taken then,
+    never one of weight 0.
+    """
+    first = jnp.sum(cdf < target, axis=-1, keepdims=True)
+    last_positive = weights.shape[-1] - 1 - jnp.argmax((weights > 0)[:, ::-1], axis=-1, keepdims=True)
+    return jnp.minimum(first, last_positive).astype(jnp.int32)
+
+
+@partial(jax.jit, static_argnames=("cfg", "how", "max_new_tokens"))
+def _prefill(params, tokens, valid, interventions, sampling, cfg, how, max_new_tokens):
     B, P = tokens.shape
     cache = KVCache.empty(cfg, B, P + max_new_tokens - 1, params["embed"].dtype)
     last = cfg.num_layers - 1  # logits at the last prompt position only: (B, P, V) f32 would be GiBs at 262k vocab
     out = forward(
         params, tokens, cfg, valid=valid, cache=cache, interventions=interventions, capture=(last,), until_layer=last
     )
-    return out.cache, _pick(unembed(params, out.hidden[last][:, -1], cfg), 0, sampling, greedy)
+    return out.cache, _pick(unembed(params, out.hidden[last][:, -1], cfg), 0, sampling, *how)
 
 
-@partial(jax.jit, static_argnames=("cfg", "greedy"), donate_argnames=("cache", "out"))
-def _decode(params, cache, out, interventions, sampling, eos, pad_id, cfg, greedy):
+@partial(jax.jit, static_argnames=("cfg", "how"), donate_argnames=("cache", "out"))
+def _decode(params, cache, out, interventions, sampling, eos, pad_id, cfg, how):
     """Fill columns 1.. of `out`, feeding back the previous column; rows past their EOS get pad_id.
 
     The cache is returned only so that the donated input buffer can be aliased to it: the loop then
@@ -146,7 +214,7 @@ def _decode(params, cache, out, interventions, sampling, eos, pad_id, cfg, greed
         step, cache, out, done = state
         prev = jax.lax.dynamic_slice_in_dim(out, step - 1, 1, axis=1)
         res = forward(params, prev, cfg, cache=cache, interventions=interventions)
-        tok = jnp.where(done, pad_id, _pick(res.logits[:, -1], step, sampling, greedy))
+        tok = jnp.where(done, pad_id, _pick(res.logits[:, -1], step, sampling, *how))
         out = jax.lax.dynamic_update_slice_in_dim(out, tok[:, None], step, axis=1)
         return step + 1, res.cache, out, done | jnp.isin(tok, eos)
 
