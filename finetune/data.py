@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import chex
 import numpy as np
 
 from adl_jax import io
@@ -34,6 +35,8 @@ class Rows:
     def __post_init__(self):
         if self.segments is None:  # one example a row
             object.__setattr__(self, "segments", self.valid.astype(np.int32))
+        chex.assert_rank(self.tokens, 2)
+        chex.assert_equal_shape([self.tokens, self.valid, self.targets, self.segments])
 
     def __len__(self) -> int:
         return len(self.tokens)
