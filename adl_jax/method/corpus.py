@@ -2,8 +2,10 @@
 
 A source is any iterable of strings. ADL only reads the first few tokens of each text, so sources are
 consumed lazily and each text is cut to `10 * n` characters before tokenizing (as the paper does).
-Sources: local .txt (one text per line) / .jsonl / .parquet files, HF `datasets` streaming, TFDS, and
-an offline source of unconditional samples from the base model (see `adl_jax.method.samples`).
+Sources: local .txt (one text per line) / .jsonl / .parquet files, HF datasets and TFDS datasets (read by
+index, so only the records used are read), and an offline source of unconditional samples from the base
+model (see `adl_jax.method.samples`). In a multi-process run each process reads only its share of the
+texts (`process_share`) and the shares are gathered into one token matrix (`gather_share`).
 """
 
 from __future__ import annotations
@@ -251,9 +253,8 @@ def _allgather(value: int) -> np.ndarray:
 
 def gather_share(share: Share) -> np.ndarray:
     """The whole (total, n) token matrix from every process's `Share` (an all-gather of the shares)."""
-    from jax.experimental import multihost_utils
-
     import jax
+    from jax.experimental import multihost_utils
 
     if jax.process_count() == 1:
         return share.tokens
