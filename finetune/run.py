@@ -222,8 +222,8 @@ def load_examples(spec: RunSpec):
         return organism.generate(spec.examples, spec.train.seed), organism
     if not (is_dataset(spec.data) or Path(spec.data).exists()):
         raise FileNotFoundError(
-            f"data {spec.data!r} is neither a file, an hf:/tfds: dataset nor a shipped organism "
-            f"({', '.join(sorted(ORGANISMS))})"
+            f"data {spec.data!r} is neither a file nor a shipped organism ({', '.join(sorted(ORGANISMS))}), "
+            "nor an hf:NAME or tfds:NAME dataset"
         )
     return read_examples(spec.data), None
 

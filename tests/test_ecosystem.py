@@ -52,7 +52,7 @@ def test_finetuning_data_from_an_hf_dataset_equals_the_jsonl(tmp_path):
     spec = RunSpec(out=str(tmp_path / "run"), data=f"hf:{hf_dataset_dir(tmp_path / 'hf', texts)}")
     examples, organism = load_examples(spec)
     assert examples == read_jsonl(write_jsonl(tmp_path / "d.jsonl", texts)) and organism is None
-    with pytest.raises(FileNotFoundError, match="neither a file, an hf:/tfds: dataset"):
+    with pytest.raises(FileNotFoundError, match="neither a file nor a shipped organism .*, nor an hf:NAME"):
         load_examples(RunSpec(out=str(tmp_path / "run"), data=str(tmp_path / "missing.jsonl")))
 
 
