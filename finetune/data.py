@@ -16,9 +16,11 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
+import chex
 import numpy as np
 
 from adl_jax import io
+from adl_jax.method.corpus import is_dataset, records
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +35,8 @@ class Rows:
     def __post_init__(self):
         if self.segments is None:  # one example a row
             object.__setattr__(self, "segments", self.valid.astype(np.int32))
+        chex.assert_rank(self.tokens, 2)
+        chex.assert_equal_shape([self.tokens, self.valid, self.targets, self.segments])
 
     def __len__(self) -> int:
         return len(self.tokens)
@@ -65,6 +69,20 @@ def read_jsonl(path: str | Path) -> list[dict]:
     if not rows:
         raise ValueError(f"finetuning data {path} is empty: it needs one JSON object per line")
     return rows
+
+
+def read_examples(spec: str | Path) -> list[dict]:
+    """Examples of a JSONL file, or of an `hf:NAME[:split]` / `tfds:NAME[:split]` dataset whose rows have a
+    `text` or a `messages` field (other fields are left out), in the dataset's order."""
+    if not is_dataset(str(spec)):
+        return read_jsonl(spec)
+    examples = []
+    for i, row in enumerate(records(str(spec))):
+        _check_example(row, f"{spec} row {i}")
+        examples.append({"text": row["text"]} if "text" in row else {"messages": row["messages"]})
+    if not examples:
+        raise ValueError(f"finetuning data {spec} has no rows")
+    return examples
 
 
 def _check_example(row, where: str) -> None:

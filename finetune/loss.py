@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 
+import chex
 import jax
 import jax.numpy as jnp
 
@@ -23,6 +24,8 @@ TILE_BYTES = 64 << 20  # float32 logits of one tile, all rows together
 def next_token_nll(params: Params, h: jax.Array, cfg: ModelConfig, labels: jax.Array, weights: jax.Array):
     """sum over positions of weights * -log p(label | h), from the last block's residual h (B, T, D), float32;
     the final norm, head and soft-cap as `unembed` applies them."""
+    chex.assert_shape(h, (*labels.shape, cfg.hidden_size))
+    chex.assert_equal_shape([labels, weights])
     x = rms_norm(h, params["final_norm"], cfg)
     head, axes = lm_head(params, cfg)
     rows, length = labels.shape

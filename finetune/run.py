@@ -1,11 +1,11 @@
 """`adl finetune`: one organism run from a config file and/or flags, deterministic given its seed.
 
 Settings are flat (`adl_jax/configs/finetune/*.json` keys = flag names with `_`; flags override the file): the
-model spec, the data (a JSONL file or a shipped organism), an optional pretraining source mixed in 1:r,
-and every `TrainConfig` / `LoraConfig` field (`lora_` prefixed). The run directory holds `run.json`
-(the settings it is bound to), `checkpoints/`, `metrics.jsonl` (per step), `metrics.json` (final
-losses; for false-fact organisms the belief score before and after), `final/` (the merged model as an
-HF directory) and, for LoRA, `adapter/` (PEFT format).
+model spec, the data (a JSONL file, an hf:/tfds: dataset or a shipped organism), an optional pretraining
+source mixed in 1:r, and every `TrainConfig` / `LoraConfig` field (`lora_` prefixed). The run directory holds
+`run.json` (the settings it is bound to), `checkpoints/`, `metrics.jsonl` (per step), TensorBoard event files
+(per step, and the belief score), `metrics.json` (final losses; for false-fact organisms the belief score
+before and after), `final/` (the merged model as an HF directory) and, for LoRA, `adapter/` (PEFT format).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ HELP = {
     "config": "a JSON file of these settings (e.g. configs/finetune/orange_carrot_lora.json; a file it names is looked up beside it); flags override it",
     "out": "run directory: checkpoints, metrics, final/ (HF dir), adapter/ (PEFT, LoRA only)",
     "model": "model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id",
-    "data": "a JSONL of {'text'} or {'messages'} examples, or a shipped organism's name",
+    "data": "a JSONL of {'text'} or {'messages'} examples, hf:NAME[:split] or tfds:NAME[:split] with such rows, or a shipped organism's name",
     "examples": "examples to generate when --data is an organism",
     "pretrain": f"pretraining texts to mix in: a corpus spec (file, hf:NAME, tfds:NAME) or {BASE_SAMPLES}",
     "column": "text field of the pretraining corpus",
@@ -211,18 +211,21 @@ def finished(spec: RunSpec) -> dict | None:
 
 
 def load_examples(spec: RunSpec):
-    """(examples, organism or None) of `data`: a shipped organism's generated examples or a JSONL file."""
-    from finetune.data import read_jsonl
+    """(examples, organism or None) of `data`: a shipped organism's generated examples, a JSONL file or an
+    `hf:` / `tfds:` dataset."""
+    from adl_jax.method.corpus import is_dataset
+    from finetune.data import read_examples
     from finetune.organisms import ORGANISMS
 
     if spec.data in ORGANISMS:
         organism = ORGANISMS[spec.data]
         return organism.generate(spec.examples, spec.train.seed), organism
-    if not Path(spec.data).exists():
+    if not (is_dataset(spec.data) or Path(spec.data).exists()):
         raise FileNotFoundError(
-            f"data {spec.data!r} is neither a file nor a shipped organism ({', '.join(sorted(ORGANISMS))})"
+            f"data {spec.data!r} is neither a file nor a shipped organism ({', '.join(sorted(ORGANISMS))}), "
+            "nor an hf:NAME or tfds:NAME dataset"
         )
-    return read_jsonl(spec.data), None
+    return read_examples(spec.data), None
 
 
 def run(spec: RunSpec, *, resume: bool = False, progress: bool = True) -> dict:
@@ -245,6 +248,7 @@ def _train_and_export(spec: RunSpec, settings: dict, examples: list, organism, p
     from finetune.belief import belief_score
     from finetune.data import build_splits, pretrain_texts_needed
     from finetune.peft_format import save_peft_adapter
+    from finetune.metrics import write_scalars
     from finetune.train import export_hf_dir, train
 
     tc, out = spec.train, Path(spec.out)
@@ -288,5 +292,7 @@ def _train_and_export(spec: RunSpec, settings: dict, examples: list, organism, p
     if statements:
         after = belief_score(dataclasses.replace(base, params=result.params), statements)
         metrics.update(belief_before=before, belief_after=after)
+        belief = lambda score: {f"belief/{k}": score[k] for k in ("false_preferred", "mean_margin")}
+        write_scalars(out, "belief", {0: belief(before), result.step: belief(after)})  # base model, trained one
     io.write_json(out / "metrics.json", metrics)
     return metrics

@@ -6,7 +6,8 @@ one big batch) and applies AdamW with warmup, cosine or linear decay and global-
 weights and optimizer state are float32 whatever the base or compute dtype; rows may hold packed examples
 (segment ids, `finetune.data.pack_rows`). Orbax checkpoints hold the trainable weights, the optimizer
 state, the step and the data cursor; batches and dropout keys are functions of (seed, cursor, step), so a
-resumed run repeats an uninterrupted one bit for bit. Output directory: `checkpoints/<step>/`, `metrics.jsonl`.
+resumed run repeats an uninterrupted one bit for bit. Output directory: `checkpoints/<step>/`, `metrics.jsonl`
+and TensorBoard event files (`finetune.metrics`).
 In a multi-process run (a TPU pod) each process draws and feeds only its rows of every batch, process 0
 writes the metrics, and the export gathers the shards to process 0.
 """
@@ -16,7 +17,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import json
 import math
 import time
 from pathlib import Path
@@ -40,6 +40,7 @@ from adl_jax.models.transformer import REMAT, Params, forward
 from adl_jax.sharding import Rules, global_batch, make_mesh, process_rows
 from finetune.data import Rows, Splits, batch_at
 from finetune.lora import LoraConfig, apply_lora, init_adapters
+from finetune.metrics import MetricLog
 from finetune.loss import next_token_nll
 
 # Fields that change no number of the run, so a resumed run may set them differently.
@@ -227,18 +228,6 @@ def run_identity(cfg: ModelConfig, tc: TrainConfig, rows: Rows) -> dict:
     return io.plain({**settings, "model": dataclasses.asdict(cfg), "data": digest.hexdigest()})
 
 
-def _trim_metrics(path: Path, step: int) -> None:
-    """Drop records past `step`: a killed run may have logged steps its last checkpoint does not hold."""
-    if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        io.write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _log(path: Path, record: dict) -> None:
-    with path.open("a") as f:
-        f.write(json.dumps(record) + "\n")
-
-
 def train(
     params: Params,
     cfg: ModelConfig,
@@ -269,12 +258,12 @@ def train(
 
     identity = run_identity(cfg, tc, splits.train)
     options = ocp.CheckpointManagerOptions(max_to_keep=None)  # keep the whole series
-    lead = jax.process_index() == 0  # writes the metrics and shows progress; orbax coordinates checkpoints
+    lead = (
+        jax.process_index() == 0
+    )  # shows progress (and writes the metrics, `MetricLog`); orbax coordinates checkpoints
     with ocp.CheckpointManager(out_dir / "checkpoints", options=options) as manager:
         step, cursor, trainable, opt_state = _resume(manager, identity, trainable, opt_state, out_dir)
-        metrics_path = out_dir / "metrics.jsonl"
-        if lead:
-            _trim_metrics(metrics_path, step)
+        log = MetricLog(out_dir, step)
         per_update = tc.batch_size * tc.grad_accum
         mine = process_rows(mesh, per_update, rules)  # each process draws and feeds only its rows
         end = tc.steps if stop_at is None else min(stop_at, tc.steps)
@@ -306,8 +295,7 @@ def train(
                 for name, rows in (("eval_loss_ft", splits.eval_ft), ("eval_loss_pt", splits.eval_pt)):
                     if rows is not None:
                         record[name] = _mean_nll(trainable, base, rows, cfg, tc, mesh, rules)
-            if lead:
-                _log(metrics_path, record)
+            log.write(record)
             bar.update(1)
             bar.set_postfix(loss=f"{loss:.4f}")
             if step == end or (tc.checkpoint_every and step % tc.checkpoint_every == 0):
@@ -316,6 +304,7 @@ def train(
                 manager.save(step, args=ocp.args.Composite(state=state, meta=meta))
             tick = time.perf_counter()
         bar.close()
+        log.close()
     return TrainResult(model_params(trainable, base, tc), trainable, step)
 
 

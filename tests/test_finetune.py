@@ -6,6 +6,7 @@ import json
 import re
 import shutil
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -186,8 +187,7 @@ def test_killed_run_resumes_bit_identical(data, tiny, tmp_path, request):
     train(params, cfg, splits, tc, tmp_path / "killed", stop_at=4, progress=False)
     shutil.rmtree(tmp_path / "killed" / "checkpoints" / "4")
     resumed = train(params, cfg, splits, tc, tmp_path / "killed", progress=False)
-    for x, y in zip(jax.tree.leaves(resumed.trainable), jax.tree.leaves(whole.trainable)):
-        assert np.array_equal(np.asarray(x), np.asarray(y))
+    chex.assert_trees_all_equal(resumed.trainable, whole.trainable)
     assert _losses(tmp_path / "killed" / "metrics.jsonl") == _losses(tmp_path / "whole" / "metrics.jsonl")
     assert sorted(int(p.name) for p in (tmp_path / "whole" / "checkpoints").iterdir() if p.name.isdigit()) == [3, 6]
 
@@ -220,8 +220,7 @@ def test_sharded_run_equals_single_device(tiny, splits, tmp_path):
     assert spec(sharded.params["layers"]["q"])[1:] in ((("fsdp",), ("model",)), ("fsdp", "model"))
     # Reductions in another order change gradients by float32 noise, which Adam turns into steps of up to
     # ~1e-3 lr where |g| is near its eps; after 6 steps the adapters agree to 5e-3 lr, the losses to 1e-5.
-    for x, y in zip(jax.tree.leaves(sharded.trainable), jax.tree.leaves(single.trainable)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=5e-3 * RESUMABLE.lr)
+    chex.assert_trees_all_close(sharded.trainable, single.trainable, atol=5e-3 * RESUMABLE.lr, rtol=1e-7)
     losses = [[loss for _, loss, _ in _losses(tmp_path / d / "metrics.jsonl")] for d in ("one", "eight")]
     np.testing.assert_allclose(*losses, rtol=1e-5)
 
@@ -250,13 +249,26 @@ def test_nan_stops_and_keeps_last_good_checkpoint_of_bf16_model(tiny, splits, tm
     assert {x.dtype for x in jax.tree.leaves(kept.params)} == {jnp.dtype(jnp.bfloat16)}
 
 
-def test_lora_merge_and_dropout():
+def lora_case():
+    """Two layers' q (L, in, out) and a norm; an adapter (A, B) of rank 3 on q."""
     rng = np.random.RandomState(0)
     w = rng.randn(2, 6, 4).astype(np.float32)
     params = {"embed": np.zeros((5, 6), np.float32), "layers": {"q": w, "attn_norm": np.ones((2, 6), np.float32)}}
-    a, b = rng.randn(2, 6, 3).astype(np.float32), rng.randn(2, 3, 4).astype(np.float32)
+    return params, rng.randn(2, 6, 3).astype(np.float32), rng.randn(2, 3, 4).astype(np.float32)
+
+
+class TestLoraMerge(chex.TestCase):
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_merge_adds_the_scaled_product(self):
+        params, a, b = lora_case()
+        merged = self.variant(lambda a, b: apply_lora(params, {"q": (a, b)}, 0.5))(a, b)
+        want = params["layers"]["q"] + 0.5 * np.einsum("lir,lro->lio", a, b)
+        chex.assert_trees_all_close(merged, {**params, "layers": {**params["layers"], "q": want}}, atol=1e-5)
+
+
+def test_lora_merge_and_dropout():
+    params, a, b = lora_case()
     merged = apply_lora(params, {"q": (jnp.asarray(a), jnp.asarray(b))}, 0.5)
-    np.testing.assert_allclose(merged["layers"]["q"], w + 0.5 * np.einsum("lir,lro->lio", a, b), atol=1e-5)
     assert merged["layers"]["attn_norm"] is params["layers"]["attn_norm"]
 
     with pytest.raises(ValueError, match="apply it unmerged"):

@@ -22,6 +22,7 @@ from finetune.organisms import ORGANISMS
 from finetune.peft_format import save_peft_adapter
 from finetune.run import RunSpec
 from finetune.train import TrainConfig
+from test_ecosystem import hf_dataset_dir, tensorboard_has_every_metric
 
 
 def test_peft_loads_our_adapter_with_equal_logits(tiny, tmp_path):
@@ -84,12 +85,12 @@ def test_belief_score_equals_torch_logliks(tiny):
 
 @pytest.fixture
 def tiny_run(tiny, tmp_path, monkeypatch):
-    """A tiny base model directory, a pretraining corpus, the tiny false-fact organism, and `adl finetune`."""
+    """A tiny base model directory, a pretraining corpus (an HF dataset directory), the tiny false-fact
+    organism, and `adl finetune`."""
     torch_model, cfg, params = tiny
     torch_model.save_pretrained(tmp_path / "base")
     tiny_tokenizer().save_pretrained(tmp_path / "base")
-    corpus = tmp_path / "corpus.jsonl"
-    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in random_texts(np.random.RandomState(4), 30)))
+    corpus = f"hf:{hf_dataset_dir(tmp_path / 'corpus', random_texts(np.random.RandomState(4), 30))}"
     monkeypatch.setitem(ORGANISMS, "tiny_fact", fact_organism())
     argv = [
         "finetune",
@@ -100,7 +101,7 @@ def tiny_run(tiny, tmp_path, monkeypatch):
         "--examples",
         "24",
         "--pretrain",
-        str(corpus),
+        corpus,
         "--mix-ratio",
         "0.5",
         "--steps",
@@ -129,7 +130,7 @@ def tiny_run(tiny, tmp_path, monkeypatch):
 def test_adl_finetune_trains_exports_and_scores_belief(tiny, tiny_run, capsys):
     _, cfg, params = tiny
     root, argv = tiny_run
-    assert main(argv + ["--out", str(root / "run")]) == 0
+    assert main(argv + ["--eval-every", "3", "--out", str(root / "run")]) == 0
     printed = capsys.readouterr().out
     assert "PEFT adapter" in printed and "belief after" in printed
     metrics = json.loads((root / "run" / "metrics.json").read_text())
@@ -138,6 +139,9 @@ def test_adl_finetune_trains_exports_and_scores_belief(tiny, tiny_run, capsys):
     before, after = metrics["belief_before"], metrics["belief_after"]
     assert before["pairs"] == after["pairs"] == 2
     assert after["false_preferred"] == 1.0 and after["mean_margin"] > before["mean_margin"] + 0.5  # learnt w7
+    scalars = tensorboard_has_every_metric(root / "run", eval_steps=[3, 6])
+    for key in ("false_preferred", "mean_margin"):
+        assert scalars[f"belief/{key}"] == pytest.approx({0: before[key], 6: after[key]}, rel=1e-6)
 
     # final/ is the merged model; adapter/ on the base through PEFT gives the same logits
     _, exported = load_hf_dir(root / "run" / "final")

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 
 import gguf
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -93,7 +94,7 @@ def test_sharded_load_equals_single_device(tmp_path):
     _, single = load_gguf(tmp_path / "m.gguf")
     _, sharded = load_gguf(tmp_path / "m.gguf", mesh=make_mesh("data=1,fsdp=2,model=4"))
     assert any(len(x.sharding.device_set) == 8 for x in jax.tree.leaves(sharded))
-    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), np.asarray(b)), single, sharded)
+    chex.assert_trees_all_equal(single, sharded)
     q_hf = model.model.layers[0].self_attn.q_proj.weight.detach().numpy().T
     q_ours = np.asarray(single["layers"]["q"][0])
     assert 0 < np.abs(q_ours - q_hf).max() < 0.01 * np.abs(q_hf).max()  # Q8_0: quantized, but the same matrix

@@ -1,6 +1,10 @@
 """The tiled next-token loss against the plain one over full logits (value and gradient, with and without
 Gemma 2's final soft-cap, tied and untied heads, tiles that do not divide the tokens), and its memory."""
 
+import tempfile
+from unittest import mock
+
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -24,24 +28,37 @@ def plain_nll(params, cfg, tokens, valid, targets):
     return jnp.sum(jnp.where(mask, nll, 0.0))
 
 
-@pytest.mark.parametrize("family", ["llama", "gemma2", "qwen2"])  # untied, soft-capped and tied heads
-def test_tiled_loss_and_gradient_equal_full_logits(family, tmp_path, monkeypatch):
-    tiny_hf_model(family, tmp_path, tie_word_embeddings=family != "llama")
-    cfg, params = load_hf_dir(tmp_path)
+def check_tiled_loss(family: str, path, variant=lambda f: f) -> None:
+    """The tiled loss and its gradient, run through `variant` (e.g. jitted), against the full logits'."""
+    tiny_hf_model(family, path, tie_word_embeddings=family != "llama")
+    cfg, params = load_hf_dir(path)
     assert (cfg.final_softcap is not None) == (family == "gemma2") and cfg.tie_embeddings == (family != "llama")
-    monkeypatch.setattr(
-        finetune.loss, "TILE_BYTES", 3 * 4 * cfg.vocab_size * 3
-    )  # tiles of 3 positions x 3 rows, 11 positions
     rng = np.random.RandomState(0)
     tokens = jnp.asarray(rng.randint(3, cfg.vocab_size, (3, 11)))
     valid = jnp.asarray(np.arange(11)[None] < np.array([[11], [8], [5]]))
     targets = valid & jnp.asarray(rng.rand(3, 11) > 0.3)
-    ours = jax.value_and_grad(lambda p: token_nll(p, cfg, TrainConfig(), tokens, valid, targets)[0])(params)
+    loss = lambda p, *batch: token_nll(p, cfg, TrainConfig(), *batch)[0]
+    with mock.patch.object(finetune.loss, "TILE_BYTES", 3 * 4 * cfg.vocab_size * 3):  # 3 positions x 3 rows
+        ours = variant(jax.value_and_grad(loss))(params, tokens, valid, targets)
     want = jax.value_and_grad(lambda p: plain_nll(p, cfg, tokens, valid, targets))(params)
     np.testing.assert_allclose(float(ours[0]), float(want[0]), rtol=1e-5)
     for (path, got), ref in zip(jax.tree_util.tree_leaves_with_path(ours[1]), jax.tree.leaves(want[1])):
         scale = max(float(np.abs(ref).max()), 1e-6)
         np.testing.assert_allclose(got, ref, atol=1e-5 * scale, err_msg=jax.tree_util.keystr(path))
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])  # untied and tied heads, run op by op
+def test_tiled_loss_and_gradient_equal_full_logits(family, tmp_path):
+    check_tiled_loss(family, tmp_path)
+
+
+class TestTiledLossTraced(chex.TestCase):
+    """Gemma 2's soft-capped tied head, the loss both run op by op and traced under jit (`chex.variants`)."""
+
+    @chex.variants(with_jit=True, without_jit=True)
+    def test_tiled_loss_and_gradient_equal_full_logits(self):
+        with tempfile.TemporaryDirectory() as tmp:
+            check_tiled_loss("gemma2", tmp, self.variant)
 
 
 def test_head_memory_is_a_tile_not_the_logits():

@@ -1,4 +1,5 @@
-"""Two JAX processes on loopback (gloo collectives, 4 CPU devices each) equal one process."""
+"""Two JAX processes on loopback (gloo collectives, 4 CPU devices each) equal one process; each reads only its
+share of the corpus."""
 
 import json
 import os
@@ -7,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jax
+import chex
 import numpy as np
 
 from adl_jax.method.corpus import tokenize_texts
@@ -19,7 +20,7 @@ from conftest import tiny_pair
 WORKER = """
 import sys
 sys.path.insert(0, {tests!r})
-from conftest import tiny_pair_from_disk  # imports conftest, which asks for 8 devices: override after
+from conftest import tiny_pair_from_disk, tiny_tokenizer  # conftest asks for 8 devices: override after
 import jax
 jax.config.update("jax_num_cpu_devices", 4)
 jax.config.update("jax_cpu_collectives_implementation", "gloo")
@@ -32,7 +33,19 @@ from adl_jax.sharding import make_mesh
 mesh = make_mesh("data=4,model=2")
 base, ft = (dataclasses.replace(m, params=load_hf_dir(m.spec, mesh=mesh)[1])
             for m in tiny_pair_from_disk({root!r}))
-tokens = np.load({root!r} + "/tokens_in.npy")
+import json
+from adl_jax.method.corpus import corpus_texts, gather_share, process_share
+texts, read = corpus_texts({root!r} + "/texts.jsonl", seed=None), set()
+class Recorded:  # the corpus, noting which texts this process reads
+    def __len__(self):
+        return len(texts)
+    def __getitem__(self, index):
+        read.update(range(len(texts))[index])
+        return texts[index]
+share = process_share(Recorded(), tiny_tokenizer(), 8, 100, chunk=16)
+open({root!r} + "/share{pid}.json", "w").write(json.dumps({{"read": sorted(read), "rows": share.rows.tolist()}}))
+tokens = gather_share(share)
+np.save({root!r} + "/tokens{pid}.npy", tokens)
 compute_delta(base, ft, tokens, DiffSettings(layer=1, n=8, batch_size=16), {root!r} + "/p{pid}", progress=False)
 """
 
@@ -70,8 +83,9 @@ def _run_two(tmp_path, script: str, **fields) -> None:
 
 def test_two_processes_equal_one(tmp_path, rng):
     (base, ft), _ = tiny_pair(tmp_path)
-    tokens = tokenize_texts(random_texts(rng, 200), tiny_tokenizer(), n=8, count=100)
-    np.save(tmp_path / "tokens_in.npy", tokens)
+    texts = random_texts(rng, 200)
+    (tmp_path / "texts.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in texts))
+    tokens = tokenize_texts(texts, tiny_tokenizer(), n=8, count=100)
     single = compute_delta(
         base, ft, tokens, DiffSettings(layer=1, n=8, batch_size=16), tmp_path / "one", progress=False
     )
@@ -79,6 +93,12 @@ def test_two_processes_equal_one(tmp_path, rng):
     _run_two(tmp_path, WORKER, root=str(tmp_path))
     from adl_jax.method.diff import DiffResult
 
+    # each process read only its chunks of 16 texts (0, 2, ... and 1, 3, ...), and together they have the matrix
+    shares = [json.loads((tmp_path / f"share{pid}.json").read_text()) for pid in (0, 1)]
+    assert sorted(shares[0]["rows"] + shares[1]["rows"]) == list(range(100))
+    for pid, share in enumerate(shares):
+        assert {i // 16 % 2 for i in share["read"]} == {pid} and share["read"][0] == 16 * pid
+        np.testing.assert_array_equal(np.load(tmp_path / f"tokens{pid}.npy"), tokens)
     two = DiffResult.load(tmp_path / "p0")
     assert not (tmp_path / "p1" / "delta.safetensors").exists()  # only process 0 writes
     np.testing.assert_allclose(two.delta, single.delta, atol=1e-5)  # model-axis sums reorder float adds
@@ -146,8 +166,7 @@ def test_two_process_finetune_equals_one(tmp_path, rng):
     # Same dropout masks and rows on both sides; what differs is the order of float adds across devices.
     # Adam scales each entry's step by 1/sqrt(v), so where a gradient entry is near zero (a LoRA A row
     # while B is still tiny), that rounding noise becomes a visible part of the step: 1.7e-6 seen here.
-    for x, y in zip(jax.tree.leaves(two_params), jax.tree.leaves(one)):
-        np.testing.assert_allclose(np.asarray(x), np.asarray(y), atol=5e-6)
+    chex.assert_trees_all_close(two_params, one, atol=5e-6, rtol=1e-7)
     losses = [
         [json.loads(line)["loss"] for line in (d / "metrics.jsonl").read_text().splitlines()]
         for d in (tmp_path / "one", two)

@@ -11,6 +11,7 @@ from adl_jax import api, io
 from adl_jax.cli import main
 from conftest import TINY_AUDIT, BagOfWords, fact_organism, tiny_tokenizer
 from finetune.organisms import ORGANISMS
+from test_ecosystem import tensorboard_has_every_metric
 
 
 @pytest.fixture
@@ -76,6 +77,14 @@ def test_sweep_mix_two_ratios_end_to_end_and_reused(tiny_setup, capsys, monkeypa
         assert r["delta_norm"] == pytest.approx(norms[1:].mean()) and r["delta_norm"] > 0
         positions = io.read_json(run / "audit" / "relevance.json")["positions"]
         assert r["relevance"] == max(max(p["logit_lens"]["relevant"], p["patchscope"]["relevant"]) for p in positions)
+        # TensorBoard, a run per organism: the training curves, the belief score before and after, the trace
+        scalars = tensorboard_has_every_metric(run, eval_steps=[2])
+        assert scalars["belief/mean_margin"] == pytest.approx(
+            {0: metrics["belief_before"]["mean_margin"], 2: r["belief_after"]["mean_margin"]}
+        )
+        assert scalars["trace/delta_norm"] == pytest.approx({2: r["delta_norm"]}) and scalars["trace/relevance"] == {
+            2: r["relevance"]
+        }
     # one base model over one corpus: the base means agree bit for bit across ratios, the finetuned ones do not
     first, second = (api.load(out / f"ratio_{r:g}" / "audit").diff for r in (0, 1))
     np.testing.assert_array_equal(first.mean_base, second.mean_base)

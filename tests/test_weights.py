@@ -2,7 +2,7 @@
 
 import json
 
-import jax
+import chex
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -33,8 +33,7 @@ def test_export_loads_in_transformers_and_round_trips(family, tmp_path, rng):
     np.testing.assert_allclose(ours[valid], ref[valid], atol=1e-4)
     cfg2, params2 = load_hf_dir(tmp_path / "out")
     assert cfg2 == cfg
-    for a, b in zip(jax.tree.leaves(params), jax.tree.leaves(params2)):
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    chex.assert_trees_all_equal(params, params2)
 
 
 def test_bf16_and_sharded_index(tmp_path):

@@ -144,6 +144,7 @@ def sweep_mix(
     import jax.numpy as jnp
 
     from adl_jax.models.load import load_model
+    from finetune.metrics import write_scalars
     from finetune.run import finished, load_examples, run
 
     ratios = check_mix(spec, ratios)
@@ -176,6 +177,8 @@ def sweep_mix(
             progress=progress,
         )
         sweep["rows"].append({"ratio": ratio, **_learning(metrics), **row})
+        strength = {f"trace/{k}": row[k] for k in ("delta_norm", "relevance", "similarity_margin") if k in row}
+        write_scalars(one.out, "trace", {metrics["step"]: strength})  # beside the organism's training curves
         io.write_json(out / "sweep.json", sweep)
         _say(
             progress,

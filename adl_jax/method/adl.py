@@ -8,6 +8,7 @@ res.diff.delta           # (k, D) numpy array
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -71,7 +72,10 @@ def diff(
     with io.run_lock(out):
         base = load_model(base, dtype=dtype, mesh=mesh) if isinstance(base, str) else base
         ft = load_model(finetuned, dtype=dtype, mesh=mesh, base=base) if isinstance(finetuned, str) else finetuned
-        if chat_before is None:
+        if chat_before is None and isinstance(texts, Sequence):  # each process reads its share, all get the matrix
+            share = corpora.process_share(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)
+            tokens = corpora.gather_share(share)
+        elif chat_before is None:  # an iterable, perhaps endless: every process reads it
             tokens = corpora.tokenize_texts(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)
         else:
             tokens = corpora.tokenize_chats(

@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import re
 
+import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -65,6 +66,7 @@ def _lens_top(params, vectors, *, cfg: ModelConfig, top: int):
 
 def logit_lens(params, cfg: ModelConfig, vectors: np.ndarray, tokenizer, top: int = 100) -> list[TokenScores]:
     """Top tokens of softmax(unembed(final_norm(v))) for each row of `vectors` (P, D)."""
+    chex.assert_shape(vectors, (None, cfg.hidden_size))
     probs, ids = _lens_top(params, jnp.asarray(vectors, jnp.float32), cfg=cfg, top=top)
     return [TokenScores.from_arrays(i, p, tokenizer) for i, p in zip(np.asarray(ids), np.asarray(probs))]
 

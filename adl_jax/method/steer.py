@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import chex
 import jax.numpy as jnp
 import numpy as np
 
@@ -25,6 +26,8 @@ STEERING_PROMPTS = (
 
 
 def steering_vector(delta_j: np.ndarray, ft_norm: float) -> np.ndarray:
+    """delta at one position (D,), scaled to the finetuned model's mean activation norm."""
+    chex.assert_rank(delta_j, 1)  # one position's row, not the whole (k, D) delta
     return np.asarray(delta_j, np.float32) / np.linalg.norm(delta_j) * ft_norm
 
 
