@@ -192,7 +192,7 @@ def sweep_published(
     *,
     base: Model,
     texts: list[str],
-    ft_texts: list[str] | None,
+    ft_texts: list[str],
     settings: AuditSettings = AuditSettings.quick(),
     encoder=None,
     progress: bool = True,
@@ -215,7 +215,7 @@ def sweep_published(
             ratio_dir(out, ratio) / "audit",
             texts=texts,
             settings=settings,
-            ft_texts=ft_texts or [],
+            ft_texts=ft_texts,
             encoder=encoder,
             progress=progress,
         )
