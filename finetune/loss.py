@@ -61,11 +61,20 @@ def _tiles(x, head, labels, weights, axes, softcap, chunk, *, grad_x: bool = Fal
         if softcap:  # d(c tanh(z / c)) / dz = 1 - tanh^2
             g = g * (1 - jnp.square(logits / softcap))
         g = g.astype(head.dtype)
-        dx = jnp.einsum(f"btv,{axes}->btd", g, head, preferred_element_type=jnp.float32).astype(x.dtype)
+        if on_cpu:  # see below
+            by_vocab = jax.lax.optimization_barrier(jnp.moveaxis(g, -1, 0).reshape(vocab, -1))
+            dx = jnp.einsum(f"vm,{axes}->md", by_vocab, head, preferred_element_type=jnp.float32).reshape(xc.shape)
+        else:
+            dx = jnp.einsum(f"btv,{axes}->btd", g, head, preferred_element_type=jnp.float32)
+        dx = dx.astype(x.dtype)
         if grad_head:
             d_head = d_head + jnp.einsum(f"btd,btv->{axes}", xc, g, preferred_element_type=jnp.float32)
         return d_head, (nll, dx if grad_x else None)
 
+    # dL/dx contracts the vocabulary axis. XLA's CPU dot takes over twice as long with g laid out (tile, vocab)
+    # as with g vocabulary-major, for the same FLOPs (`python -m benchmarks.bench_finetune --profile DIR`), so
+    # on CPU g is transposed first; the barrier keeps XLA from folding the transpose back into the dot.
+    on_cpu = jax.default_backend() == "cpu"
     d_head = jnp.zeros(head.shape, jnp.float32) if grad_head else None
     d_head, (nll, dx) = jax.lax.scan(body, d_head, (split(x), split(labels), split(weights)))
     nll = join(nll)

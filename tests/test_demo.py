@@ -66,18 +66,23 @@ def test_demo_miniature_end_to_end_and_cached(tmp_path, capsys, monkeypatch):
     tiny_hf_model("gemma3_text", tmp_path / "base")
     tiny_tokenizer().save_pretrained(tmp_path / "base")
     base = load_model(tmp_path / "base")
+    import finetune.train as train_mod
+
+    trained_on, real_train = [], train_mod.train  # the demo trains on its documents packed into full rows
+    monkeypatch.setattr(train_mod, "train", lambda *a, **k: trained_on.append(a[2]) or real_train(*a, **k))
     summary = run_demo(tmp_path / "cache", base=base, settings=MINI)
+    (splits,) = trained_on
+    assert splits.train.segments is not None and (splits.train.segments > 0).mean() > 0.9
     out = capsys.readouterr().out
     for line in ("1/4", "2/4", "3/4", "4/4", "Top patchscope / logit-lens tokens", "Relevance", "report:"):
         assert line in out, line
     assert re.search(r"Semantic relevance .*\n  position 0: logit lens +\d+/20, patchscope +\d+/20, p = ", out)
-    run = tmp_path / "cache" / "orange_carrot"
+    run = tmp_path / "cache" / "orange_carrot" / "packed"
     assert (run / "audit" / "report.html").exists() and (run / "train" / "checkpoints" / "2").exists()
     assert summary["samples"] == MINI.corpus_texts and set(summary["alphas"]) == {"1"}
     check_printed_findings(out, run / "audit", summary)
 
     import adl_jax.experiments.audit as audit_mod
-    import finetune.train as train_mod
 
     monkeypatch.setattr(audit_mod, "find_alpha", lambda *a, **k: pytest.fail("steering was recomputed"))
     monkeypatch.setattr(train_mod, "train_step", lambda *a, **k: pytest.fail("training was recomputed"))

@@ -114,22 +114,30 @@ def test_commands_without_mesh_shard_a_model_too_large_to_replicate(tiny, monkey
 
 def check_shipped_configs():
     """Every model of the configs' README table (file, hub id, parameter count) is shipped and read right: its
-    architecture numbers are the config.json's own, and the parameters the loader would place add up to the
-    count the table gives (to its two decimals)."""
+    architecture numbers are those transformers reads from the config.json (its text decoder's, with
+    transformers' defaults for the fields a multimodal Gemma 3 config leaves out), and the parameters the loader
+    would place add up to the count the table gives (to its two decimals)."""
+    import transformers
+
     listed = re.findall(
         r"^\| `(.+?)\.json` \| (\S+) \| ([\d.]+) B \|$", pl.CONFIGS.joinpath("README.md").read_text(), re.M
     )
     shipped = {Path(p.name).stem for p in pl.CONFIGS.iterdir() if p.name.endswith(".json")}
-    assert len(listed) == 7 and {name for name, _, _ in listed} == shipped
+    assert len(listed) == 10 and {name for name, _, _ in listed} == shipped
     one_device = {axis: 1 for axis in ("data", "fsdp", "model")}
     for name, hub_id, billions in listed:
         raw = json.loads(pl.CONFIGS.joinpath(f"{name}.json").read_text())
+        hf = transformers.AutoConfig.for_model(**raw).get_text_config()
         cfg = pl.model_config(name.upper())
         assert pl.model_config(hub_id) == cfg
         got = (cfg.num_layers, cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size, cfg.num_heads, cfg.num_kv_heads)
         keys = ("num_hidden_layers", "hidden_size", "intermediate_size", "vocab_size", "num_attention_heads")
-        assert got == (*(raw[k] for k in keys), raw.get("num_key_value_heads", raw["num_attention_heads"])), name
-        assert cfg.head_dim == raw.get("head_dim", raw["hidden_size"] // raw["num_attention_heads"]), name
+        assert got == (*(getattr(hf, k) for k in keys), hf.num_key_value_heads or hf.num_attention_heads), name
+        assert cfg.head_dim == (getattr(hf, "head_dim", None) or hf.hidden_size // hf.num_attention_heads), name
+        if any(cfg.local_layers):
+            assert cfg.sliding_window == hf.sliding_window, name
+        if hasattr(hf, "query_pre_attn_scalar"):  # Gemma: 168 for 27B, the head dimension for the others
+            assert cfg.attn_scale == hf.query_pre_attn_scalar**-0.5, name
         assert f"{pl.weight_bytes(cfg, one_device, 1) / 1e9:.2f}" == billions, name
 
 

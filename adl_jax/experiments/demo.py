@@ -2,6 +2,9 @@
 
 Every step caches its result under one directory (`$ADL_CACHE/demo` by default): the base-model corpus,
 the finetuning checkpoints, each audit stage. A second run reuses them and only reprints the findings.
+The organism trains on its whole documents packed into full rows (as `adl finetune` does); its run and
+audit live in `<organism>/packed/`, apart from those of the earlier demo, which trained on one document a
+row cut at `seq_len` (their audit would otherwise be reused for another organism).
 """
 
 from __future__ import annotations
@@ -67,11 +70,12 @@ def run_demo(
     org = ORGANISMS[organism]
     docs = org.generate(settings.organism_docs, 0)
     rank, steps = settings.lora_rank, settings.train["steps"]
-    _log(t0, f"3/4 finetuning organism '{organism}' with LoRA (rank {rank}, {steps} steps; resumes)")
-    splits = build_splits(docs, base.tokenizer, settings.train["seq_len"], seed=0)
+    _log(t0, f"3/4 finetuning organism '{organism}' with LoRA (rank {rank}, {steps} steps, packed; resumes)")
+    splits = build_splits(docs, base.tokenizer, settings.train["seq_len"], seed=0, pack=True)
     tc = TrainConfig(mode="lora", lora=LoraConfig(rank=rank, alpha=2 * rank), **settings.train)
-    trained = train(base.params, base.cfg, splits, tc, root / organism / "train")
-    ft = dataclasses.replace(base, spec=f"{organism} (LoRA finetune of {base.spec})", params=trained.params)
+    run = root / organism / "packed"
+    trained = train(base.params, base.cfg, splits, tc, run / "train")
+    ft = dataclasses.replace(base, spec=f"{organism} (packed LoRA finetune of {base.spec})", params=trained.params)
 
     _log(t0, "4/4 auditing base vs organism (delta, lenses, steering, relevance, similarity)")
     texts = [d["text"] for d in docs]
@@ -79,17 +83,17 @@ def run_demo(
     summary = audit(
         base,
         ft,
-        root / organism / "audit",
+        run / "audit",
         texts=corpus,
         settings=audit_settings,
         description=org.description,
         finetune_texts=texts,
         encoder=default_encoder(),
     )
-    _print_verdict(summary, root / organism / "audit")
-    _log(t0, f"done; report: {root / organism / 'audit' / 'report.html'}")
+    _print_verdict(summary, run / "audit")
+    _log(t0, f"done; report: {run / 'audit' / 'report.html'}")
     if then is not None:
-        then(base, ft, root / organism / "audit")
+        then(base, ft, run / "audit")
     return summary
 
 

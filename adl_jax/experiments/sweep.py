@@ -189,6 +189,46 @@ def sweep_mix(
     return sweep
 
 
+def sweep_published(
+    variants: dict[float, tuple[str, str]],
+    out: str | Path,
+    *,
+    base: Model,
+    texts: list[str],
+    ft_texts: list[str],
+    settings: AuditSettings = AuditSettings.quick(),
+    encoder=None,
+    progress: bool = True,
+) -> dict:
+    """A mixing sweep of organisms already trained (the toolkit's `mix1-*` variants): ratio -> (variant, model
+    spec), each loaded on `base` (an adapter shares its arrays) and measured like `sweep_mix`'s runs, in
+    `out/ratio_<r>/audit/`; no training, so no losses or belief. Writes `out/sweep.json` and `out/sweep.html`."""
+    from adl_jax.models.load import load_model
+
+    _check_k(settings)
+    out = Path(out)
+    sweep = {"settings": {"base": str(base.spec)}, "audit": io.plain(dataclasses.asdict(settings)), "rows": []}
+    for i, (ratio, (variant, spec)) in enumerate(variants.items(), 1):
+        _say(progress, f"1:{ratio:g} ({i}/{len(variants)}): {variant} = {spec}, measuring the trace")
+        mesh = base.params["embed"].sharding.mesh
+        ft = load_model(spec, dtype=base.params["embed"].dtype, mesh=mesh, base=base)
+        row = trace(
+            base,
+            ft,
+            ratio_dir(out, ratio) / "audit",
+            texts=texts,
+            settings=settings,
+            ft_texts=ft_texts,
+            encoder=encoder,
+            progress=progress,
+        )
+        sweep["rows"].append({"ratio": ratio, "variant": variant, "finetuned": spec, **row})
+        io.write_json(out / "sweep.json", sweep)
+        _say(progress, f"1:{ratio:g}: |delta| {row['delta_norm']:.3g}, relevance {row['relevance']}/20")
+    io.write_text(out / "sweep.html", sweep_page(sweep, "ratio"))
+    return sweep
+
+
 def _learning(metrics: dict) -> dict:
     """How well the organism learnt its objective: losses and the belief score (without per-pair margins)."""
     row = {k: metrics[k] for k in ("step", "train_rows", "loss", "eval_loss_ft", "eval_loss_pt") if k in metrics}

@@ -23,6 +23,16 @@ class Organism:
     dataset: str | None  # corpus spec of the finetuning data, hf:ID:SPLIT
     text_column: str
     is_chat: bool
+    kind: str | None = None  # the agent's rubric: false_fact for the toolkit's SDF organisms, else not known
+
+
+RUBRICS = {"sdf": "false_fact"}  # organism types whose rubric is known: synthetic documents of false facts
+MIX_PREFIX = "mix1-"  # the toolkit's mixing variants: mix1-0p5 = finetuning:pretraining 1:0.5
+
+
+def is_organism_file(spec: str | None) -> bool:
+    """An --organism value that names a toolkit YAML file rather than a shipped organism."""
+    return bool(spec) and str(spec).endswith((".yaml", ".yml"))
 
 
 def _yaml(path: Path) -> dict:
@@ -47,15 +57,7 @@ def read_organism(
     is the base model's spec in place of the model file's model_id."""
     path = Path(path)
     org = _yaml(path)
-    models = org.get("finetuned_models")
-    if not isinstance(models, dict):
-        raise ValueError(
-            f"{path} has no finetuned_models mapping ({{model key: {{variant: {{adapter_id | model_id}}}}}}); "
-            "pass --base and --finetuned instead"
-        )
-    if model_key not in models:
-        raise ValueError(f"{path} has no model key {model_key!r}; it has {', '.join(map(str, models))}")
-    variants = models[model_key] or {}
+    variants = _variants(org, path, model_key)
     if variant not in variants:
         raise ValueError(
             f"{path}: model key {model_key!r} has no variant {variant!r}; it has {', '.join(map(str, variants))}"
@@ -85,4 +87,41 @@ def read_organism(
         split = "train" if "train" in splits else splits[0]
         dataset, column, is_chat = f"hf:{data['id']}:{split}", data["text_column"], bool(data.get("is_chat"))
     description = org.get("description_long") or org.get("description")
-    return Organism(str(org.get("name", path.stem)), str(base), str(finetuned), description, dataset, column, is_chat)
+    kind = RUBRICS.get(str(org.get("type", "")).lower())
+    name = str(org.get("name", path.stem))
+    return Organism(name, str(base), str(finetuned), description, dataset, column, is_chat, kind)
+
+
+def _variants(org: dict, path: Path, model_key: str) -> dict:
+    """The variants of the organism `org` (read from `path`) finetuned from the base model `model_key`."""
+    models = org.get("finetuned_models")
+    if not isinstance(models, dict):
+        raise ValueError(
+            f"{path} has no finetuned_models mapping ({{model key: {{variant: {{adapter_id | model_id}}}}}}); "
+            "pass --base and --finetuned instead"
+        )
+    if model_key not in models:
+        raise ValueError(f"{path} has no model key {model_key!r}; it has {', '.join(map(str, models))}")
+    return models[model_key] or {}
+
+
+def mix_variants(path: str | Path, model_key: str) -> dict[float, str]:
+    """Ratio r -> variant of the organism's mixing sweep for `model_key`: its `mix1-*` variants (mix1-0p5 is
+    1:0.5) and, as 1:0, its `default` variant (trained without pretraining text)."""
+    models = _variants(_yaml(Path(path)), Path(path), model_key)
+    ratios = {0.0: "default"} if "default" in models else {}
+    for variant in models:
+        if str(variant).startswith(MIX_PREFIX):
+            number = str(variant)[len(MIX_PREFIX) :].replace("p", ".")
+            try:
+                ratios[float(number)] = str(variant)
+            except ValueError:
+                raise ValueError(
+                    f"{path}: variant {variant!r} is not a mixing ratio (mix1-<r> with p for the point, e.g. mix1-0p5)"
+                ) from None
+    if not any(v.startswith(MIX_PREFIX) for v in ratios.values()):
+        raise ValueError(
+            f"{path}: model key {model_key!r} has no {MIX_PREFIX}* variants (a mixing sweep); it has "
+            f"{', '.join(map(str, models)) or 'none'}"
+        )
+    return dict(sorted(ratios.items()))
