@@ -11,7 +11,8 @@ import pytest
 import torch
 
 import adl_jax.method.diff as diff
-from adl_jax.method.corpus import tokenize_texts
+from adl_jax import api
+from adl_jax.method.corpus import corpus_texts, tokenize_texts
 from adl_jax.method.diff import DiffResult, DiffSettings, OrganismsFailed, compute_delta, compute_deltas
 from adl_jax.models.load import load_model
 from adl_jax.sharding import make_mesh
@@ -38,7 +39,9 @@ def family(tmp_path_factory):
         "b": load_model(str(root / "lora_b"), base=base),
         "full": load_model(str(root / "full")),
     }
-    tokens = tokenize_texts(random_texts(np.random.RandomState(0), 100), base.tokenizer, n=8, count=40)
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(random_texts(np.random.RandomState(0), 100)) + "\n")
+    tokens = tokenize_texts(corpus_texts(str(corpus)), base.tokenizer, n=8, count=40)
     multi = compute_deltas(base, organisms, tokens, SETTINGS, root / "multi", progress=False)
     torch_models = dict(a=peft_a, full=torch_full)
     return SimpleNamespace(
@@ -92,16 +95,6 @@ def _residuals(model, ids) -> list[np.ndarray]:
     return [h.numpy() for h in hidden[1:-1]] + [last[0].numpy()]
 
 
-def test_sharded_pass_puts_organisms_on_the_data_axis_and_equals_one_device(family):
-    mesh = make_mesh("data=2,model=4")
-    base = load_model(str(family.root / "base"), mesh=mesh)
-    organisms = {name: load_model(str(family.root / f"lora_{name}"), base=base, mesh=mesh) for name in ("a", "b")}
-    assert diff._organism_layout(mesh, 2) == (("data",), ())
-    sharded = compute_deltas(base, organisms, family.tokens, SETTINGS, family.root / "sharded", progress=False)
-    for name in organisms:
-        np.testing.assert_allclose(sharded[name].delta_layers, family.multi[name].delta_layers, atol=1e-5)
-
-
 def test_kill_between_organisms_resumes_bit_identical_and_nan_loses_no_other(family, monkeypatch):
     out = family.root / "killed"
     saved, calls = diff._save_state, []
@@ -140,3 +133,33 @@ def test_bad_organism_names_and_layers_are_refused(family):
         compute_deltas(family.base, {"a/b": family.organisms["a"]}, family.tokens, SETTINGS, family.root / "x")
     with pytest.raises(ValueError, match="--layers 7: this model has layers 0..2"):
         DiffSettings(layers=(7,)).resolved(family.base.cfg)
+
+
+def test_adl_diff_of_several_organisms_sharded_equals_one_device(family, capsys):
+    """`adl diff` with organisms from flags and a file, on 8 devices with the organism axis on `data`."""
+    from adl_jax.cli import main
+
+    root = family.root
+    (root / "organisms.txt").write_text(f"# more organisms\n\nb = {root / 'lora_b'}\n")
+    argv = ["diff", "--base", str(root / "base"), "--corpus", str(root / "corpus.txt"), "--samples", "40"]
+    argv += ["--n", "8", "--layer", "1", "--layers", "all", "--batch-size", "8", "--out", str(root / "cli")]
+    mesh = ["--mesh", "data=2,model=4"]
+    assert diff._organism_layout(make_mesh("data=2,model=4"), 2) == (("data",), ())
+    assert main([*argv, *mesh, "--finetuned", f"a={root / 'lora_a'}", "--organisms", str(root / "organisms.txt")]) == 0
+    assert capsys.readouterr().out.count("DiffResult(layer=1") == 2
+    for name in ("a", "b"):
+        run = api.load(root / "cli" / name)
+        np.testing.assert_array_equal(np.load(root / "cli" / name / "tokens.npy"), family.tokens)
+        np.testing.assert_allclose(run.diff.delta_layers, family.multi[name].delta_layers, atol=1e-5)
+        assert run.diff.meta["finetuned"] == str(root / f"lora_{name}") and len(run.lenses.positions) == 5
+
+    bad = {
+        ("--finetuned", "a=x", "--finetuned", "a=y"): "'a' is given twice",
+        ("--finetuned", "a=x", "--finetuned", str(root / "full")): "each needs a name: give NAME=SPEC",
+        ("--organisms", str(root / "organisms.txt"), "--finetuned", "plain"): "each needs a name",
+        (): "give the finetuned model",
+        ("--finetuned", str(root / "full"), "--layers", "1,99"): "--layers 99: this model has layers 0..2",
+    }
+    for extra, message in bad.items():
+        assert main([*argv, *extra]) == 2
+        assert message in capsys.readouterr().err
