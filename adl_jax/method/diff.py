@@ -103,14 +103,15 @@ def resolve_layer(layer: int | float | None, cfg: ModelConfig) -> int:
     return int(layer)
 
 
-def default_batch_size(cfg: ModelConfig, n: int, mesh: Mesh) -> int:
+def default_batch_size(cfg: ModelConfig, n: int, mesh: Mesh, texts: int | None = None) -> int:
     """Texts per batch: `TOKENS_PER_SHARD` token rows per data shard of the platform (scaled down by
-    width / WIDE for wider models), as a multiple of the data shards and processes so every batch splits."""
+    width / WIDE for wider models), no more than the `texts` there are, as a multiple of the data shards
+    and processes so every batch splits."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     tokens = TOKENS_PER_SHARD.get(mesh.devices.flat[0].platform, TOKENS_PER_SHARD["cpu"])
-    per_shard = max(1, tokens * min(1, WIDE / cfg.hidden_size) // n)
+    rows = max(1, int(tokens * min(1, WIDE / cfg.hidden_size)) // n) * shards
     step = math.lcm(shards, jax.process_count())
-    return -(-per_shard * shards // step) * step
+    return -(-min(rows, texts or rows) // step) * step
 
 
 def check_pair(base: Model, ft: Model) -> None:
@@ -331,7 +332,10 @@ def _run(base, organisms, dirs, tokens, settings, mesh, meta, progress) -> dict[
     mesh = mesh or base.params["embed"].sharding.mesh  # where the models were placed at load
     settings = settings.resolved(base.cfg)
     if settings.batch_size is None:
-        settings = dataclasses.replace(settings, batch_size=_started_batch_size(dirs) or _default(base, mesh, settings))
+        settings = dataclasses.replace(
+            settings,
+            batch_size=_started_batch_size(dirs) or default_batch_size(base.cfg, settings.n, mesh, len(tokens)),
+        )
     if tokens.ndim != 2 or tokens.shape[1] != settings.n:
         raise ValueError(f"token matrix has shape {tokens.shape}, expected (samples, n={settings.n})")
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
@@ -346,10 +350,6 @@ def _run(base, organisms, dirs, tokens, settings, mesh, meta, progress) -> dict[
             stack.enter_context(io.run_lock(out))
             _claim_run_dir(out, identities[name], tokens)
         return _accumulate(base, organisms, dirs, tokens, settings, identities, mesh, progress)
-
-
-def _default(base: Model, mesh: Mesh, settings: DiffSettings) -> int:
-    return default_batch_size(base.cfg, settings.n, mesh)
 
 
 def _started_batch_size(dirs: dict[str, Path]) -> int | None:
