@@ -103,13 +103,14 @@ def resolve_layer(layer: int | float | None, cfg: ModelConfig) -> int:
     return int(layer)
 
 
-def default_batch_size(cfg: ModelConfig, n: int, mesh: Mesh, texts: int | None = None) -> int:
+def default_batch_size(cfg: ModelConfig, n: int, mesh: Mesh, texts: int | None = None, organisms: int = 1) -> int:
     """Texts per batch: `TOKENS_PER_SHARD` token rows per data shard of the platform (scaled down by
-    width / WIDE for wider models), no more than the `texts` there are, as a multiple of the data shards
-    and processes so every batch splits."""
+    width / WIDE for wider models), shared by the organisms a step runs (their rows are what is computed and
+    held), no more than the `texts` there are, as a multiple of the data shards and processes so every
+    batch splits."""
     shards = mesh.shape["data"] * mesh.shape["fsdp"]
     tokens = TOKENS_PER_SHARD.get(mesh.devices.flat[0].platform, TOKENS_PER_SHARD["cpu"])
-    rows = max(1, int(tokens * min(1, WIDE / cfg.hidden_size)) // n) * shards
+    rows = max(1, int(tokens * min(1, WIDE / cfg.hidden_size)) // (n * organisms)) * shards
     step = math.lcm(shards, jax.process_count())
     return -(-min(rows, texts or rows) // step) * step
 
@@ -334,7 +335,8 @@ def _run(base, organisms, dirs, tokens, settings, mesh, meta, progress) -> dict[
     if settings.batch_size is None:
         settings = dataclasses.replace(
             settings,
-            batch_size=_started_batch_size(dirs) or default_batch_size(base.cfg, settings.n, mesh, len(tokens)),
+            batch_size=_started_batch_size(dirs)
+            or default_batch_size(base.cfg, settings.n, mesh, len(tokens), len(organisms)),
         )
     if tokens.ndim != 2 or tokens.shape[1] != settings.n:
         raise ValueError(f"token matrix has shape {tokens.shape}, expected (samples, n={settings.n})")
