@@ -146,7 +146,7 @@ def lora_of(base_params: dict, params: dict) -> dict[str, tuple[jax.Array, jax.A
             adapters[target] = (x.a, x.b if x.scale == 1.0 else x.b * x.scale)
         elif x is not w:
             return None
-    return adapters
+    return adapters or None  # the base's very arrays: nothing to stack, it runs as its own forward
 
 
 # ---- the compiled step ------------------------------------------------------------------------------------
