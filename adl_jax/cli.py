@@ -123,16 +123,16 @@ def cmd_diff(a) -> None:
     from adl_jax.experiments import plan as pl
     from adl_jax.method.diff import DiffSettings
 
-    DiffSettings(layer=a.layer, k=a.k, n=a.n, batch_size=a.batch_size)  # refuses bad values before the mesh
-
-    res = api.diff(
-        a.base,
-        a.finetuned,
+    # bad values are refused before the mesh
+    DiffSettings(layer=a.layer, k=a.k, n=a.n, batch_size=a.batch_size, layers=a.layers)
+    organisms = organism_specs(a.finetuned or [], a.organisms)
+    kw = dict(
         corpus=a.corpus,
         samples=a.samples,
         n=a.n,
         k=a.k,
         layer=a.layer,
+        layers=a.layers,
         batch_size=a.batch_size,
         seed=a.seed,
         out=a.out,
@@ -140,9 +140,49 @@ def cmd_diff(a) -> None:
         mesh=_mesh(a, a.batch_size, pl.Run.of("audit", a.dtype, batch_size=a.batch_size)),
         allow_fewer=a.allow_fewer,
         column=a.column,
-        chat_before=a.chat_before,
     )
-    print(res)
+    if isinstance(organisms, str):
+        print(api.diff(a.base, organisms, chat_before=a.chat_before, **kw))
+        return
+    require(a.chat_before is None, "chat_before", a.chat_before, "the chat variant takes one --finetuned model")
+    for name, res in api.diffs(a.base, organisms, **kw).items():
+        print(f"{name}: {res.diff!r} -> {res.out}")
+
+
+def organism_specs(finetuned: list[str], organisms_file: str | None) -> str | dict[str, str]:
+    """--finetuned SPEC (one run in --out), or NAME=SPEC entries from repeated --finetuned and an --organisms
+    file of NAME=SPEC lines (blank lines and # comments skipped): one run each in --out/NAME."""
+    from adl_jax.method.diff import ORGANISM_NAME
+
+    entries = [(f"--finetuned {x!r}", x) for x in finetuned]
+    if organisms_file:
+        lines = Path(organisms_file).read_text().splitlines()
+        entries += [
+            (f"{organisms_file}:{i}", line.strip())
+            for i, line in enumerate(lines, 1)
+            if line.strip() and not line.strip().startswith("#")
+        ]
+    if not entries:
+        raise UsageError("give the finetuned model: --finetuned SPEC, or NAME=SPEC (repeatable), or --organisms FILE")
+    named = {}
+    for where, entry in entries:
+        name, _, spec = entry.partition("=")
+        if not (ORGANISM_NAME.fullmatch(name.strip()) and spec.strip()):
+            if len(entries) == 1 and not organisms_file:
+                return entry
+            raise UsageError(
+                f"{where}: with several finetuned models each needs a name: give NAME=SPEC "
+                "(NAME of letters, digits, '_', '.', '-'; its run is written to --out/NAME)"
+            )
+        if name.strip() in named:
+            raise UsageError(f"{where}: the name {name.strip()!r} is given twice; give each organism its own name")
+        named[name.strip()] = spec.strip()
+    return named
+
+
+def _layers(value: str) -> str | tuple[int, ...]:
+    """'all' or '0,5,9' (the layers whose delta is stored besides the read layer)."""
+    return "all" if value.strip() == "all" else _ints(value)
 
 
 def cmd_lens(a) -> None:
@@ -774,15 +814,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser(
         "diff",
-        parents=[pair, _run_flags("runs/diff")],
-        help="delta between a finetuned model and its base over a corpus, plus lenses",
+        parents=[_run_flags("runs/diff")],
+        help="delta between finetuned models and their base over a corpus, plus lenses",
+    )
+    d.add_argument("--base", required=True, help="model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id")
+    d.add_argument(
+        "--finetuned",
+        action="append",
+        help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base; "
+        "repeat as NAME=SPEC to measure several organisms in one pass (each run in --out/NAME)",
+    )
+    d.add_argument("--organisms", default=None, help="a file of NAME=SPEC lines, organisms measured with --finetuned")
+    d.add_argument(
+        "--layers",
+        type=_layers,
+        default=None,
+        help="also store delta at these layers in the same forward: all, or e.g. 3,6,9 (the read layer is --layer)",
     )
     d.add_argument("--corpus", required=True, help="a .txt/.jsonl/.parquet file, hf:NAME[:split] or tfds:NAME[:split]")
     d.add_argument("--samples", type=int, default=10_000, help="texts to average over (paper: 10000)")
     d.add_argument("--n", type=int, default=16, help="tokens per text; positions k..n-1 give the norm (default 16)")
     d.add_argument("--k", type=int, default=5, help="positions analysed (paper: 5)")
     d.add_argument("--layer", type=_layer, default=None, help="layer index or fraction (default int(0.5*(L-1)))")
-    d.add_argument("--batch-size", type=int, default=32)
+    d.add_argument(
+        "--batch-size", type=int, default=None, help="texts per batch (default: from the model width and the device)"
+    )
     d.add_argument("--seed", type=int, default=42, help="corpus shuffling seed (paper: 42)")
     d.add_argument("--allow-fewer", action="store_true", help="continue when the corpus has fewer usable texts")
     d.add_argument(

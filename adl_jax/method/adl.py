@@ -3,6 +3,10 @@
 res = diff("gemma-3-270m", "runs/cake_bake/final", corpus="corpus.jsonl", samples=2000)
 res                      # a readable table of top tokens per position
 res.diff.delta           # (k, D) numpy array
+
+Many organisms of one base in one pass (each written to out/NAME as `diff` writes one run):
+runs = diffs("gemma-3-270m", {"cake": "runs/cake/final", "fish": "runs/fish/final"}, corpus=..., layers="all")
+runs["cake"].diff.delta_layers   # (L, k, D)
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import jax.numpy as jnp
 from adl_jax import io
 from adl_jax.errors import UsageError, require
 from adl_jax.method import corpus as corpora
-from adl_jax.method.diff import DiffResult, DiffSettings, compute_delta
+from adl_jax.method.diff import DiffResult, DiffSettings, OrganismsFailed, compute_delta, compute_deltas
 from adl_jax.method.identity import source
 from adl_jax.method.lens import LENS, LensResult, read_lenses
 from adl_jax.models.load import Model
@@ -42,9 +46,10 @@ def diff(
     n: int = 16,
     k: int = 5,
     layer: int | float | None = None,
-    batch_size: int = 32,
+    batch_size: int | None = None,
     seed: int = 42,
     out: str | Path = "runs/diff",
+    layers: tuple[int, ...] | str | None = None,
     dtype=jnp.float32,
     mesh=None,
     allow_fewer: bool = False,
@@ -58,17 +63,16 @@ def diff(
     spec string or as an iterable of `texts`. Rerunning with the same `out` resumes or reuses the run.
     `chat_before`: the chat variant; the corpus holds conversations (e.g. `--column messages`) and rows
     start that many tokens before the first assistant token (see `corpus.tokenize_chats`).
+    `batch_size` None: chosen from the model width and the device (`diff.default_batch_size`); `layers`: also
+    store delta at these layers ("all": every one), read layer `layer` (default the middle one) as before.
     """
     from adl_jax.models.load import load_model
 
     # Everything that needs no model is checked before one loads and before `out` is touched.
-    settings = DiffSettings(layer=layer, k=k, n=n, batch_size=batch_size)
+    settings = DiffSettings(layer=layer, k=k, n=n, batch_size=batch_size, layers=layers)
     require(samples >= 1, "samples", samples, "the number of texts to average over must be at least 1")
     require(chat_before is None or 0 <= chat_before < n, "chat_before", chat_before, f"must be in 0..n-1 (n={n})")
-    if texts is None:
-        if corpus is None:
-            raise UsageError("give a corpus (a file, hf:NAME or tfds:NAME) or texts=")
-        texts = corpora.corpus_texts(corpus, column, seed)
+    texts = _texts(corpus, texts, column, seed)
     with io.run_lock(out):
         base = load_model(base, dtype=dtype, mesh=mesh) if isinstance(base, str) else base
         ft = load_model(finetuned, dtype=dtype, mesh=mesh, base=base) if isinstance(finetuned, str) else finetuned
@@ -93,12 +97,79 @@ def diff(
                 **(source(corpus, "corpus") if corpus else {"corpus": "texts"}), seed=seed, chat_before=chat_before
             ),
         )
-        if (Path(out) / LENS).exists():  # a finished run: its lenses belong to this very delta
-            lenses = LensResult.from_json(io.read_json(Path(out) / LENS))
-        else:
-            lenses = read_lenses(base, ft, result)
-            io.write_json(Path(out) / LENS, lenses.to_json())
+        lenses = _lenses(base, ft, result, Path(out))
     return ADLResult(result, lenses, Path(out))
+
+
+def diffs(
+    base: Model | str,
+    organisms: dict[str, Model | str],
+    *,
+    corpus: str | None = None,
+    texts=None,
+    samples: int = 10_000,
+    n: int = 16,
+    k: int = 5,
+    layer: int | float | None = None,
+    batch_size: int | None = None,
+    seed: int = 42,
+    out: str | Path = "runs/diff",
+    layers: tuple[int, ...] | str | None = None,
+    dtype=jnp.float32,
+    mesh=None,
+    allow_fewer: bool = False,
+    column: str = "text",
+    progress: bool = True,
+) -> dict[str, ADLResult]:
+    """`diff` of every organism (name -> spec or loaded model) against one base, in one pass over the corpus
+    (see `diff.compute_deltas`); organism NAME's run is `out`/NAME, what `diff(..., out=out/NAME)` writes.
+    A NaN organism is reported (`OrganismsFailed`) after the others are finished and written."""
+    from adl_jax.models.load import load_model
+
+    settings = DiffSettings(layer=layer, k=k, n=n, batch_size=batch_size, layers=layers)
+    require(samples >= 1, "samples", samples, "the number of texts to average over must be at least 1")
+    require(bool(organisms), "organisms", organisms, "give at least one finetuned model")
+    texts = _texts(corpus, texts, column, seed)
+    with io.run_lock(out):
+        base = load_model(base, dtype=dtype, mesh=mesh) if isinstance(base, str) else base
+        models = {
+            name: load_model(ft, dtype=dtype, mesh=mesh, base=base) if isinstance(ft, str) else ft
+            for name, ft in organisms.items()
+        }
+        tokens = corpora.tokenize_texts(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)
+        meta = dict(**(source(corpus, "corpus") if corpus else {"corpus": "texts"}), seed=seed, chat_before=None)
+        try:
+            results, failed = (
+                compute_deltas(base, models, tokens, settings, out, mesh=mesh, progress=progress, meta=meta),
+                None,
+            )
+        except OrganismsFailed as e:
+            results, failed = e.results, e
+        runs = {
+            name: ADLResult(res, _lenses(base, models[name], res, Path(out) / name), Path(out) / name)
+            for name, res in results.items()
+        }
+    if failed:
+        raise failed
+    return runs
+
+
+def _texts(corpus: str | None, texts, column: str, seed: int):
+    """The texts given, or the corpus spec's (checked before any model loads)."""
+    if texts is not None:
+        return texts
+    if corpus is None:
+        raise UsageError("give a corpus (a file, hf:NAME or tfds:NAME) or texts=")
+    return corpora.corpus_texts(corpus, column, seed)
+
+
+def _lenses(base: Model, ft: Model, result: DiffResult, out: Path) -> LensResult:
+    """The run's lenses: read once, then reloaded (a finished run's lenses belong to this very delta)."""
+    if (out / LENS).exists():
+        return LensResult.from_json(io.read_json(out / LENS))
+    lenses = read_lenses(base, ft, result)
+    io.write_json(out / LENS, lenses.to_json())
+    return lenses
 
 
 def load(out: str | Path) -> ADLResult:
