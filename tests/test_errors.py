@@ -4,6 +4,7 @@ bound to its inputs' content, one process per run directory, Ctrl-C exits 130.""
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -440,7 +441,12 @@ def test_subprocess_exit_codes_one_line_and_interrupt(files):
         "cli.cmd_lens = lambda a: os.kill(os.getpid(), signal.SIGINT) or time.sleep(5)\n"
         "sys.exit(cli.main(['lens', 'anywhere']))"
     )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT)
+    # As from a terminal: SIGINT at its default disposition (a pytest-xdist worker ignores it, and a child
+    # would inherit that, never seeing Ctrl-C).
+    terminal = lambda: signal.signal(signal.SIGINT, signal.SIG_DFL)
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=ENV, cwd=ROOT, preexec_fn=terminal
+    )
     assert done.returncode == 130, done.stderr
     assert done.stderr.strip() == "adl lens: interrupted; rerun the same command to resume"
 
