@@ -143,8 +143,10 @@ def nucleus_sample(logits: jax.Array, top_p, u: jax.Array, prefilter: int = PREF
     """
     k = min(prefilter, logits.shape[-1])
     vals, ids = jax.lax.top_k(logits, k)  # sorted, most likely first
-    shifted = jnp.exp(logits - vals[:, :1])
-    probs = jnp.exp(vals - vals[:, :1]) / jnp.sum(shifted, axis=-1, keepdims=True)  # softmax, as top_p_filter's
+    # The max taken apart from top_k's values (the same number): with the logits feeding both, XLA's CPU
+    # top_k became a full sort of every row, 70x slower.
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    probs = jnp.exp(vals - top) / jnp.sum(jnp.exp(logits - top), axis=-1, keepdims=True)  # as top_p_filter's
     held = jnp.sum(jnp.where(probs > probs[:, -1:], probs, 0.0), axis=-1) >= top_p
 
     def among_candidates(_):
