@@ -144,7 +144,7 @@ def nucleus_sample(logits: jax.Array, top_p, u: jax.Array, prefilter: int = PREF
     k = min(prefilter, logits.shape[-1])
     vals, ids = jax.lax.top_k(logits, k)  # sorted, most likely first
     # The max taken apart from top_k's values (the same number): with the logits feeding both, XLA's CPU
-    # top_k became a full sort of every row, 70x slower.
+    # top_k became a full sort of every row.
     top = jnp.max(logits, axis=-1, keepdims=True)
     probs = jnp.exp(vals - top) / jnp.sum(jnp.exp(logits - top), axis=-1, keepdims=True)  # as top_p_filter's
     held = jnp.sum(jnp.where(probs > probs[:, -1:], probs, 0.0), axis=-1) >= top_p
