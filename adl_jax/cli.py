@@ -210,6 +210,12 @@ def cmd_audit(a) -> None:
     from adl_jax.models.load import load_pair
 
     settings = audit_settings(a)
+    organisms = organism_specs(a.finetuned, a.organisms) if a.finetuned or a.organisms else None
+    if isinstance(organisms, dict):
+        return _audit_organisms(a, settings, organisms)
+    a.finetuned = organisms  # the one spec, or None: from --organism FILE.yaml
+    a.finetune_data = _per_organism(a.finetune_data, {}, "--finetune-data").get(None)
+    a.description = _per_organism(a.description, {}, "--description").get(None)
     organism_data = _organism(a)
     # The finetuning data, like the settings, is checked before any model loads; chats count by their
     # assistant turns, the tokens finetuning trains on.
@@ -232,6 +238,61 @@ def cmd_audit(a) -> None:
         placebo_runs=a.placebo,
     )
     print(f"report: {Path(a.out) / 'report.html'}")
+
+
+def _audit_organisms(a, settings, organisms: dict[str, str]) -> None:
+    """`adl audit` of several organisms (NAME=SPEC): every delta in one pass, each audit in --out/NAME, then
+    --out/organisms.html. --finetune-data and --description apply to every organism, or as NAME=VALUE to one."""
+    from adl_jax.experiments.audit import default_encoder
+    from adl_jax.experiments.audits import audits
+    from adl_jax.experiments.plan import Run
+    from adl_jax.judging.graders import Grader, GraderSettings
+    from adl_jax.models.load import load_model
+
+    if a.organism:
+        raise UsageError("--organism FILE.yaml audits one organism; give several as NAME=SPEC without it")
+    if not a.base:
+        raise UsageError("give the base model: --base SPEC")
+    data = _per_organism(a.finetune_data, organisms, "--finetune-data")
+    described = _per_organism(a.description, organisms, "--description")
+    ft_texts, descriptions, read = {}, {}, {}  # read before any model loads, as for one organism
+    for name in organisms:
+        path, text = data.get(name, data.get(None)), described.get(name, described.get(None))
+        if path:
+            ft_texts[name] = read[path] = read[path] if path in read else _finetune_texts_of(path)
+        if text:
+            descriptions[name] = _text_or_file(text, "--description")
+    grader_settings = GraderSettings.from_env()
+    mesh = _mesh(a, settings.batch_size, Run("audit", a.dtype, audit=settings))
+    base = load_model(a.base, dtype=_dtype(a.dtype), mesh=mesh)
+    models = {name: load_model(spec, dtype=_dtype(a.dtype), mesh=mesh, base=base) for name, spec in organisms.items()}
+    texts = _corpus(a, base, settings.samples)
+    audits(
+        base,
+        models,
+        a.out,
+        texts=texts,
+        settings=settings,
+        descriptions=descriptions,
+        finetune_texts=ft_texts,
+        encoder=default_encoder() if ft_texts or descriptions else None,
+        grader=grader_settings and Grader(grader_settings),
+        placebo_runs=a.placebo,
+    )
+    print(f"reports: {Path(a.out)}/<name>/report.html; across organisms: {Path(a.out) / 'organisms.html'}")
+
+
+def _per_organism(values: list[str] | None, organisms, flag: str) -> dict[str | None, str]:
+    """Repeated `flag` values: NAME=VALUE for the organism NAME, or a VALUE for every organism (key None)."""
+    out = {}
+    for value in values or []:
+        name, sep, rest = value.partition("=")
+        key, value = (name, rest) if sep and name in organisms else (None, value)
+        if key in out:
+            which = f"organism {key!r}" if key else "every organism (a value without NAME=)"
+            raise UsageError(f"{flag} is given twice for {which}; give one value, or NAME=VALUE per organism")
+        out[key] = value
+    return out
 
 
 def audit_settings(a):
@@ -861,9 +922,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     au = sub.add_parser(
         "audit",
-        parents=[_pair_flags(required=False), _run_flags("runs/audit")],  # or from --organism
+        parents=[_run_flags("runs/audit")],  # --base/--finetuned: or from --organism
         help="delta, lenses, steering, relevance, similarity and report.html",
     )
+    au.add_argument("--base", default=None, help="model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id")
+    au.add_argument(
+        "--finetuned",
+        action="append",
+        help="model spec of the finetuned model, or a PEFT LoRA adapter (dir or hub id) over --base; "
+        "repeat as NAME=SPEC to audit several organisms, their deltas in one pass (each audit in --out/NAME)",
+    )
+    au.add_argument("--organisms", default=None, help="a file of NAME=SPEC lines, organisms audited with --finetuned")
     au.add_argument(
         "--organism",
         default=None,
@@ -880,11 +949,16 @@ def build_parser() -> argparse.ArgumentParser:
         au.add_argument(flag, dest=name, metavar="FILE", help=f"{text}: a file, one prompt per line or JSONL")
     au.add_argument(
         "--finetune-data",
-        default=None,
+        action="append",
         help="a sample of the finetuning data (.jsonl of text or messages, as adl finetune --data; or .txt): "
-        "enables relevance as dataset overlap and steering similarity",
+        "enables relevance as dataset overlap and steering similarity; with several organisms NAME=FILE "
+        "for one (repeatable), a plain FILE for the others",
     )
-    au.add_argument("--description", default=None, help="the finetuning objective (text or a file)")
+    au.add_argument(
+        "--description",
+        action="append",
+        help="the finetuning objective (text or a file); with several organisms NAME=TEXT for one (repeatable)",
+    )
     au.add_argument(
         "--placebo",
         action="append",

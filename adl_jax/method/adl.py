@@ -76,27 +76,9 @@ def diff(
     with io.run_lock(out):
         base = load_model(base, dtype=dtype, mesh=mesh) if isinstance(base, str) else base
         ft = load_model(finetuned, dtype=dtype, mesh=mesh, base=base) if isinstance(finetuned, str) else finetuned
-        if chat_before is None and isinstance(texts, Sequence):  # each process reads its share, all get the matrix
-            share = corpora.process_share(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)
-            tokens = corpora.gather_share(share)
-        elif chat_before is None:  # an iterable, perhaps endless: every process reads it
-            tokens = corpora.tokenize_texts(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)
-        else:
-            tokens = corpora.tokenize_chats(
-                texts, ft.tokenizer, n, samples, before=chat_before, allow_fewer=allow_fewer
-            )
-        result = compute_delta(
-            base,
-            ft,
-            tokens,
-            settings,
-            out,
-            mesh=mesh,
-            progress=progress,
-            meta=dict(
-                **(source(corpus, "corpus") if corpus else {"corpus": "texts"}), seed=seed, chat_before=chat_before
-            ),
-        )
+        tokens = token_matrix(texts, base, ft, n, samples, allow_fewer=allow_fewer, chat_before=chat_before)
+        meta = run_meta(corpus, seed, chat_before)
+        result = compute_delta(base, ft, tokens, settings, out, mesh=mesh, progress=progress, meta=meta)
         lenses = _lenses(base, ft, result, Path(out))
     return ADLResult(result, lenses, Path(out))
 
@@ -136,8 +118,8 @@ def diffs(
             name: load_model(ft, dtype=dtype, mesh=mesh, base=base) if isinstance(ft, str) else ft
             for name, ft in organisms.items()
         }
-        tokens = corpora.tokenize_texts(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)
-        meta = dict(**(source(corpus, "corpus") if corpus else {"corpus": "texts"}), seed=seed, chat_before=None)
+        tokens = token_matrix(texts, base, base, n, samples, allow_fewer=allow_fewer)
+        meta = run_meta(corpus, seed)
         try:
             results, failed = (
                 compute_deltas(base, models, tokens, settings, out, mesh=mesh, progress=progress, meta=meta),
@@ -152,6 +134,22 @@ def diffs(
     if failed:
         raise failed
     return runs
+
+
+def token_matrix(texts, base: Model, ft: Model, n: int, samples: int, *, allow_fewer=False, chat_before=None):
+    """The (samples, n) token matrix of a delta run over `texts`, as `diff` reads it: plain texts with the
+    base's tokenizer (a sequence read in per-process shares), or conversations with the finetuned model's
+    chat template (`chat_before`)."""
+    if chat_before is not None:
+        return corpora.tokenize_chats(texts, ft.tokenizer, n, samples, before=chat_before, allow_fewer=allow_fewer)
+    if isinstance(texts, Sequence):  # each process reads its share, all get the matrix
+        return corpora.gather_share(corpora.process_share(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer))
+    return corpora.tokenize_texts(texts, base.tokenizer, n, samples, allow_fewer=allow_fewer)  # perhaps endless
+
+
+def run_meta(corpus: str | None, seed: int, chat_before: int | None = None) -> dict:
+    """What a delta run's identity records of its corpus beyond the token matrix (see `compute_delta`)."""
+    return dict(**(source(corpus, "corpus") if corpus else {"corpus": "texts"}), seed=seed, chat_before=chat_before)
 
 
 def _texts(corpus: str | None, texts, column: str, seed: int):

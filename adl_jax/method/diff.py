@@ -308,14 +308,15 @@ def compute_deltas(
     organisms: dict[str, Model],
     tokens: np.ndarray,
     settings: DiffSettings,
-    out: str | Path,
+    out: str | Path | dict[str, str | Path],
     *,
     mesh: Mesh | None = None,
     meta: dict | None = None,
     progress: bool = True,
 ) -> dict[str, DiffResult]:
-    """`compute_delta` of every organism against one base in one pass; organism NAME's run is `out`/NAME,
-    exactly the directory `compute_delta(base, organisms[NAME], ..., out/NAME)` writes (and resumes).
+    """`compute_delta` of every organism against one base in one pass; organism NAME's run is `out`/NAME
+    (or `out`[NAME] when `out` maps names to run directories, as a sweep lays them out), exactly the
+    directory `compute_delta(base, organisms[NAME], ..., out/NAME)` writes (and resumes).
 
     An organism whose activations turn NaN/inf is dropped at the next checkpoint; the others finish and
     are written, then `OrganismsFailed` names the failed ones (its `.results` holds the rest).
@@ -324,7 +325,8 @@ def compute_deltas(
     for name in organisms:
         if not ORGANISM_NAME.fullmatch(name):
             raise UsageError(f"organism name {name!r}: use letters, digits, '_', '.' and '-' (it names OUT/{name})")
-    return _run(base, organisms, {name: Path(out) / name for name in organisms}, tokens, settings, mesh, meta, progress)
+    dirs = {name: Path(out[name] if isinstance(out, dict) else Path(out) / name) for name in organisms}
+    return _run(base, organisms, dirs, tokens, settings, mesh, meta, progress)
 
 
 def _run(base, organisms, dirs, tokens, settings, mesh, meta, progress) -> dict[str, DiffResult]:
