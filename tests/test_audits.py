@@ -126,3 +126,33 @@ def test_a_failing_organism_loses_none_of_the_others(audited, monkeypatch, capsy
     assert not (out / "nan" / "delta.safetensors").exists() and not (out / "full" / "summary.json").exists()
     assert [r["name"] for r in io.read_json(out / "organisms.json")["organisms"]] == ["lora"]
     assert (out / "lora" / "summary.json").read_bytes() == (multi / "lora" / "summary.json").read_bytes()
+
+
+def test_adl_audit_of_several_organisms_maps_data_and_descriptions_by_name(audited, monkeypatch, capsys):
+    """`adl audit --finetuned NAME=SPEC ...` hands every organism to one `audits` call, with --finetune-data and
+    --description given to all or by NAME=; a single unnamed --finetuned stays the one-organism audit."""
+    import adl_jax.experiments.audits as audits_mod
+    from adl_jax.cli import main
+
+    root, calls = audited.root, []
+    monkeypatch.setattr(audits_mod, "audits", lambda *a, **kw: calls.append((*a, kw)))
+    (root / "ft.txt").write_text("w110 w111 w112\n" * 3)
+    (root / "organisms.txt").write_text(f"# the full finetune\nfull={root / 'full'}\n")
+    argv = ["audit", "--base", str(root / "base"), "--corpus", str(root / "corpus.txt"), "--out", str(root / "cli")]
+    argv += ["--finetuned", f"lora={root / 'lora'}", "--organisms", str(root / "organisms.txt"), "--quick"]
+    (root / "corpus.txt").write_text("\n".join(audited.texts) + "\n")
+    assert main([*argv, "--finetune-data", str(root / "ft.txt"), "--description", "full=weights"]) == 0
+    ((base, models, out, kw),) = calls
+    assert list(models) == ["lora", "full"] and out == str(root / "cli")
+    assert models["lora"].params["embed"] is base.params["embed"]  # the adapter on the loaded base
+    assert kw["finetune_texts"] == {name: ["w110 w111 w112"] * 3 for name in ("lora", "full")}
+    assert kw["descriptions"] == {"full": "weights"} and kw["settings"] == AuditSettings.quick()
+
+    bad = {
+        ("--description", "x", "--description", "y"): "--description is given twice for every organism",
+        ("--finetune-data", "lora=a", "--finetune-data", "lora=b"): "given twice for organism 'lora'",
+        ("--organism", "x.yaml"): "--organism FILE.yaml audits one organism",
+    }
+    for extra, message in bad.items():
+        assert main([*argv, *extra]) == 2
+        assert message in capsys.readouterr().err
