@@ -85,6 +85,9 @@ def test_sweep_mix_two_ratios_end_to_end_and_reused(tiny_setup, capsys, monkeypa
         assert scalars["trace/delta_norm"] == pytest.approx({2: r["delta_norm"]}) and scalars["trace/relevance"] == {
             2: r["relevance"]
         }
+        # the ratios' deltas came from one pass; each equals its own single-pair run of the exported model
+        ref = api.diff(str(root / "base"), str(run / "final"), corpus=measure[1], samples=24, n=8, out=run / "ref")
+        np.testing.assert_allclose(api.load(run / "audit").diff.delta, ref.diff.delta, atol=1e-5)
     # one base model over one corpus: the base means agree bit for bit across ratios, the finetuned ones do not
     first, second = (api.load(out / f"ratio_{r:g}" / "audit").diff for r in (0, 1))
     np.testing.assert_array_equal(first.mean_base, second.mean_base)

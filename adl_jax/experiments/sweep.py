@@ -22,6 +22,7 @@ import numpy as np
 
 from adl_jax import io
 from adl_jax.experiments.audit import AuditSettings, audit, measure, relevance
+from adl_jax.experiments.audits import deltas
 from adl_jax.report.sweep import bases_page, sweep_page
 from adl_jax.models.load import Model
 
@@ -117,6 +118,19 @@ def _norms(res) -> dict:
     }
 
 
+def _deltas(base: Model, models: dict, dirs: dict, texts, settings: AuditSettings, progress: bool) -> None:
+    """Every model's delta (key -> model, its run directory `dirs[key]`) in one pass, the base forward shared,
+    so that each model's `trace` finds its delta finished; a NaN model is refused after the others are written."""
+    names = {key: f"{key:g}" if isinstance(key, float) else str(key) for key in models}
+    organisms = {names[key]: model for key, model in models.items()}
+    _say(progress, f"the deltas of {len(organisms)} models in one pass")
+    failures = deltas(
+        base, organisms, {names[key]: d for key, d in dirs.items()}, texts=texts, settings=settings, progress=progress
+    )
+    if failures:
+        raise FloatingPointError("; ".join(failures.values()))
+
+
 def _check_k(settings: AuditSettings) -> None:
     if settings.k < 2:
         raise ValueError(f"k={settings.k}: the trace is the mean over positions 1..k-1, so k must be at least 2")
@@ -156,19 +170,25 @@ def sweep_mix(
         "audit": io.plain(dataclasses.asdict(settings)),
         "rows": [],
     }
+    runs = {}
     for i, ratio in enumerate(ratios, 1):
         one = dataclasses.replace(
             spec, out=str(ratio_dir(out, ratio)), train=dataclasses.replace(spec.train, mix_ratio=ratio)
         )
         metrics = finished(one)
         _say(progress, f"1:{ratio:g} ({i}/{len(ratios)}): " + ("trained before, reused" if metrics else "training"))
-        if metrics is None:
-            metrics = run(one, resume=True, progress=progress)
+        runs[ratio] = one, metrics or run(one, resume=True, progress=progress)
+    mesh = base.params["embed"].sharding.mesh
+    models = {
+        ratio: load_model(Path(one.out) / "final", dtype=jnp.dtype(spec.dtype), mesh=mesh)
+        for ratio, (one, _) in runs.items()
+    }
+    _deltas(base, models, {r: Path(one.out) / "audit" for r, (one, _) in runs.items()}, texts, settings, progress)
+    for ratio, (one, metrics) in runs.items():
         _say(progress, f"1:{ratio:g}: measuring the trace")
-        ft = load_model(Path(one.out) / "final", dtype=jnp.dtype(spec.dtype), mesh=base.params["embed"].sharding.mesh)
         row = trace(
             base,
-            ft,
+            models[ratio],
             Path(one.out) / "audit",
             texts=texts,
             settings=settings,
@@ -208,13 +228,17 @@ def sweep_published(
     _check_k(settings)
     out = Path(out)
     sweep = {"settings": {"base": str(base.spec)}, "audit": io.plain(dataclasses.asdict(settings)), "rows": []}
+    mesh = base.params["embed"].sharding.mesh
+    models = {
+        ratio: load_model(spec, dtype=base.params["embed"].dtype, mesh=mesh, base=base)
+        for ratio, (_, spec) in variants.items()
+    }
+    _deltas(base, models, {ratio: ratio_dir(out, ratio) / "audit" for ratio in variants}, texts, settings, progress)
     for i, (ratio, (variant, spec)) in enumerate(variants.items(), 1):
         _say(progress, f"1:{ratio:g} ({i}/{len(variants)}): {variant} = {spec}, measuring the trace")
-        mesh = base.params["embed"].sharding.mesh
-        ft = load_model(spec, dtype=base.params["embed"].dtype, mesh=mesh, base=base)
         row = trace(
             base,
-            ft,
+            models[ratio],
             ratio_dir(out, ratio) / "audit",
             texts=texts,
             settings=settings,
@@ -272,14 +296,26 @@ def sweep_checkpoints(
     if (run_dir / "metrics.jsonl").exists():
         logged = {r["step"]: r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines())}
     emergence = {"run": str(run_dir), "audit": io.plain(dataclasses.asdict(settings)), "rows": []}
+    mesh = base.params["embed"].sharding.mesh
+    models = {
+        step: dataclasses.replace(
+            base,
+            spec=f"{run_dir} at step {step}",
+            params=checkpoint_params(base.params, base.cfg, spec.train, run_dir, step, mesh=mesh),
+        )
+        for step in steps
+    }
+    _deltas(base, models, {step: out / f"step_{step}" for step in steps}, texts, settings, progress)
     for i, step in enumerate(steps, 1):
         _say(progress, f"step {step} ({i}/{len(steps)}): measuring the trace")
-        params = checkpoint_params(
-            base.params, base.cfg, spec.train, run_dir, step, mesh=base.params["embed"].sharding.mesh
-        )
-        ft = dataclasses.replace(base, spec=f"{run_dir} at step {step}", params=params)
         row = trace(
-            base, ft, out / f"step_{step}", texts=texts, settings=settings, ft_texts=ft_texts, progress=progress
+            base,
+            models[step],
+            out / f"step_{step}",
+            texts=texts,
+            settings=settings,
+            ft_texts=ft_texts,
+            progress=progress,
         )
         losses = {k: v for k, v in logged.get(step, {}).items() if k in ("loss", "eval_loss_ft", "eval_loss_pt")}
         emergence["rows"].append({"step": step, **losses, **row})
