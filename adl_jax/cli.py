@@ -652,9 +652,12 @@ def cmd_plan(a) -> None:
         value = getattr(a, flag)
         require(value is None or value >= 1, flag, value, "must be at least 1 (leave it out for the default)")
     cfg = pl.model_config(a.model)
-    run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len, a.adapter_rank)
+    run = pl.Run.of(a.task, a.dtype, a.mode, a.batch_size, a.seq_len, a.adapter_rank, a.organisms)
     p = pl.plan(cfg, a.devices, a.mesh, run, model=a.model)
     print(p.table())
+    if a.task == "audit":
+        what = f"rank-{a.adapter_rank} adapters" if a.adapter_rank else "full finetunes"
+        print(f"organisms ({what} audited in one job): at most {pl.max_organisms(cfg, p)} fit on this slice and mesh")
     pl.check(p, cfg)
     print("fits")
     if a.task == "audit":
@@ -1138,6 +1141,12 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--seq-len", type=int, default=None, help="finetuning tokens per row (default 256)")
     pl.add_argument(
         "--adapter-rank", type=int, default=0, help="audit of a PEFT LoRA adapter of this rank: one copy of the base"
+    )
+    pl.add_argument(
+        "--organisms",
+        type=int,
+        default=1,
+        help="audit this many organisms in one job: adapters of --adapter-rank, else full finetuned copies",
     )
     pl.set_defaults(func=cmd_plan)
 

@@ -190,3 +190,32 @@ def test_an_installed_wheel_plans_with_its_shipped_configs(tmp_path):
     assert "it fits on v5e-16 with --mesh" in done.stderr  # ... with a mesh that fits
     assert done.stdout.count("Qwen3-32B: audit in bfloat16 on v5e-16") == 3 and "\nfits\n" in done.stdout
     assert "(no --mesh: the fitting mesh with the most data parallelism)" in done.stdout
+
+
+def test_n_organisms_hold_n_models_or_their_share_of_n_adapters(tiny, capsys):
+    """An audit of N organisms holds the base and N full copies per device, or the base and the adapters its
+    `data` group audits (N / data where data divides N, else all N); `max_organisms` is the largest count
+    that fits, as the command says."""
+    mesh = make_mesh("data=2,fsdp=2,model=2")
+    cfg, params = load_hf_dir(tiny, dtype=jnp.bfloat16, mesh=mesh)
+    (one,) = per_device(params)  # what the loader allocates for one model
+    full = pl.plan(cfg, "v5e-8", "data=2,fsdp=2,model=2", pl.Run.of(organisms=5))
+    assert full.rows["weights (base + 5 finetuned)"][0] == 6 * one
+    single = pl.plan(cfg, "v5e-8", "data=2,fsdp=2,model=2", pl.Run.of(adapter_rank=4)).rows
+    adapter = single["PEFT adapter (rank 4, f32)"][0]
+    for n, held in ((8, 4), (3, 3)):  # 8 organisms: 4 per data group; 3 do not split over data=2
+        rows = pl.plan(cfg, "v5e-8", "data=2,fsdp=2,model=2", pl.Run.of(adapter_rank=4, organisms=n)).rows
+        assert rows[f"PEFT adapters ({held} of {n}) (rank 4, f32)"][0] == held * adapter
+        assert rows["weights (base, shared by the adapter)"][0] == one
+
+    big = pl.model_config("gemma-3-1b-it")
+    for rank, step in ((0, 1), (16, 8)):
+        p = pl.plan(big, "v5e-8", "data=8", pl.Run.of(adapter_rank=rank))
+        most = pl.max_organisms(big, p)
+        fits = lambda n: pl.plan(big, "v5e-8", "data=8", pl.Run.of(adapter_rank=rank, organisms=n)).fits
+        assert most % step == 0 and fits(most) and not fits(most + step)
+    # by hand: (1 + 6) x 1.86 GiB of bf16 weights + 0.33 KV cache + 0.70 activations = 14.1 <= 14.4 GiB usable;
+    # a seventh finetune makes 15.9
+    assert pl.max_organisms(big, pl.plan(big, "v5e-8", "data=8", pl.Run.of())) == 6
+    assert main(["plan", "--model", "gemma-3-1b-it", "--devices", "v5e-8", "--mesh", "data=8", "--organisms", "4"]) == 0
+    assert "weights (base + 4 finetuned)" in capsys.readouterr().out

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from adl_jax.experiments.audit import AuditSettings
 from adl_jax.models.adapters import adapter_specs, is_adapter, read_adapter_config
-from adl_jax.method.diff import resolve_layer
+from adl_jax.method.diff import organism_shards, resolve_layer
 from adl_jax.method.lens import PATCHSCOPE_PROMPTS, PATCHSCOPE_SCALES
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.params import param_shapes, param_specs
@@ -189,8 +189,11 @@ class Run:
     train: TrainConfig = TrainConfig()
     rules: Rules = Rules()
     adapter_rank: int = 0  # audit of a PEFT LoRA of this rank: the base's weights once, plus the adapter
+    organisms: int = 1  # audited in one job (`adl audit --finetuned NAME=SPEC ...`): N adapters or N models
 
     def __post_init__(self):
+        if self.organisms < 1:
+            raise ValueError(f"--organisms {self.organisms}: plan at least 1 organism")
         if self.task not in ("audit", "finetune"):
             raise ValueError(f"task must be 'audit' or 'finetune', not {self.task!r}")
         if self.dtype not in DTYPES:
@@ -205,12 +208,13 @@ class Run:
         batch_size: int | None = None,
         seq_len: int | None = None,
         adapter_rank: int = 0,
+        organisms: int = 1,
     ) -> Run:
         """The default audit or finetuning run, with the batch (and finetuning mode and length) overridden."""
         audit, train = AuditSettings(), TrainConfig(mode=mode)
         audit = dataclasses.replace(audit, batch_size=batch_size or audit.batch_size)
         train = dataclasses.replace(train, batch_size=batch_size or train.batch_size, seq_len=seq_len or train.seq_len)
-        return cls(task, dtype, audit, train, adapter_rank=adapter_rank)
+        return cls(task, dtype, audit, train, adapter_rank=adapter_rank, organisms=organisms)
 
     @property
     def batch(self) -> int:
@@ -304,8 +308,10 @@ def _audit(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
     kv_heads = _split(cfg.num_kv_heads, sizes["model"])
     kv = max(2 * cfg.num_layers * r * length * kv_heads * cfg.head_dim * b for r, length in gen)
     scope_rows = len(PATCHSCOPE_SCALES) * len(PATCHSCOPE_PROMPTS)
+    n = run.organisms
     act = max(
-        activation_bytes(cfg, sizes, st.batch_size, st.n, st.n, b),  # delta: to the middle layer, no logits
+        # delta: to the middle layer, no logits; the organisms' forwards of a batch run in one step
+        activation_bytes(cfg, sizes, n * st.batch_size, st.n, st.n, b),
         activation_bytes(
             cfg, sizes, search_rows, PROMPT_TOKENS, gen[0][1], b, logit_tokens=1, logit_copies=6, batch_split=False
         ),  # steering prefill: the sampler sorts and sums the vocabulary
@@ -316,13 +322,16 @@ def _audit(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
     weights = weight_bytes(cfg, sizes, b, run.rules)
     if run.adapter_rank:  # the adapter is applied unmerged on the base's own arrays (models/adapters.py)
         lora = dataclasses.replace(run.train, lora=LoraConfig(rank=run.adapter_rank))
+        held = n // organism_shards(sizes, n)  # stacked adapters split over `data` where it divides them
         stored = {
             "weights (base, shared by the adapter)": (weights, "exact"),
-            f"PEFT adapter (rank {run.adapter_rank}, f32)": (
-                adapter_bytes(cfg, sizes, lora, run.rules),
+            f"PEFT adapter{f's ({held} of {n})' if n > 1 else ''} (rank {run.adapter_rank}, f32)": (
+                held * adapter_bytes(cfg, sizes, lora, run.rules),
                 "exact with every projection adapted, at most",
             ),
         }
+    elif n > 1:
+        stored = {f"weights (base + {n} finetuned)": ((1 + n) * weights, "exact")}
     else:
         stored = {"weights (base + finetuned)": (2 * weights, "exact")}
     return {
@@ -333,6 +342,20 @@ def _audit(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
         ),
         "activations (peak forward)": (act, "estimate: max of delta, steering prefill, patchscope batches"),
     }
+
+
+def max_organisms(cfg: ModelConfig, p: Plan, limit: int = 1 << 16) -> int:
+    """The most organisms an audit of `p`'s run fits on `p`'s slice and mesh (0: not one), in multiples of the
+    `data` size when adapters split over it (a count it does not divide replicates them on every device)."""
+    step = p.sizes["data"] if p.run.adapter_rank else 1
+    fits = lambda count: (
+        sum(b for b, _ in plan_rows(cfg, p.sizes, dataclasses.replace(p.run, organisms=count)).values()) <= p.capacity
+    )
+    lo, hi = 0, limit // step  # fits(lo * step) or lo == 0; the largest multiple is found by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if fits(mid * step) else (lo, mid - 1)
+    return lo * step if lo else int(fits(1))
 
 
 def kept_bytes(cfg: ModelConfig, sizes: Mapping[str, int], rows: int, tokens: int, nbytes: int, remat: str) -> int:

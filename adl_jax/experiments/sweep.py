@@ -7,8 +7,9 @@ the paper finds that mixing weakens the trace at the cost of weaker learning. `c
 trace at every saved checkpoint of one run, to see when it emerges. `bases` diffs one finetuned model
 against several base models (its chat parent, the pretrained model) and reads each delta's relevance
 to several datasets: the paper finds the late, narrow finetuning dominating even the diff against the
-pretrained model. Every run and every measurement is staged on disk and reused, so a sweep resumes
-where it stopped.
+pretrained model. `mix` and `checkpoints` read all their models' deltas in one pass over the corpus (the
+base forward shared, see `compute_deltas`). Every run and every measurement is staged on disk and reused,
+so a sweep resumes where it stopped.
 """
 
 from __future__ import annotations

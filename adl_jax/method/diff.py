@@ -386,10 +386,16 @@ def _identity(base: Model, ft: Model, tokens, settings: DiffSettings, meta: dict
     return identity
 
 
+def organism_shards(sizes, count: int) -> int:
+    """The ways `count` stacked adapters split on a mesh of these axis sizes: over `data` where it divides
+    their count (each device group audits its own organisms over all rows), else 1 (every device holds all)."""
+    return sizes["data"] if sizes["data"] > 1 and count % sizes["data"] == 0 else 1
+
+
 def _organism_layout(mesh: Mesh, count: int, rules: Rules = Rules()) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """(organism axes, row axes) of the stacked forward: `data` carries organisms where it divides their
-    count (each device group audits its own organisms over all rows), the other batch axes carry rows."""
-    organism = ("data",) if mesh.shape["data"] > 1 and count % mesh.shape["data"] == 0 else ()
+    """(organism axes, row axes) of the stacked forward: `data` carries organisms where `organism_shards`
+    splits them, the other batch axes carry rows."""
+    organism = ("data",) if organism_shards(mesh.shape, count) > 1 else ()
     rows = tuple(a for a in rules.batch if mesh.shape[a] > 1 and a not in organism)
     return organism, rows
 
