@@ -163,3 +163,25 @@ def test_adl_diff_of_several_organisms_sharded_equals_one_device(family, capsys)
     for extra, message in bad.items():
         assert main([*argv, *extra]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("mesh", ["data=2,fsdp=2,model=2", "data=4,model=2"])
+def test_sharded_pass_of_lora_and_full_organisms_equals_one_device(family, mesh):
+    """On 8 simulated devices, LoRA and full organisms together: with the organism axis on `data` (2 adapters
+    over data=2, rows over fsdp) and with rows on `data` (2 adapters do not split over data=4), each delta
+    equals the one-device pass."""
+    mesh = make_mesh(mesh)
+    on_data = diff.organism_shards(mesh.shape, 2) > 1
+    assert diff._organism_layout(mesh, 2) == ((("data",), ("fsdp",)) if on_data else ((), ("data",)))
+    root = family.root
+    base = load_model(str(root / "base"), mesh=mesh)
+    organisms = {
+        "a": load_model(str(root / "lora_a"), base=base, mesh=mesh),
+        "b": load_model(str(root / "lora_b"), base=base, mesh=mesh),
+        "full": load_model(str(root / "full"), mesh=mesh),
+    }
+    out = root / f"sharded_{mesh.shape['data']}"
+    sharded = compute_deltas(base, organisms, family.tokens, SETTINGS, out, progress=False)
+    for name, res in sharded.items():
+        np.testing.assert_allclose(res.delta_layers, family.multi[name].delta_layers, atol=1e-5)
+        np.testing.assert_allclose(res.ft_norm_layers, family.multi[name].ft_norm_layers, rtol=1e-5)
