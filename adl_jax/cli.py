@@ -247,6 +247,7 @@ def _audit_organisms(a, settings, organisms: dict[str, str]) -> None:
     from adl_jax.experiments.audits import audits
     from adl_jax.experiments.plan import Run
     from adl_jax.judging.graders import Grader, GraderSettings
+    from adl_jax.models.adapters import is_adapter, read_adapter_config
     from adl_jax.models.load import load_model
 
     if a.organism:
@@ -263,7 +264,11 @@ def _audit_organisms(a, settings, organisms: dict[str, str]) -> None:
         if text:
             descriptions[name] = _text_or_file(text, "--description")
     grader_settings = GraderSettings.from_env()
-    mesh = _mesh(a, settings.batch_size, Run("audit", a.dtype, audit=settings))
+    # The planner's mesh for N organisms: N adapters of the largest rank when every one is a local PEFT adapter,
+    # else N full copies (the safe count).
+    ranks = [read_adapter_config(p).get("r", 0) if is_adapter(p) else 0 for p in map(Path, organisms.values())]
+    run = Run("audit", a.dtype, audit=settings, adapter_rank=min(ranks) and max(ranks), organisms=len(organisms))
+    mesh = _mesh(a, settings.batch_size, run)
     base = load_model(a.base, dtype=_dtype(a.dtype), mesh=mesh)
     models = {name: load_model(spec, dtype=_dtype(a.dtype), mesh=mesh, base=base) for name, spec in organisms.items()}
     texts = _corpus(a, base, settings.samples)

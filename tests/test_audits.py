@@ -132,10 +132,13 @@ def test_adl_audit_of_several_organisms_maps_data_and_descriptions_by_name(audit
     """`adl audit --finetuned NAME=SPEC ...` hands every organism to one `audits` call, with --finetune-data and
     --description given to all or by NAME=; a single unnamed --finetuned stays the one-organism audit."""
     import adl_jax.experiments.audits as audits_mod
+    from adl_jax import cli
     from adl_jax.cli import main
 
     root, calls = audited.root, []
     monkeypatch.setattr(audits_mod, "audits", lambda *a, **kw: calls.append((*a, kw)))
+    planned = []
+    monkeypatch.setattr(cli, "_mesh", lambda a, batch, run: planned.append(run))  # one device, as a test runs
     (root / "ft.txt").write_text("w110 w111 w112\n" * 3)
     (root / "organisms.txt").write_text(f"# the full finetune\nfull={root / 'full'}\n")
     argv = ["audit", "--base", str(root / "base"), "--corpus", str(root / "corpus.txt"), "--out", str(root / "cli")]
@@ -147,6 +150,8 @@ def test_adl_audit_of_several_organisms_maps_data_and_descriptions_by_name(audit
     assert models["lora"].params["embed"] is base.params["embed"]  # the adapter on the loaded base
     assert kw["finetune_texts"] == {name: ["w110 w111 w112"] * 3 for name in ("lora", "full")}
     assert kw["descriptions"] == {"full": "weights"} and kw["settings"] == AuditSettings.quick()
+    # the mesh is planned for both organisms, the full finetune a whole copy (so the adapter is counted as one too)
+    assert (planned[0].organisms, planned[0].adapter_rank) == (2, 0)
 
     bad = {
         ("--description", "x", "--description", "y"): "--description is given twice for every organism",
