@@ -254,6 +254,7 @@ def _audit_organisms(a, settings, organisms: dict[str, str]) -> None:
         raise UsageError("--organism FILE.yaml audits one organism; give several as NAME=SPEC without it")
     if not a.base:
         raise UsageError("give the base model: --base SPEC")
+    require(settings.chat_before is None, "chat_before", settings.chat_before, "the chat variant audits one organism")
     data = _per_organism(a.finetune_data, organisms, "--finetune-data")
     described = _per_organism(a.description, organisms, "--description")
     ft_texts, descriptions, read = {}, {}, {}  # read before any model loads, as for one organism

@@ -157,6 +157,7 @@ def test_adl_audit_of_several_organisms_maps_data_and_descriptions_by_name(audit
         ("--description", "x", "--description", "y"): "--description is given twice for every organism",
         ("--finetune-data", "lora=a", "--finetune-data", "lora=b"): "given twice for organism 'lora'",
         ("--organism", "x.yaml"): "--organism FILE.yaml audits one organism",
+        ("--chat-before", "2"): "--chat-before 2: the chat variant audits one organism",
     }
     for extra, message in bad.items():
         assert main([*argv, *extra]) == 2
