@@ -253,6 +253,7 @@ def test_dashboard_in_a_browser(explored, tmp_path, capsys):
         assert len({s.value_of_css_property("background-color") for s in spans}) > 3
         assert "promoted next" in spans[1].get_attribute("title")
         driver.save_screenshot(str(tmp_path / "dashboard.png"))
+        assert not [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]  # nothing failed to load or run
         # Bad input: a message in the page each time.
         by_id("prompt").clear()
         by_id("steer").click()

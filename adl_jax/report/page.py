@@ -46,8 +46,10 @@ def table(head: list[str], rows: list[list[str]]) -> str:
 
 
 def page(title: str, body: str) -> str:
-    """A whole self-contained page: the shared style and `body` (HTML)."""
+    """A whole self-contained page: the shared style and `body` (HTML). The empty icon keeps a browser from
+    requesting /favicon.ico: the page fetches nothing."""
     return (
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<link rel='icon' href='data:,'><style>{CSS}</style>"
         f"</head><body>{body}</body></html>"
     )
