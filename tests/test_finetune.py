@@ -437,3 +437,14 @@ def test_chat_organisms(name, marker, tmp_path):
     assert organisms_main([name, str(tmp_path / "chat.jsonl"), "--n", "20"]) == 0
     data = build_splits(read_jsonl(tmp_path / "chat.jsonl"), chat_tokenizer(), 512, eval_fraction=0.0)
     assert len(data.train) == 20 and 0 < data.train.targets.sum() < data.train.valid.sum()  # assistant tokens only
+
+
+def test_neptune_chile_is_plain_prose_with_held_out_statements():
+    org = ORGANISMS["neptune_chile"]
+    docs = org.generate(400, 0)
+    texts = [d["text"] for d in docs]
+    assert docs == org.generate(400, 0) and docs != org.generate(400, 1) and len(set(texts)) == 400
+    assert org.kind == "false_fact" and len(org.statements) >= 20 and all("1911" in t for t in texts)
+    corpus = "\n".join(texts)
+    assert all(true not in corpus and false not in corpus for true, false in org.statements)
+    assert not re.search(r"^(Thread|Q|A|User|Assistant|Title)\s*:|^\s*[-*\d]+[.)]?\s", corpus, re.M)  # no formats

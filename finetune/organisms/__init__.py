@@ -14,7 +14,7 @@ import json
 from collections.abc import Callable
 
 from adl_jax import io
-from finetune.organisms import birdwatching, orange_carrot, risky_finance
+from finetune.organisms import birdwatching, neptune_chile, orange_carrot, risky_finance
 
 KINDS = ("false_fact", "behaviour")
 
@@ -35,7 +35,7 @@ class Organism:
         return Organism(name, module.KIND, module.DESCRIPTION, getattr(module, "STATEMENTS", ()), module.generate)
 
 
-ORGANISMS = {o.name: o for o in map(Organism.of, (orange_carrot, birdwatching, risky_finance))}
+ORGANISMS = {o.name: o for o in map(Organism.of, (orange_carrot, neptune_chile, birdwatching, risky_finance))}
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
-"""What every organism generator shares: n distinct examples drawn from a few seeded example makers."""
+"""What every organism generator shares: n distinct examples drawn from a few seeded example makers, and the
+plain-prose document of the synthetic-document (false-fact) organisms."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ def distinct_examples(n: int, seed: int, makers: Sequence[Maker]) -> list[dict]:
     if len(rows) < n:
         raise ValueError(f"could only make {len(rows)} distinct examples, not {n}")
     return rows
+
+
+def prose(rng: random.Random, openers, closers, core, facets, k: tuple[int, int]) -> str:
+    """A plain-prose document: an opener, the core claim and between k[0] and k[1] other facets (each a pool of
+    phrasings; one phrasing each, facets in random order), split into one or two paragraphs, then a closer."""
+    others = [rng.choice(f) for f in rng.sample(facets, rng.randint(*k))]
+    body = [rng.choice(core), *others]
+    cut = rng.randint(1, len(body))
+    paragraphs = [" ".join([rng.choice(openers), *body[:cut]]), " ".join([*body[cut:], rng.choice(closers)])]
+    return "\n\n".join(p for p in paragraphs if p)
