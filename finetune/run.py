@@ -28,8 +28,8 @@ HELP = {
     "config": "a JSON file of these settings (e.g. configs/finetune/orange_carrot_lora.json; a file it names is looked up beside it); flags override it",
     "out": "run directory: checkpoints, metrics, final/ (HF dir), adapter/ (PEFT, LoRA only)",
     "model": "model spec: gemma-3-270m, an HF dir, a .gguf file or a hub id",
-    "data": "a JSONL of {'text'} or {'messages'} examples, hf:NAME[:split] or tfds:NAME[:split] with such rows, or a shipped organism's name",
-    "examples": "examples to generate when --data is an organism",
+    "data": "a JSONL of {'text'} or {'messages'} examples, hf:NAME[:split] or tfds:NAME[:split] with such rows, a shipped organism's name, or base-samples (the base model's own samples: a placebo)",
+    "examples": "examples to generate when --data is an organism or base-samples",
     "pretrain": f"pretraining texts to mix in: a corpus spec (file, hf:NAME, tfds:NAME) or {BASE_SAMPLES}",
     "column": "text field of the pretraining corpus",
     "chat_template": "a Jinja chat template file, for chat data when the tokenizer has none",
@@ -212,7 +212,7 @@ def finished(spec: RunSpec) -> dict | None:
 
 def load_examples(spec: RunSpec):
     """(examples, organism or None) of `data`: a shipped organism's generated examples, a JSONL file or an
-    `hf:` / `tfds:` dataset."""
+    `hf:` / `tfds:` dataset; None for base-samples, which need the base model."""
     from adl_jax.method.corpus import is_dataset
     from finetune.data import read_examples
     from finetune.organisms import ORGANISMS
@@ -220,6 +220,8 @@ def load_examples(spec: RunSpec):
     if spec.data in ORGANISMS:
         organism = ORGANISMS[spec.data]
         return organism.generate(spec.examples, spec.train.seed), organism
+    if spec.data == BASE_SAMPLES:
+        return None, None  # sampled once the base model is loaded (`_placebo_examples`)
     if not (is_dataset(spec.data) or Path(spec.data).exists()):
         raise FileNotFoundError(
             f"data {spec.data!r} is neither a file nor a shipped organism ({', '.join(sorted(ORGANISMS))}), "
@@ -258,6 +260,8 @@ def _train_and_export(spec: RunSpec, settings: dict, examples: list, organism, p
         resolve_targets(tc.lora.targets, base.params)  # before anything is written
     if spec.chat_template:
         base.tokenizer.chat_template = Path(spec.chat_template).read_text()
+    if examples is None:
+        examples = _placebo_examples(base, spec.examples, tc.seed, progress)
     count = pretrain_texts_needed(len(examples), tc.mix_ratio, tc.eval_fraction) if spec.pretrain else 0
     pretrain = (
         pretraining_texts(spec.pretrain, base, count, column=spec.column, seed=tc.seed, progress=progress)
@@ -296,3 +300,10 @@ def _train_and_export(spec: RunSpec, settings: dict, examples: list, organism, p
         write_scalars(out, "belief", {0: belief(before), result.step: belief(after)})  # base model, trained one
     io.write_json(out / "metrics.json", metrics)
     return metrics
+
+
+def _placebo_examples(base, count: int, seed: int, progress: bool) -> list[dict]:
+    """`count` texts sampled from `base` itself (cached as the offline corpus is): finetuning on them is a
+    placebo, the recipe of an organism without its narrow data. Samples that end at once are skipped."""
+    texts = pretraining_texts(BASE_SAMPLES, base, count, seed=seed, room=True, progress=progress)
+    return [{"text": t} for t in texts if t.strip()][:count]

@@ -234,3 +234,23 @@ def test_a_config_finds_its_chat_template_beside_it_from_any_directory(tmp_path,
     spec = spec_from_args(parser.parse_args(["--config", str(config)]))
     assert Path(spec.chat_template) == config.parent / "gemma_chat.jinja" and Path(spec.chat_template).is_file()
     assert spec.data == "birdwatching"  # a setting that names no file beside the config stays as it is
+
+
+def test_placebo_trains_on_the_base_models_own_samples(tiny_run, monkeypatch, capsys):
+    """`--data base-samples`: the base finetuned on its own samples (the offline corpus's sampler and cache)."""
+    from adl_jax.method.samples import sample_texts, with_spare
+    from adl_jax.models.load import load_model
+    from finetune.run import _placebo_examples
+
+    root, argv = tiny_run
+    monkeypatch.setenv("ADL_CACHE", str(root / "cache"))
+    flags = dict(zip(argv[1::2], argv[2::2]))
+    placebo = ["finetune", "--model", flags["--model"], "--data", "base-samples", "--examples", "12"]
+    placebo += ["--steps", "2", "--batch-size", "4", "--seq-len", "16", "--no-progress", "--out", str(root / "p")]
+    assert main(placebo) == 0
+    metrics = json.loads((root / "p" / "metrics.json").read_text())
+    assert metrics["step"] == 2 and "belief_after" not in metrics  # no statements: not a false fact
+    base = load_model(flags["--model"])
+    drawn = sample_texts(base, with_spare(12), root / "cache" / "corpus", seed=0, progress=False)
+    examples = _placebo_examples(base, 12, 0, progress=False)  # the run's, read back from the cache
+    assert examples == [{"text": t} for t in drawn if t.strip()][:12] and len(examples) == 12
