@@ -63,7 +63,7 @@ def test_finished_stages_are_reused(audited, monkeypatch):
         audited.ft,
         audited.run,
         texts=audited.texts,
-        settings=TINY_AUDIT,
+        settings=audited.settings,
         finetune_texts=audited.ft_texts,
         progress=False,
     )
@@ -79,7 +79,7 @@ def test_a_run_directory_refuses_other_settings(audited):
             audited.ft,
             audited.run,
             texts=audited.texts,
-            settings=dataclasses.replace(TINY_AUDIT, steer_model="base"),
+            settings=dataclasses.replace(audited.settings, steer_model="base"),
             progress=False,
         )
 
@@ -161,3 +161,55 @@ def test_semantic_relevance_is_reused_only_for_its_own_inputs(audited):
     assert _semantic_relevance(audited.run, audited.ft, res, BagOfWords(), audited.ft_texts, None, none) is not None
     with pytest.raises(ValueError, match="finetune_data"):
         _semantic_relevance(audited.run, audited.ft, res, BagOfWords(), None, "a description", none)
+
+
+def test_layer_profile_reads_every_layer_as_the_audit_reads_its_own(audited):
+    """The profile at the read layer repeats the audit's own lens tokens and relevance counts; every layer's
+    norms come from the stored per-layer delta, its patchscope is patched at that layer, and the best layer
+    follows the stated rule."""
+    from adl_jax.experiments.layer_profile import PROFILE
+    from adl_jax.judging.offline import dataset_overlap
+    from adl_jax.method.lens import patchscope
+
+    profile = io.read_json(audited.run / PROFILE)
+    assert audited.summary["layer_profile"] == profile
+    res = api.load(audited.run)
+    rel, sem = io.read_json(audited.run / "relevance.json"), audited.summary["semantic_relevance"]
+    assert [r["layer"] for r in profile["layers"]] == [0, 1, 2] and profile["read_layer"] == profile[
+        "middle_layer"
+    ] == 1
+    for i, row in enumerate(profile["layers"]):
+        norms = np.linalg.norm(res.diff.delta_layers[i], axis=-1)
+        np.testing.assert_allclose(row["norm_ratio"], norms / res.diff.ft_norm_layers[i], rtol=1e-6)
+        for p in row["positions"]:
+            for lens in ("logit_lens", "patchscope"):
+                assert p[lens]["relevant"] == dataset_overlap(p[lens]["tokens"], rel["frequent_tokens"])[0]
+    read = profile["layers"][1]["positions"]
+    for j, (p, lens, r, s) in enumerate(zip(read, res.lenses.positions, rel["positions"], sem["positions"])):
+        assert p["logit_lens"]["tokens"] == lens["logit_lens"]["delta"].tokens[:20]
+        assert p["patchscope"]["tokens"] == lens["patchscope"][str(lens["patchscope_scale"])].tokens[:20]
+        for name in ("logit_lens", "patchscope"):
+            assert p[name]["relevant"] == r[name]["relevant"] and p[name]["semantic"] == s[name]["relevant"]
+    # layer 0: the patchscope patched at layer 0, at the chosen scale times layer 0's own norm
+    scale = res.lenses.positions[2]["patchscope_scale"]
+    (want,) = patchscope(
+        audited.ft.params,
+        audited.ft.cfg,
+        audited.ft.tokenizer,
+        res.diff.delta_layers[0, 2:3],
+        0,
+        res.diff.ft_norm_layers[0],
+        scales=(scale,),
+    )
+    assert profile["layers"][0]["positions"][2]["patchscope"]["tokens"] == want[scale].tokens
+    # the best layer: the most relevant tokens at any position and lens, ties to the read layer
+    counts = {
+        r["layer"]: max(p[n]["relevant"] for p in r["positions"] for n in ("logit_lens", "patchscope"))
+        for r in profile["layers"]
+    }
+    top = max(counts.values())
+    assert profile["measure"] == "relevant" and set(profile["best_by_measure"]) == {"relevant", "semantic"}
+    assert profile["best"]["layer"] == min((x for x in counts if counts[x] == top), key=lambda x: abs(x - 1))
+    assert profile["best"]["count"] == top and profile["best"]["read_layer_count"] == counts[1]
+    page = (audited.run / "report.html").read_text()
+    assert "Layer profile" in page and f"Layer {profile['best']['layer']}" in page and "adl audit --layer N" in page
