@@ -185,7 +185,7 @@ def test_layer_profile_reads_every_layer_as_the_audit_reads_its_own(audited):
             for lens in ("logit_lens", "patchscope"):
                 assert p[lens]["relevant"] == dataset_overlap(p[lens]["tokens"], rel["frequent_tokens"])[0]
     read = profile["layers"][1]["positions"]
-    for j, (p, lens, r, s) in enumerate(zip(read, res.lenses.positions, rel["positions"], sem["positions"])):
+    for p, lens, r, s in zip(read, res.lenses.positions, rel["positions"], sem["positions"]):
         assert p["logit_lens"]["tokens"] == lens["logit_lens"]["delta"].tokens[:20]
         assert p["patchscope"]["tokens"] == lens["patchscope"][str(lens["patchscope_scale"])].tokens[:20]
         for name in ("logit_lens", "patchscope"):
@@ -213,3 +213,55 @@ def test_layer_profile_reads_every_layer_as_the_audit_reads_its_own(audited):
     assert profile["best"]["count"] == top and profile["best"]["read_layer_count"] == counts[1]
     page = (audited.run / "report.html").read_text()
     assert "Layer profile" in page and f"Layer {profile['best']['layer']}" in page and "adl audit --layer N" in page
+
+
+def test_layer_profile_and_organisms_pages_in_headless_chromium(audited, tmp_path):
+    """report.html's layer profile and the organisms.html of three organisms, as Chromium renders them: the
+    sections are there, the profile's plot has one point per layer (in layer order), the best layer is named
+    on both pages, and the browser logs no error."""
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+
+    from adl_jax.experiments.organisms import PAGE, cross_organism
+    from adl_jax.method.diff import DiffResult
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("needs Chromium and chromedriver (apt-get install chromium chromium-driver)")
+    out, names = tmp_path / "organisms", ["a", "b", "c"]
+    for i, name in enumerate(names):  # three organisms: the audited one, then its delta turned and reversed
+        shutil.copytree(audited.run, out / name)
+        res = DiffResult.load(out / name)
+        res.delta = res.delta * (1, -1)[i % 2] + i * np.roll(res.delta, 1, axis=-1)
+        res.save(out / name)
+    cross_organism(out, names)
+    profile = audited.summary["layer_profile"]
+    best = profile["best"]["layer"]
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1800"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(
+        service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=options
+    )
+    try:
+        driver.get((audited.run / "report.html").as_uri())
+        assert driver.find_element(By.ID, "layer-profile").is_displayed()
+        assert f"Layer {best}" in driver.find_element(By.ID, "layer-profile-finding").text
+        plot = driver.find_element(By.CSS_SELECTOR, "#layer-profile-plot svg")
+        assert plot.size["width"] > 300 and plot.size["height"] > 200
+        for lens in ("logit_lens", "patchscope"):
+            points = driver.find_elements(By.CSS_SELECTOR, f"#layer-profile-relevant-{lens} use")
+            xs = [float(p.get_attribute("x")) for p in points]
+            assert len(xs) == len(profile["layers"]) and xs == sorted(xs), lens
+        driver.save_screenshot(str(tmp_path / "report.png"))
+        driver.get((out / PAGE).as_uri())
+        rows = driver.find_elements(By.CSS_SELECTOR, "table tr")
+        assert [r.find_element(By.TAG_NAME, "td").text for r in rows[1:]] == names
+        assert all(r.find_elements(By.TAG_NAME, "td")[-1].text.startswith(f"{best} (") for r in rows[1:])
+        assert driver.find_element(By.TAG_NAME, "svg").is_displayed()  # the cosine heat maps
+        driver.save_screenshot(str(tmp_path / "organisms.png"))
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        driver.quit()

@@ -27,8 +27,8 @@ PROFILE = "layer_profile.json"
 # the data's frequent words, then the sentence encoder.
 MEASURES = {
     "graded": "LLM-graded relevance",
-    "relevant": "dataset overlap (offline)",
-    "semantic": "semantic relevance against the audit's null (offline)",
+    "relevant": "offline dataset overlap",
+    "semantic": "offline semantic relevance, against the audit's null",
 }
 
 

@@ -173,10 +173,6 @@ def write_report(run: str | Path) -> Path:
         )
     if summary.get("semantic_relevance"):
         parts.append(_semantic_section(summary["semantic_relevance"]))
-    if summary.get("layer_profile"):
-        from adl_jax.report.layers import layer_profile_section
-
-        parts.append(layer_profile_section(summary["layer_profile"]))
     if sim:
         parts.append("<h2>Steered text vs finetuning data</h2>" + _similarity_plot(sim))
     parts.append("<h2>Tokens per position</h2>")
@@ -197,6 +193,10 @@ def write_report(run: str | Path) -> Path:
         for label, ts in rows:
             parts.append(f"<tr><th>{label}</th><td>{_tokens(ts.tokens[:20], hits)}</td></tr>")
         parts.append("</table>")
+    if summary.get("layer_profile"):
+        from adl_jax.report.layers import layer_profile_section
+
+        parts.append(layer_profile_section(summary["layer_profile"]))
     parts.append(_promoted_section(run, rel, hits))
     unsteered = (
         io.read_json(run / "generations_unsteered.json") if (run / "generations_unsteered.json").exists() else {}

@@ -78,8 +78,8 @@ def layer_profile_section(profile: dict) -> str:
         f"Best layer: {profile['rule']}" + (f", by {MEASURES[measure]}." if measure else ".")
     )
     return (
-        "<h2 id='layer-profile'>Layer profile</h2>"
+        "<section id='layer-profile'><h2>Layer profile</h2>"
         f"<p class='verdict' id='layer-profile-finding'>{html.escape(finding(profile))}</p>"
         f"<p class='note'>{html.escape(note)}</p>"
-        f"<div id='layer-profile-plot'>{_plot(profile)}</div>" + table(head, rows)
+        f"<div id='layer-profile-plot'>{_plot(profile)}</div>{table(head, rows)}</section>"
     )
