@@ -71,13 +71,13 @@ def adl(*args) -> float:
     return time.perf_counter() - start
 
 
-def layers_ratio(model, texts: int) -> dict[str, float]:
+def layers_ratio(model, texts: int, rounds: int = 3) -> dict[str, float]:
     """Seconds of the delta loop (one LoRA organism) with every layer stored (`all`), and with one layer read:
-    the last one (`last`: the forward runs as deep as `all`'s) and the middle one (`middle`, the default)."""
+        the last one (`last`: the forward runs as deep as `all`'s) and the middle one (`middle`, the default); the
+    fastest of `rounds` interleaved runs each."""
     from adl_jax.method.corpus import tokenize_texts
     from adl_jax.method.diff import DiffSettings, compute_deltas
     from adl_jax.models.load import load_model
-    from benchmarks.common import best_time
 
     with tempfile.TemporaryDirectory() as d:
         write_adapter(model, Path(d) / "lora", seed=0)
@@ -96,7 +96,15 @@ def layers_ratio(model, texts: int) -> dict[str, float]:
             last=DiffSettings(layer=model.cfg.num_layers - 1),
             middle=DiffSettings(),
         )
-        return {name: best_time(lambda s=s: run(s), repeat=2) for name, s in settings.items()}
+        for s in settings.values():  # compiled before any timing
+            run(s)
+        times = {name: [] for name in settings}
+        for _ in range(rounds):  # interleaved, so a change in the machine's load falls on all three alike
+            for name, s in settings.items():
+                start = time.perf_counter()
+                run(s)
+                times[name].append(time.perf_counter() - start)
+        return {name: min(t) for name, t in times.items()}
 
 
 def main():
