@@ -1,5 +1,6 @@
 """`audit` end to end on a tiny pair: every stage's file, resumable stages, and a report that renders."""
 
+import dataclasses
 import html
 import shutil
 
@@ -71,7 +72,6 @@ def test_finished_stages_are_reused(audited, monkeypatch):
 
 
 def test_a_run_directory_refuses_other_settings(audited):
-    import dataclasses
 
     with pytest.raises(ValueError, match="other settings \\(steer_model\\)"):
         audit(
@@ -133,7 +133,7 @@ def test_graded_audit_over_real_http(tmp_path, rng):
             ft,
             tmp_path / "run",
             texts=random_texts(rng, 100, vocab_size=100),
-            settings=TINY_AUDIT,
+            settings=dataclasses.replace(TINY_AUDIT, layers="all"),
             description="words w110 to w112",
             finetune_texts=["w110 w111 w112 w110"] * 20,
             grader=grader,
@@ -149,6 +149,11 @@ def test_graded_audit_over_real_http(tmp_path, rng):
         assert grader.stats.retries >= 1 and grader.stats.calls > 10
         lens = io.read_json(tmp_path / "run" / "lens.json")["positions"][0]
         assert lens["patchscope_scale_rule"] == "LLM tournament" and lens["patchscope_scale"] == 0.5
+        # the layer profile grades every layer's tokens too, and names the best layer by that grade
+        profile = summary["layer_profile"]
+        assert profile["measure"] == "graded" and set(profile["best_by_measure"]) == {"graded", "relevant"}
+        for cell, row in zip(profile["layers"][1]["positions"], rel["positions"]):
+            assert cell["logit_lens"]["graded"] == row["logit_lens"]["graded"]
 
 
 def test_semantic_relevance_is_reused_only_for_its_own_inputs(audited):
