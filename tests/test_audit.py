@@ -72,7 +72,6 @@ def test_finished_stages_are_reused(audited, monkeypatch):
 
 
 def test_a_run_directory_refuses_other_settings(audited):
-
     with pytest.raises(ValueError, match="other settings \\(steer_model\\)"):
         audit(
             audited.base,
