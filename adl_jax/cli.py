@@ -28,6 +28,11 @@ def _ints(value: str) -> tuple[int, ...]:
         raise UsageError(f"{value!r} is not a comma-separated list of integers, e.g. 0,5") from None
 
 
+def _layers(value: str) -> str | tuple[int, ...]:
+    """'all' or '0,5,9' (the layers whose delta is stored besides the read layer)."""
+    return "all" if value.strip() == "all" else _ints(value)
+
+
 def _span(value: str) -> tuple[int, ...]:
     """'0-8' -> (0, 1, ..., 8); '3' -> (3,)."""
     lo, _, hi = value.partition("-")
@@ -66,8 +71,10 @@ AUDIT_FLAGS = {
     "steer_model": "the model delta steers: finetuned (paper) or base",
     "chat_before": "chat variant: the corpus holds conversations (--column messages); rows start this many "
     "tokens before the first assistant token",
+    "layers": "also read delta at these layers in the same forward, all or e.g. 3,6,9, and profile them "
+    "(layer_profile.json): which layer reads best",
 }
-AUDIT_TYPES = {"layer": _layer, "steer_positions": _ints, "chat_before": int}
+AUDIT_TYPES = {"layer": _layer, "steer_positions": _ints, "chat_before": int, "layers": _layers}
 # Settings read from a file of prompts (one per line, or JSONL): the flag names the file.
 AUDIT_PROMPT_FLAGS = {
     "final_prompts": ("--prompts", "the final steered/unsteered samples' prompts (default: 20 everyday chat prompts)"),
@@ -178,11 +185,6 @@ def organism_specs(finetuned: list[str], organisms_file: str | None) -> str | di
             raise UsageError(f"{where}: the name {name.strip()!r} is given twice; give each organism its own name")
         named[name.strip()] = spec.strip()
     return named
-
-
-def _layers(value: str) -> str | tuple[int, ...]:
-    """'all' or '0,5,9' (the layers whose delta is stored besides the read layer)."""
-    return "all" if value.strip() == "all" else _ints(value)
 
 
 def cmd_lens(a) -> None:
@@ -689,7 +691,8 @@ def cmd_demo(a) -> None:
 
 STEER_FLAGS = {
     "position": "the position of delta to steer with",
-    "layer": "the layer after which to add it (default: the run's read layer; needed with --vector)",
+    "layer": "the layer after which to add it (default: the run's read layer; needed with --vector); a run "
+    "with --layers steers with its delta at that layer",
     "steer_model": "the model to steer: finetuned or base",
     "samples": "samples per prompt and alpha",
     "new_tokens": "tokens to generate",
@@ -734,10 +737,9 @@ def cmd_steer(a) -> None:
             raise UsageError(f"with --vector give --layer and the model to steer (--{settings.steer_model})")
         layer, source = settings.layer, a.vector
     elif a.run:
-        vector, layer, meta = st.run_vector(a.run, settings.position)
+        vector, layer, meta = st.run_vector(a.run, settings.position, settings.layer)
         base, ft = st.pair_specs(meta, a.base, a.finetuned)
         spec, base = (ft, base) if settings.steer_model == "finetuned" else (base, None)
-        layer = layer if settings.layer is None else settings.layer
         source = f"{a.run} position {settings.position}"
     else:
         raise UsageError("give a run directory (adl diff or adl audit) or --vector FILE.npy")

@@ -3,10 +3,11 @@
 The organisms are seeded random LoRA adapters of the embedded Gemma-3-270M in PEFT format (rank 16 on every
 attention and MLP projection, lora_alpha 32, B scaled so each update is a few percent of its weight, as
 trained adapters are), over the same corpus of distinct English texts. Also: the delta loop with every
-layer stored (`--layers all`) vs the read layer only, in one process on the same batches (loading and
-compilation excluded; the forward runs to the last layer read, so `all` runs all 18 layers, one layer 9).
+layer stored (`--layers all`) vs one layer read, in one process on the same batches (loading and
+compilation excluded): against the last layer alone, whose forward runs as deep (the issue's criterion), and
+against the default middle layer, whose forward stops halfway.
 
-    python -m benchmarks.bench_organisms [--texts 1000] [--organisms 8]
+    python -m benchmarks.bench_organisms [--texts 1000] [--organisms 8] [--layer-texts 512] [--layers-only]
 """
 
 import argparse
@@ -70,12 +71,13 @@ def adl(*args) -> float:
     return time.perf_counter() - start
 
 
-def layers_ratio(model, texts: int) -> tuple[float, float]:
-    """Seconds of the delta loop (one LoRA organism) with every layer stored vs the read layer only."""
+def layers_ratio(model, texts: int, rounds: int = 3) -> dict[str, float]:
+    """Seconds of the delta loop (one LoRA organism) with every layer stored (`all`), and with one layer read:
+        the last one (`last`: the forward runs as deep as `all`'s) and the middle one (`middle`, the default); the
+    fastest of `rounds` interleaved runs each."""
     from adl_jax.method.corpus import tokenize_texts
     from adl_jax.method.diff import DiffSettings, compute_deltas
     from adl_jax.models.load import load_model
-    from benchmarks.common import best_time
 
     with tempfile.TemporaryDirectory() as d:
         write_adapter(model, Path(d) / "lora", seed=0)
@@ -84,12 +86,25 @@ def layers_ratio(model, texts: int) -> tuple[float, float]:
         tokens = tokenize_texts(Path(d, "corpus.txt").read_text().splitlines(), model.tokenizer, 16, texts)
         runs = []
 
-        def run(layers):
+        def run(settings):
             out = Path(d) / f"run{len(runs)}"
             runs.append(out)
-            compute_deltas(model, {"o": ft}, tokens, DiffSettings(layers=layers), out, progress=False)
+            compute_deltas(model, {"o": ft}, tokens, settings, out, progress=False)
 
-        return best_time(lambda: run("all"), repeat=2), best_time(lambda: run(None), repeat=2)
+        settings = dict(
+            all=DiffSettings(layers="all"),
+            last=DiffSettings(layer=model.cfg.num_layers - 1),
+            middle=DiffSettings(),
+        )
+        for s in settings.values():  # compiled before any timing
+            run(s)
+        times = {name: [] for name in settings}
+        for _ in range(rounds):  # interleaved, so a change in the machine's load falls on all three alike
+            for name, s in settings.items():
+                start = time.perf_counter()
+                run(s)
+                times[name].append(time.perf_counter() - start)
+        return {name: min(t) for name, t in times.items()}
 
 
 def main():
@@ -97,34 +112,46 @@ def main():
     ap.add_argument("--texts", type=int, default=1000)
     ap.add_argument("--organisms", type=int, default=8)
     ap.add_argument("--layer-texts", type=int, default=512, help="texts of the --layers all comparison")
+    ap.add_argument("--layers-only", action="store_true", help="only the --layers all comparison")
     args = ap.parse_args()
     from adl_jax.models.load import load_model
 
     model = load_model("gemma-3-270m")
+    if not args.layers_only:
+        organisms(model, args.texts, args.organisms)
+    layers = layers_ratio(model, args.layer_texts)
+    last, middle = model.cfg.num_layers - 1, model.cfg.middle_layer
+    print(
+        f"delta loop, {args.layer_texts} texts, one organism: --layers all (layers 0..{last}) {layers['all']:.2f} s, "
+        f"layer {last} only {layers['last']:.2f} s, layer {middle} only {layers['middle']:.2f} s"
+    )
+    print(
+        f"-> every layer costs {layers['all'] / layers['last']:.2f}x one layer at the same depth "
+        f"(the forward runs to the last layer read either way), {layers['all'] / layers['middle']:.2f}x the middle layer"
+    )
+
+
+def organisms(model, texts: int, count: int) -> None:
+    """One `adl diff` with `count` --finetuned vs `count` separate runs, whole processes, printed."""
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
-        write_corpus(root / "corpus.txt", args.texts)
-        names = [f"o{i}" for i in range(args.organisms)]
+        write_corpus(root / "corpus.txt", texts)
+        names = [f"o{i}" for i in range(count)]
         for i, name in enumerate(names):
             write_adapter(model, root / name, seed=i)
-        common = ["--base", "gemma-3-270m", "--corpus", root / "corpus.txt", "--samples", args.texts]
+        common = ["--base", "gemma-3-270m", "--corpus", root / "corpus.txt", "--samples", texts]
         adl("info", "gemma-3-270m")  # the embedded GGUF assembled into the cache before any timing
         t_one = adl(
             "diff", *common, *[f for n in names for f in ("--finetuned", f"{n}={root / n}")], "--out", root / "multi"
         )
         t_each = [adl("diff", *common, "--finetuned", root / n, "--out", root / f"single_{n}") for n in names]
-    t_all, t_single = layers_ratio(model, args.layer_texts)
 
-    print(f"Gemma-3-270M, {args.organisms} LoRA organisms (r={RANK}, all projections), {args.texts} texts, n=16")
-    print(f"one `adl diff` with {args.organisms} --finetuned : {t_one:7.1f} s")
+    print(f"Gemma-3-270M, {count} LoRA organisms (r={RANK}, all projections), {texts} texts, n=16")
+    print(f"one `adl diff` with {count} --finetuned : {t_one:7.1f} s")
     print(
-        f"{args.organisms} separate `adl diff` runs        : {sum(t_each):7.1f} s (each {min(t_each):.1f}..{max(t_each):.1f} s)"
+        f"{count} separate `adl diff` runs        : {sum(t_each):7.1f} s (each {min(t_each):.1f}..{max(t_each):.1f} s)"
     )
     print(f"-> one pass is {sum(t_each) / t_one:.2f}x faster")
-    print(
-        f"delta loop, {args.layer_texts} texts, one organism: --layers all {t_all:.2f} s vs read layer only {t_single:.2f} s"
-    )
-    print(f"-> every layer costs {t_all / t_single:.2f}x one layer")
 
 
 if __name__ == "__main__":

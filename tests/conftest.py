@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from types import SimpleNamespace
@@ -183,8 +184,9 @@ class BagOfWords:
 
 @pytest.fixture(scope="module")
 def audited(tmp_path_factory):
-    """One offline audit of a tiny pair (the audit and agent tests read it)."""
+    """One offline audit of a tiny pair, every layer profiled (the audit and agent tests read it)."""
     root = tmp_path_factory.mktemp("audit")
+    settings = dataclasses.replace(TINY_AUDIT, layers="all")
     (base, ft), _ = tiny_pair(root)
     texts = random_texts(np.random.RandomState(0), 100, vocab_size=100)  # words w3..w99
     ft_texts = ["w110 w111 w112 w110 w111"] * 20  # a 'narrow' dataset of words the corpus never uses
@@ -193,12 +195,14 @@ def audited(tmp_path_factory):
         ft,
         root / "run",
         texts=texts,
-        settings=TINY_AUDIT,
+        settings=settings,
         finetune_texts=ft_texts,
         encoder=BagOfWords(),
         progress=False,
     )
-    return SimpleNamespace(base=base, ft=ft, run=root / "run", texts=texts, ft_texts=ft_texts, summary=summary)
+    return SimpleNamespace(
+        base=base, ft=ft, run=root / "run", texts=texts, ft_texts=ft_texts, summary=summary, settings=settings
+    )
 
 
 @pytest.fixture(scope="module")

@@ -1,5 +1,6 @@
 """`audit` end to end on a tiny pair: every stage's file, resumable stages, and a report that renders."""
 
+import dataclasses
 import html
 import shutil
 
@@ -63,7 +64,7 @@ def test_finished_stages_are_reused(audited, monkeypatch):
         audited.ft,
         audited.run,
         texts=audited.texts,
-        settings=TINY_AUDIT,
+        settings=audited.settings,
         finetune_texts=audited.ft_texts,
         progress=False,
     )
@@ -71,15 +72,13 @@ def test_finished_stages_are_reused(audited, monkeypatch):
 
 
 def test_a_run_directory_refuses_other_settings(audited):
-    import dataclasses
-
     with pytest.raises(ValueError, match="other settings \\(steer_model\\)"):
         audit(
             audited.base,
             audited.ft,
             audited.run,
             texts=audited.texts,
-            settings=dataclasses.replace(TINY_AUDIT, steer_model="base"),
+            settings=dataclasses.replace(audited.settings, steer_model="base"),
             progress=False,
         )
 
@@ -133,7 +132,7 @@ def test_graded_audit_over_real_http(tmp_path, rng):
             ft,
             tmp_path / "run",
             texts=random_texts(rng, 100, vocab_size=100),
-            settings=TINY_AUDIT,
+            settings=dataclasses.replace(TINY_AUDIT, layers="all"),
             description="words w110 to w112",
             finetune_texts=["w110 w111 w112 w110"] * 20,
             grader=grader,
@@ -149,6 +148,11 @@ def test_graded_audit_over_real_http(tmp_path, rng):
         assert grader.stats.retries >= 1 and grader.stats.calls > 10
         lens = io.read_json(tmp_path / "run" / "lens.json")["positions"][0]
         assert lens["patchscope_scale_rule"] == "LLM tournament" and lens["patchscope_scale"] == 0.5
+        # the layer profile grades every layer's tokens too, and names the best layer by that grade
+        profile = summary["layer_profile"]
+        assert profile["measure"] == "graded" and set(profile["best_by_measure"]) == {"graded", "relevant"}
+        for cell, row in zip(profile["layers"][1]["positions"], rel["positions"]):
+            assert cell["logit_lens"]["graded"] == row["logit_lens"]["graded"]
 
 
 def test_semantic_relevance_is_reused_only_for_its_own_inputs(audited):
@@ -161,3 +165,107 @@ def test_semantic_relevance_is_reused_only_for_its_own_inputs(audited):
     assert _semantic_relevance(audited.run, audited.ft, res, BagOfWords(), audited.ft_texts, None, none) is not None
     with pytest.raises(ValueError, match="finetune_data"):
         _semantic_relevance(audited.run, audited.ft, res, BagOfWords(), None, "a description", none)
+
+
+def test_layer_profile_reads_every_layer_as_the_audit_reads_its_own(audited):
+    """The profile at the read layer repeats the audit's own lens tokens and relevance counts; every layer's
+    norms come from the stored per-layer delta, its patchscope is patched at that layer, and the best layer
+    follows the stated rule."""
+    from adl_jax.experiments.layer_profile import PROFILE
+    from adl_jax.judging.offline import dataset_overlap
+    from adl_jax.method.lens import patchscope
+
+    profile = io.read_json(audited.run / PROFILE)
+    assert audited.summary["layer_profile"] == profile
+    res = api.load(audited.run)
+    rel, sem = io.read_json(audited.run / "relevance.json"), audited.summary["semantic_relevance"]
+    assert [r["layer"] for r in profile["layers"]] == [0, 1, 2] and profile["read_layer"] == profile[
+        "middle_layer"
+    ] == 1
+    for i, row in enumerate(profile["layers"]):
+        norms = np.linalg.norm(res.diff.delta_layers[i], axis=-1)
+        np.testing.assert_allclose(row["norm_ratio"], norms / res.diff.ft_norm_layers[i], rtol=1e-6)
+        for p in row["positions"]:
+            for lens in ("logit_lens", "patchscope"):
+                assert p[lens]["relevant"] == dataset_overlap(p[lens]["tokens"], rel["frequent_tokens"])[0]
+    read = profile["layers"][1]["positions"]
+    for p, lens, r, s in zip(read, res.lenses.positions, rel["positions"], sem["positions"]):
+        assert p["logit_lens"]["tokens"] == lens["logit_lens"]["delta"].tokens[:20]
+        assert p["patchscope"]["tokens"] == lens["patchscope"][str(lens["patchscope_scale"])].tokens[:20]
+        for name in ("logit_lens", "patchscope"):
+            assert p[name]["relevant"] == r[name]["relevant"] and p[name]["semantic"] == s[name]["relevant"]
+    # layer 0: the patchscope patched at layer 0, at the chosen scale times layer 0's own norm
+    scale = res.lenses.positions[2]["patchscope_scale"]
+    (want,) = patchscope(
+        audited.ft.params,
+        audited.ft.cfg,
+        audited.ft.tokenizer,
+        res.diff.delta_layers[0, 2:3],
+        0,
+        res.diff.ft_norm_layers[0],
+        scales=(scale,),
+    )
+    assert profile["layers"][0]["positions"][2]["patchscope"]["tokens"] == want[scale].tokens
+    # the best layer: the most relevant tokens at any position and lens, ties to the read layer
+    counts = {
+        r["layer"]: max(p[n]["relevant"] for p in r["positions"] for n in ("logit_lens", "patchscope"))
+        for r in profile["layers"]
+    }
+    top = max(counts.values())
+    assert profile["measure"] == "relevant" and set(profile["best_by_measure"]) == {"relevant", "semantic"}
+    assert profile["best"]["layer"] == min((x for x in counts if counts[x] == top), key=lambda x: abs(x - 1))
+    assert profile["best"]["count"] == top and profile["best"]["read_layer_count"] == counts[1]
+    page = (audited.run / "report.html").read_text()
+    assert "Layer profile" in page and f"Layer {profile['best']['layer']}" in page and "adl audit --layer N" in page
+
+
+def test_layer_profile_and_organisms_pages_in_headless_chromium(audited, tmp_path):
+    """report.html's layer profile and the organisms.html of three organisms, as Chromium renders them: the
+    sections are there, the profile's plot has one point per layer (in layer order), the best layer is named
+    on both pages, and the browser logs no error."""
+    pytest.importorskip("selenium")
+    from selenium import webdriver
+    from selenium.webdriver.common.by import By
+
+    from adl_jax.experiments.organisms import PAGE, cross_organism
+    from adl_jax.method.diff import DiffResult
+
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("needs Chromium and chromedriver (apt-get install chromium chromium-driver)")
+    out, names = tmp_path / "organisms", ["a", "b", "c"]
+    for i, name in enumerate(names):  # three organisms: the audited one, then its delta turned and reversed
+        shutil.copytree(audited.run, out / name)
+        res = DiffResult.load(out / name)
+        res.delta = res.delta * (1, -1)[i % 2] + i * np.roll(res.delta, 1, axis=-1)
+        res.save(out / name)
+    cross_organism(out, names)
+    profile = audited.summary["layer_profile"]
+    best = profile["best"]["layer"]
+
+    options = webdriver.ChromeOptions()
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,1800"):
+        options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(
+        service=webdriver.ChromeService(executable_path=shutil.which("chromedriver")), options=options
+    )
+    try:
+        driver.get((audited.run / "report.html").as_uri())
+        assert driver.find_element(By.ID, "layer-profile").is_displayed()
+        assert f"Layer {best}" in driver.find_element(By.ID, "layer-profile-finding").text
+        plot = driver.find_element(By.CSS_SELECTOR, "#layer-profile-plot svg")
+        assert plot.size["width"] > 300 and plot.size["height"] > 200
+        for lens in ("logit_lens", "patchscope"):
+            points = driver.find_elements(By.CSS_SELECTOR, f"#layer-profile-relevant-{lens} use")
+            xs = [float(p.get_attribute("x")) for p in points]
+            assert len(xs) == len(profile["layers"]) and xs == sorted(xs), lens
+        driver.save_screenshot(str(tmp_path / "report.png"))
+        driver.get((out / PAGE).as_uri())
+        rows = driver.find_elements(By.CSS_SELECTOR, "table tr")
+        assert [r.find_element(By.TAG_NAME, "td").text for r in rows[1:]] == names
+        assert all(r.find_elements(By.TAG_NAME, "td")[-1].text.startswith(f"{best} (") for r in rows[1:])
+        assert driver.find_element(By.TAG_NAME, "svg").is_displayed()  # the cosine heat maps
+        driver.save_screenshot(str(tmp_path / "organisms.png"))
+        assert [e for e in driver.get_log("browser") if e["level"] == "SEVERE"] == []
+    finally:
+        driver.quit()

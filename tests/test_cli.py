@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from adl_jax import api
@@ -101,13 +102,44 @@ def test_adl_audit_quick(tiny_dirs, tmp_path, monkeypatch, capsys):
         str(ft_data),
         "--description",
         "w110 words",
+        "--layer",
+        "0",
+        "--layers",
+        "all",
         "--out",
         str(out),
     ]
     assert main(argv) == 0
     assert f"report: {out / 'report.html'}" in capsys.readouterr().out
-    assert json.loads((out / "summary.json").read_text())["judges"] == "offline"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["judges"] == "offline" and summary["layer"] == 0
+    profile = summary["layer_profile"]  # read at layer 0 (--layer), profiled at every layer
+    assert [r["layer"] for r in profile["layers"]] == [0, 1, 2] and (
+        profile["read_layer"],
+        profile["middle_layer"],
+    ) == (0, 1)
     assert main(["report", str(out)]) == 0
+    # `adl steer RUN --layer 2` steers at layer 2 with the run's delta at layer 2
+    from adl_jax.experiments.steer import run_vector
+    from adl_jax.method.steer import steering_vector
+
+    res = api.load(out).diff
+    vector, layer, _ = run_vector(out, 1, 2)
+    np.testing.assert_array_equal(vector, steering_vector(res.delta_layers[2, 1], res.ft_norm_layers[2]))
+    assert layer == 2 and not np.allclose(vector, run_vector(out, 1)[0])
+    steer = [
+        "steer",
+        str(out),
+        "--layer",
+        "2",
+        "--prompt",
+        "w5 w6",
+        "--new-tokens",
+        "2",
+        "--json",
+        str(tmp_path / "s.json"),
+    ]
+    assert main(steer) == 0 and json.loads((tmp_path / "s.json").read_text())["layer"] == 2
 
 
 def test_adl_ablate(tiny_dirs, tmp_path, capsys):

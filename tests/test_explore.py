@@ -41,6 +41,10 @@ def test_audit_flags_reach_the_settings(tmp_path):
     assert s.search_prompts == ("Tell me a story?", "Any ideas?") and s.chat_before == 2
     quick = audit_settings(build_parser().parse_args(["audit", "--quick", "--layer", "3"]))
     assert quick.layer == 3 and quick.samples == 512  # a flag over the preset keeps the preset's other values
+    assert s.layers is None and quick.layers is None
+    for value, want in (("all", "all"), ("0,5,9", (0, 5, 9))):
+        settings = audit_settings(build_parser().parse_args(["audit", "--layers", value]))
+        assert settings.layers == want and settings.delta_settings().layers == want
 
 
 @pytest.mark.parametrize(

@@ -66,6 +66,7 @@ class AuditSettings:
     steer_model: str = "finetuned"  # finetuned | base
     search_prompts: tuple[str, ...] | None = None  # the alpha search's prompts; None: STEERING_PROMPTS
     chat_before: int | None = None  # the chat variant (corpus of conversations), as `adl diff --chat-before`
+    layers: tuple[int, ...] | str | None = None  # also delta at these layers ("all"), and the layer profile
 
     def __post_init__(self):
         if self.steer_model not in ("finetuned", "base"):
@@ -89,7 +90,7 @@ class AuditSettings:
         )
 
     def delta_settings(self) -> DiffSettings:
-        return DiffSettings(layer=self.layer, k=self.k, n=self.n, batch_size=self.batch_size)
+        return DiffSettings(layer=self.layer, k=self.k, n=self.n, batch_size=self.batch_size, layers=self.layers)
 
     @classmethod
     def quick(cls) -> AuditSettings:
@@ -196,6 +197,7 @@ def _audit(
         progress=progress,
     )
     semantic = _semantic_relevance(out, ft, res, encoder, finetune_texts, description, placebo)
+    profile = _layer_profile(out, ft, res, rel, semantic, encoder, finetune_texts, description, grader)
     layer = res.diff.meta["layer"]
     st = settings.steering
     key = jax.random.key(settings.seed)
@@ -302,6 +304,7 @@ def _audit(
         "relevance": rel,
         "similarity": similarity,
         "semantic_relevance": semantic,
+        "layer_profile": profile,
     }
     io.write_json(out / "summary.json", summary)
     from adl_jax.report.audit import write_report
@@ -344,6 +347,7 @@ def _measure(base: Model, ft: Model, out: Path, texts, settings, description, fi
         seed=settings.seed,
         out=out,
         chat_before=settings.chat_before,
+        layers=settings.layers,
         progress=progress,
     )
     # After the delta (whose own identity covers the models and texts), so that input the delta refuses, such
@@ -379,6 +383,27 @@ def _semantic_relevance(out: Path, ft: Model, res: adl.ADLResult, encoder, finet
         out / "semantic_relevance.json",
         lambda: semantic_relevance(
             ft, res, encoder, finetune_texts=finetune_texts, description=description, placebo=placebo["deltas"]
+        ),
+    )
+
+
+def _layer_profile(out: Path, ft, res, rel, semantic, encoder, finetune_texts, description, grader):
+    """The layer-profile stage of a run with delta at several layers (`--layers`), else None."""
+    from adl_jax.experiments.layer_profile import PROFILE, layer_profile
+
+    if res.diff.delta_layers is None:
+        return None
+    score = (lambda tokens: score_tokens(tokens, rel["frequent_tokens"], grader, description)) if rel else None
+    return _stage(
+        out / PROFILE,
+        lambda: layer_profile(
+            ft,
+            res,
+            score=score,
+            semantic=semantic,
+            encoder=encoder,
+            finetune_texts=finetune_texts,
+            description=description,
         ),
     )
 

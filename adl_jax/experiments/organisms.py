@@ -12,6 +12,7 @@ import numpy as np
 
 from adl_jax import io
 from adl_jax.errors import InputError
+from adl_jax.experiments.layer_profile import PROFILE
 from adl_jax.method.diff import DiffResult
 
 TABLE, PAGE = "organisms.json", "organisms.html"
@@ -23,6 +24,20 @@ def _best_relevance(relevance: dict | None) -> dict | None:
     best = relevance["best"]
     lens = max(("logit_lens", "patchscope"), key=lambda name: best[name]["relevant"])
     return {"relevant": best[lens]["relevant"], "lens": lens, "position": best["position"]}
+
+
+def _best_layer(profile: dict | None) -> dict | None:
+    """The layer profile's best-reading layer, with the read layer to compare (None without a profile)."""
+    if not profile or profile["best"] is None:
+        return None
+    best = profile["best"]
+    return {
+        "layer": best["layer"],
+        "count": best["count"],
+        "measure": profile["measure"],
+        "read_layer": profile["read_layer"],
+        "read_layer_count": best["read_layer_count"],
+    }
 
 
 def _agent_grade(agent: dict | None) -> float | None:
@@ -52,6 +67,7 @@ def organism_row(name: str, run: Path) -> dict:
         if similarity
         else None,
         "agent_grade": _agent_grade(optional("agent.json")),
+        "best_layer": _best_layer(summary.get("layer_profile") or optional(PROFILE)),
     }
 
 

@@ -87,15 +87,22 @@ def check_prompts(prompts) -> None:
         require(bool(p.strip()), "prompt", repr(p), "a prompt must hold some text")
 
 
-def run_vector(run: str | Path, position: int) -> tuple[np.ndarray, int, dict]:
-    """(unit(delta_position) * ft_norm, the run's read layer, its meta) of a finished delta run."""
+def run_vector(run: str | Path, position: int, layer: int | None = None) -> tuple[np.ndarray, int, dict]:
+    """(unit(delta_position) * ft_norm, the layer to steer at, the run's meta) of a finished delta run: at
+    `layer` (default the run's read layer) with that layer's delta and norm when the run stored them
+    (`--layers`), else with the read layer's."""
     run = Path(run)
     if not run.is_dir():
         raise InputError(f"run directory {run} does not exist: give a directory written by adl diff or adl audit")
     res = DiffResult.load(run)
     k = res.delta.shape[0]
     require(position < k, "position", position, f"the run analysed positions 0..{k - 1}")
-    return steering_vector(res.delta[position], res.ft_norm), int(res.meta["layer"]), res.meta
+    layer = int(res.meta["layer"]) if layer is None else layer
+    stored = res.meta.get("layers", [])
+    if res.delta_layers is not None and layer in stored:
+        i = stored.index(layer)
+        return steering_vector(res.delta_layers[i, position], res.ft_norm_layers[i]), layer, res.meta
+    return steering_vector(res.delta[position], res.ft_norm), layer, res.meta
 
 
 def file_vector(path: str | Path, position: int) -> np.ndarray:

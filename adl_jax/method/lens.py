@@ -76,18 +76,20 @@ def _prompt_batch(tokenizer, prompts) -> tuple[np.ndarray, np.ndarray]:
     return pad_batch([tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts])
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "layer", "keep", "top"))
-def _patchscope_one(params, vector, scales, tokens, valid, *, cfg: ModelConfig, layer: int, keep: int, top: int):
-    """For one vector: (S, top) ids and averaged probabilities, over all scales x prompts in one batch."""
+@functools.partial(jax.jit, static_argnames=("cfg", "layers", "keep", "top"))
+def _patchscope_one(params, vector, scales, tokens, valid, at, *, cfg: ModelConfig, layers, keep: int, top: int):
+    """For one vector: (S, top) ids and averaged probabilities, over all scales x prompts in one batch,
+    patched after layer `at`, one of the static `layers`. `at` is data, so that vectors patched at different
+    layers share one compiled forward (an edit at each of `layers`, applied only at the vector's own)."""
     S, (Q, T) = scales.shape[0], tokens.shape
     unit = vector / jnp.linalg.norm(vector)
     rows = jnp.repeat(scales[:, None] * unit[None, :], Q, axis=0)  # (S*Q, D), scale-major
     batch_tokens, batch_valid = jnp.tile(tokens, (S, 1)), jnp.tile(valid, (S, 1))
     last = jnp.zeros((S * Q, T)).at[:, -1].set(1.0)
-    edit = Intervention(layer=layer, mode="replace", vector=rows, weight=last)
+    edits = tuple(Intervention(layer=x, mode="replace", vector=rows, weight=last * (at == x)) for x in layers)
     final = cfg.num_layers - 1
     h = forward(
-        params, batch_tokens, cfg, valid=batch_valid, interventions=(edit,), capture=(final,), until_layer=final
+        params, batch_tokens, cfg, valid=batch_valid, interventions=edits, capture=(final,), until_layer=final
     ).hidden[final][:, -1]
     probs = jax.nn.softmax(unembed(params, h, cfg), axis=-1).reshape(S, Q, -1)
     threshold = _top_k(probs, keep)[0][..., -1:]  # each prompt's keep-th largest probability
@@ -121,8 +123,9 @@ def patchscope(
             scale_arr,
             jnp.asarray(tokens),
             jnp.asarray(valid),
+            layer,
             cfg=cfg,
-            layer=layer,
+            layers=(layer,),
             keep=keep,
             top=top,
         )
@@ -132,11 +135,11 @@ def patchscope(
     return out
 
 
-@functools.partial(jax.jit, static_argnames=("cfg", "layer", "keep", "top"))
-def _patchscope_many(params, vectors, norms, tokens, valid, *, cfg: ModelConfig, layer: int, keep: int, top: int):
-    """`_patchscope_one` vmapped over vectors (N, D), each at its own norm (N,): one batch for all of them."""
-    one = functools.partial(_patchscope_one, cfg=cfg, layer=layer, keep=keep, top=top)
-    ids, probs = jax.vmap(one, in_axes=(None, 0, 0, None, None))(params, vectors, norms[:, None], tokens, valid)
+@functools.partial(jax.jit, static_argnames=("cfg", "layers", "keep", "top"))
+def _patchscope_many(params, vectors, norms, tokens, valid, at, *, cfg: ModelConfig, layers, keep: int, top: int):
+    """`_patchscope_one` vmapped over vectors (N, D), each at its own norm (N,) and layer `at` (N,): one batch."""
+    one = functools.partial(_patchscope_one, cfg=cfg, layers=layers, keep=keep, top=top)
+    ids, probs = jax.vmap(one, in_axes=(None, 0, 0, None, None, 0))(params, vectors, norms[:, None], tokens, valid, at)
     return ids[:, 0], probs[:, 0]
 
 
@@ -145,7 +148,7 @@ def patchscope_each(
     cfg: ModelConfig,
     tokenizer,
     vectors: np.ndarray,
-    layer: int,
+    layer: int | np.ndarray,
     norms: np.ndarray,
     *,
     prompts=PATCHSCOPE_PROMPTS,
@@ -155,16 +158,28 @@ def patchscope_each(
 ) -> list[TokenScores]:
     """The patchscope of each vector (N, D) at one norm each (N,), `chunk` vectors per forward pass: the
     batched reading that control vectors need by the hundred (`patchscope` reads few vectors at many scales).
+    `layer`: one layer for all, or each vector's own (N,) (a layer profile), still one compiled forward.
     The last chunk is padded with copies of its first row, so every chunk has one compiled shape."""
     tokens, valid = (jnp.asarray(a) for a in _prompt_batch(tokenizer, prompts))
     vectors, norms = np.asarray(vectors, np.float32), np.asarray(norms, np.float32)
+    at = np.broadcast_to(np.asarray(layer, np.int32), norms.shape)
+    layers = tuple(sorted({int(x) for x in at}))
     out = []
     for start in range(0, len(vectors), chunk):
-        v, n = vectors[start : start + chunk], norms[start : start + chunk]
+        v, n, a = (x[start : start + chunk] for x in (vectors, norms, at))
         pad = chunk - len(v) if len(vectors) > chunk else 0
-        v, n = np.concatenate([v, np.repeat(v[:1], pad, 0)]), np.concatenate([n, np.repeat(n[:1], pad)])
+        v, n, a = (np.concatenate([x, np.repeat(x[:1], pad, 0)]) for x in (v, n, a))
         ids, probs = _patchscope_many(
-            params, jnp.asarray(v), jnp.asarray(n), tokens, valid, cfg=cfg, layer=layer, keep=keep, top=top
+            params,
+            jnp.asarray(v),
+            jnp.asarray(n),
+            tokens,
+            valid,
+            jnp.asarray(a),
+            cfg=cfg,
+            layers=layers,
+            keep=keep,
+            top=top,
         )
         rows = len(v) - pad
         out += [TokenScores.from_arrays(i, p, tokenizer) for i, p in zip(np.asarray(ids)[:rows], np.asarray(probs))]

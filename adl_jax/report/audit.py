@@ -193,6 +193,10 @@ def write_report(run: str | Path) -> Path:
         for label, ts in rows:
             parts.append(f"<tr><th>{label}</th><td>{_tokens(ts.tokens[:20], hits)}</td></tr>")
         parts.append("</table>")
+    if summary.get("layer_profile"):
+        from adl_jax.report.layers import layer_profile_section
+
+        parts.append(layer_profile_section(summary["layer_profile"]))
     parts.append(_promoted_section(run, rel, hits))
     unsteered = (
         io.read_json(run / "generations_unsteered.json") if (run / "generations_unsteered.json").exists() else {}

@@ -18,6 +18,7 @@ def _row(r: dict) -> list[str]:
     rel = r.get("relevance")
     alphas = r.get("alphas") or {}
     sim = r.get("similarity_margin")
+    layer = r.get("best_layer")
     return [
         r["name"],
         r["finetuned"],
@@ -27,6 +28,9 @@ def _row(r: dict) -> list[str]:
         ", ".join(f"p{j}: {a:.2f}" for j, a in alphas.items()) or "–",
         _fmt(sim, "+.3f"),
         _fmt(r.get("agent_grade"), ".2f"),
+        f"{layer['layer']} ({layer['count']}; read layer {layer['read_layer']}: {layer['read_layer_count']})"
+        if layer
+        else "–",
     ]
 
 
@@ -55,6 +59,7 @@ def organisms_page(data: dict) -> str:
         "steering alpha",
         "steered similarity margin",
         "agent grade",
+        "best layer (relevant)",
     ]
     title = f"{len(rows)} organisms of {data['base']}"
     parts = [f"<h1>{html.escape(title)}</h1>", table(head, [_row(r) for r in rows])]
@@ -62,7 +67,9 @@ def organisms_page(data: dict) -> str:
         "<p class='note'>Relevance: dataset overlap of the top-20 logit-lens or patchscope tokens with the "
         "organism's frequent finetuning words, at its best position (offline). Similarity margin: steered minus "
         "unsteered similarity to the finetuning data at the best steered position. A dash: that stage has not "
-        "run for this organism (the agent grade appears once <code>adl agent</code> has run).</p>"
+        "run for this organism (the agent grade appears once <code>adl agent</code> has run; the best layer once "
+        "<code>adl audit --layers all</code> has profiled them, its count of relevant top tokens next to the "
+        "read layer's).</p>"
     )
     if len(rows) > 1:
         parts.append("<h2>How alike are the traces?</h2>" + _similarity_plot([r["name"] for r in rows], data["cosine"]))
