@@ -44,8 +44,8 @@ _KNOWN_KEYS = frozenset(
 class GGUFFile:
     """Metadata and lazily dequantized tensors of one GGUF file.
 
-    The header is parsed here rather than by `gguf.GGUFReader`, which makes one memmap view per array element:
-    half a minute for Gemma 3's 262k-token vocabulary, against well under a second reading each array whole.
+    The header is parsed here rather than by `gguf.GGUFReader`, which makes one memmap view per array element,
+    slow for a 262k-token vocabulary; here each numeric array is read whole and strings in one pass.
     Tensor data stays memory-mapped and is dequantized by the `gguf` package."""
 
     def __init__(self, path: str | Path):
