@@ -1168,6 +1168,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    if argv is None:  # a process of its own (the `adl` script), not a call from Python
+        persist_compilations()
     try:
         args.func(args)
     except KeyboardInterrupt:
@@ -1179,6 +1181,19 @@ def main(argv=None) -> int:
         print(f"adl {args.command}: error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     return 0
+
+
+def persist_compilations() -> None:
+    """Keep compiled XLA programs under the adl cache (`xla/`), so a later `adl` process loads them instead of
+    compiling again. jax keys each entry by the program, compile options, jax version and device kind, so an
+    entry is only ever reused for the identical computation. A directory set with JAX_COMPILATION_CACHE_DIR
+    wins; set it to a fresh empty directory to time cold starts."""
+    import jax
+
+    from adl_jax.io import cache_root
+
+    if not jax.config.jax_compilation_cache_dir:
+        jax.config.update("jax_compilation_cache_dir", str(cache_root() / "xla"))
 
 
 def expected(e: Exception) -> bool:

@@ -13,15 +13,12 @@ shapes (rows = batch x 16 tokens against the 640 x 2048 MLP weight).
 """
 
 import argparse
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.bench_organisms import write_corpus
+from benchmarks.bench_organisms import run_cold, write_corpus
 from benchmarks.common import ENGLISH
 
 PEER = """
@@ -44,12 +41,6 @@ with torch.inference_mode():
         sb, sf, ns = sb + hb[:, :k].sum(0), sf + hf[:, :k].sum(0), ns + hf[:, k:].norm(dim=-1).sum()
 print(float((sf - sb).norm()))
 """
-
-
-def seconds(*argv) -> float:
-    start = time.perf_counter()
-    subprocess.run([sys.executable, *map(str, argv)], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
 
 
 def toolkit_delta(model, tokens: np.ndarray, layer: int, k: int = 5, batch: int = 32):
@@ -111,8 +102,8 @@ def main():
     with tempfile.TemporaryDirectory() as d:
         root = Path(d)
         write_corpus(root / "corpus.txt", args.texts)
-        seconds("-m", "adl_jax.cli", "info", "gemma-3-270m")  # the embedded GGUF assembled before any timing
-        t_ours = seconds(
+        run_cold("-m", "adl_jax.cli", "info", "gemma-3-270m")  # the embedded GGUF assembled before any timing
+        t_ours = run_cold(
             *("-m", "adl_jax.cli", "diff", "--base", "gemma-3-270m", "--finetuned", "gemma-3-270m"),
             *("--corpus", root / "corpus.txt", "--samples", args.texts, "--out", root / "run"),
         )
@@ -120,7 +111,7 @@ def main():
         from adl_jax.models.load import load_model
 
         layer = load_model("gemma-3-270m").cfg.middle_layer
-        t_peer = seconds("-c", PEER, root / "run" / "tokens.npy", layer)
+        t_peer = run_cold("-c", PEER, root / "run" / "tokens.npy", layer)
 
     from benchmarks.common import best_time, load_pair
 

@@ -12,6 +12,7 @@ against the default middle layer, whose forward stops halfway.
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -64,11 +65,19 @@ def write_corpus(path: Path, count: int) -> None:
     path.write_text("".join(" ".join(rng.permutation(words)[:40]) + "\n" for _ in range(count)))
 
 
+def run_cold(*argv) -> float:
+    """Seconds of one whole Python process, started cold: with an empty XLA compilation cache of its own, so no
+    run reuses programs another compiled (`adl` keeps them under its cache; see cli.persist_compilations)."""
+    with tempfile.TemporaryDirectory() as xla:
+        start = time.perf_counter()
+        env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": xla}
+        subprocess.run([sys.executable, *map(str, argv)], check=True, stdout=subprocess.DEVNULL, env=env)
+        return time.perf_counter() - start
+
+
 def adl(*args) -> float:
-    """Seconds of one whole `adl` process."""
-    start = time.perf_counter()
-    subprocess.run([sys.executable, "-m", "adl_jax.cli", *map(str, args)], check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - start
+    """Seconds of one whole `adl` process, cold."""
+    return run_cold("-m", "adl_jax.cli", *args)
 
 
 def layers_ratio(model, texts: int, rounds: int = 3) -> dict[str, float]:

@@ -176,3 +176,25 @@ def test_adl_ablate(tiny_dirs, tmp_path, capsys):
     result = json.loads((out / "ablation.json").read_text())
     assert result["positions"] == [0, 1, 2] and len(result["datasets"]["finetune"]["random"]["1"]["all"]) == 3
     assert "<svg" in (out / "ablation.html").read_text()
+
+
+def test_an_adl_process_keeps_compiled_programs_in_the_adl_cache(tmp_path, monkeypatch):
+    """`adl` as a process (argv None) sets jax's persistent compilation cache under $ADL_CACHE, unless
+    JAX_COMPILATION_CACHE_DIR chose one; main() called from Python (argv given) leaves jax's config alone."""
+    import jax
+
+    from adl_jax.cli import persist_compilations
+
+    monkeypatch.setenv("ADL_CACHE", str(tmp_path))
+    before = jax.config.jax_compilation_cache_dir
+    try:
+        jax.config.update("jax_compilation_cache_dir", None)
+        assert main(["plan", "--model", "Qwen3-0.6B", "--devices", "cpu"]) in (0, 2)
+        assert not jax.config.jax_compilation_cache_dir
+        persist_compilations()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "xla")
+        jax.config.update("jax_compilation_cache_dir", str(tmp_path / "mine"))
+        persist_compilations()
+        assert jax.config.jax_compilation_cache_dir == str(tmp_path / "mine")
+    finally:
+        jax.config.update("jax_compilation_cache_dir", before)

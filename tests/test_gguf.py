@@ -19,7 +19,7 @@ import pytest
 import torch
 
 from adl_jax.models.config import ModelConfig
-from adl_jax.models.gguf import load_gguf
+from adl_jax.models.gguf import GGUFFile, load_gguf
 from adl_jax.models.transformer import forward
 from conftest import FAMILIES, tiny_hf_model
 from tiny_gguf import tiny_overrides, write_gguf
@@ -159,6 +159,37 @@ def test_gemma_norms_are_stored_as_one_plus_w(gemma_gguf):
         shifted = torch.tensor(v - 1)
         assert torch.equal(shifted.bfloat16().float(), shifted), t.name
         assert not torch.equal(torch.tensor(v).bfloat16().float(), torch.tensor(v)), t.name
+
+
+def _same_as_gguf_reader(path):
+    """Our header parser against the `gguf` package's own reader: every metadata value and tensor equal."""
+    reader, ours = gguf.GGUFReader(path), GGUFFile(path)
+    theirs = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("GGUF.")}
+    assert ours.fields == theirs
+    assert list(ours.tensors) == [t.name for t in reader.tensors]
+    for t in reader.tensors:
+        mine = ours.tensors[t.name]
+        assert (mine.tensor_type, mine.shape, mine.data.dtype) == (t.tensor_type, tuple(t.shape.tolist()), t.data.dtype)
+        np.testing.assert_array_equal(mine.data, t.data)
+
+
+def test_header_parser_matches_gguf_reader(tmp_path, gemma_gguf):
+    write_gguf(
+        tiny_hf_model("llama", tmp_path / "hf"),
+        tmp_path / "m.gguf",
+        chat_template="{{ x }}",
+        matrix_type=gguf.GGMLQuantizationType.Q8_0,
+    )
+    _same_as_gguf_reader(tmp_path / "m.gguf")
+    _same_as_gguf_reader(gemma_gguf)  # the 262k-token vocabulary, Q4_K/Q6_K/Q8_0 blocks, F32 norms
+
+
+def test_truncated_gguf_is_refused(tmp_path):
+    write_gguf(tiny_hf_model("qwen3", tmp_path / "hf"), tmp_path / "m.gguf")
+    data = (tmp_path / "m.gguf").read_bytes()
+    (tmp_path / "cut.gguf").write_bytes(data[:2000])
+    with pytest.raises(ValueError, match="not a readable GGUF file"):
+        GGUFFile(tmp_path / "cut.gguf")
 
 
 @pytest.fixture(scope="module")

@@ -1,9 +1,20 @@
 """Logit lens and patchscope against PyTorch references (a forward hook that replaces the residual)."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
 
-from adl_jax.method.lens import PATCHSCOPE_SCALES, TokenScores, gradable, logit_lens, patchscope, select_scale
+from adl_jax.method.lens import (
+    PATCHSCOPE_SCALES,
+    TokenScores,
+    _kth_largest,
+    _top_k,
+    gradable,
+    logit_lens,
+    patchscope,
+    select_scale,
+)
 from adl_jax.models.weights import load_hf_dir
 from conftest import tiny_hf_model, tiny_tokenizer
 
@@ -61,6 +72,23 @@ def test_patchscope_matches_torch_hook(tmp_path, rng):
         order = np.argsort(-mean)[:5]
         assert got[scale].ids == order.tolist(), scale
         np.testing.assert_allclose(got[scale].probs, mean[order], rtol=1e-4)
+
+
+def test_kth_largest_without_sort_equals_top_k(rng):
+    """The bisection over float bits gives exactly the k-th largest value: ties, zeros, subnormals, huge
+    values, k = 1, k = size and k beyond the size (clamped, as `_top_k` clamps)."""
+    x = np.abs(rng.randn(4, 300)).astype(np.float32)
+    x[0, :200] = 0.25  # a tie across the k-th place
+    x[1, ::2] = 0.0
+    x[2, :50] = np.float32(1e-42)  # subnormal
+    x[3, :3] = np.float32(3e38)
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(rng.randn(3, 1000) * 20), axis=-1))  # many underflow to 0
+    for arr in (x, probs):
+        for k in (1, 2, 7, 150, 199, 200, 201, arr.shape[-1] - 1, arr.shape[-1], arr.shape[-1] + 5):
+            want = np.sort(arr, axis=-1)[:, ::-1][:, min(k, arr.shape[-1]) - 1 :][:, :1]
+            got = np.asarray(jax.jit(_kth_largest, static_argnums=1)(jnp.asarray(arr), k))
+            np.testing.assert_array_equal(got, want)
+            np.testing.assert_array_equal(got, np.asarray(_top_k(jnp.asarray(arr), k)[0][:, -1:]))
 
 
 def test_gradable_and_scale_rule(tmp_path):

@@ -58,6 +58,26 @@ def _top_k(x: jax.Array, k: int) -> tuple[jax.Array, jax.Array]:
     return jax.lax.top_k(x, min(k, x.shape[-1]))
 
 
+def _kth_largest(x: jax.Array, k: int) -> jax.Array:
+    """The k-th largest value along the last axis (k clamped to its size), for x >= 0 without NaN: equal to
+    `_top_k(x, k)[0][..., -1:]`, found without sorting. Non-negative float32s order like their bit patterns
+    as int32, so a bisection over the bits (31 passes of a count) lands exactly on the largest t with
+    count(x >= t) >= k, which is the k-th largest value. XLA's top_k with a large k sorts the whole axis."""
+    k = min(k, x.shape[-1])
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.int32)
+    lo = jnp.zeros((*x.shape[:-1], 1), jnp.int32)  # count(x >= lo) >= k always
+    hi = jnp.full_like(lo, 0x7F800001)  # above +inf: count(x >= hi) == 0 < k
+
+    def step(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(bits >= mid, axis=-1, keepdims=True) >= k
+        return jnp.where(enough, mid, lo), jnp.where(enough, hi, mid)
+
+    lo, _ = jax.lax.fori_loop(0, 31, step, (lo, hi))
+    return jax.lax.bitcast_convert_type(lo, jnp.float32)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg", "top"))
 def _lens_top(params, vectors, *, cfg: ModelConfig, top: int):
     probs = jax.nn.softmax(unembed(params, vectors, cfg), axis=-1)
@@ -92,7 +112,7 @@ def _patchscope_one(params, vector, scales, tokens, valid, at, *, cfg: ModelConf
         params, batch_tokens, cfg, valid=batch_valid, interventions=edits, capture=(final,), until_layer=final
     ).hidden[final][:, -1]
     probs = jax.nn.softmax(unembed(params, h, cfg), axis=-1).reshape(S, Q, -1)
-    threshold = _top_k(probs, keep)[0][..., -1:]  # each prompt's keep-th largest probability
+    threshold = _kth_largest(probs, keep)  # each prompt's keep-th largest probability
     in_all = jnp.all(probs >= threshold, axis=1)  # (S, V)
     mean = jnp.where(in_all, probs.mean(axis=1), 0.0)
     top_probs, top_ids = _top_k(mean, top)

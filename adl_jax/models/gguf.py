@@ -11,6 +11,8 @@ are (out, in) like torch's.
 
 from __future__ import annotations
 
+import dataclasses
+import struct
 from importlib.metadata import version
 from pathlib import Path
 
@@ -40,18 +42,20 @@ _KNOWN_KEYS = frozenset(
 
 
 class GGUFFile:
-    """Metadata and lazily dequantized tensors of one GGUF file."""
+    """Metadata and lazily dequantized tensors of one GGUF file.
+
+    The header is parsed here rather than by `gguf.GGUFReader`, which makes one memmap view per array element,
+    slow for a 262k-token vocabulary; here each numeric array is read whole and strings in one pass.
+    Tensor data stays memory-mapped and is dequantized by the `gguf` package."""
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
         if not self.path.is_file():
             raise FileNotFoundError(f"no GGUF file at {self.path}")
         try:
-            reader = gguf.GGUFReader(self.path)
-        except Exception as e:  # the reader reports a bad magic or a truncated file as generic errors
+            self.fields, self.tensors = _read_header(self.path)
+        except Exception as e:  # a bad magic or a file cut short surfaces as a struct or numpy error
             raise ValueError(f"{self.path} is not a readable GGUF file ({e}); it may be truncated") from e
-        self.fields = reader.fields
-        self.tensors = {t.name: t for t in reader.tensors}
         self.arch = self.meta("general.architecture")
         if (self.meta("split.count") or 1) > 1:
             raise ValueError(f"{self.path} is one part of a split GGUF; merge it first with `llama-gguf-split --merge`")
@@ -59,8 +63,7 @@ class GGUFFile:
     def meta(self, key: str, default=None):
         """A metadata value. GGUF floats are float32; they come back as the shortest decimal that rounds to
         the same float32 (1e-06, not 9.999999974752427e-07), i.e. the value the converter was given."""
-        field = self.fields.get(key)
-        value = default if field is None else field.contents()
+        value = self.fields.get(key, default)
         return float(str(np.float32(value))) if isinstance(value, float) else value
 
     def shape(self, name: str) -> tuple[int, ...]:
@@ -86,6 +89,102 @@ class GGUFFile:
                     f"package ({version('gguf')}) cannot dequantize; re-quantize the model to a supported type "
                     "(e.g. `llama-quantize` to Q8_0 or Q4_K_M), or load its HF safetensors checkpoint instead"
                 ) from e
+
+
+@dataclasses.dataclass(frozen=True)
+class GGUFTensor:
+    """One tensor of a GGUF file: `shape` innermost first (GGUF order); `data` memory-mapped as `gguf.quants`
+    expects it (elements for float/int types, bytes per row for quantized ones)."""
+
+    name: str
+    tensor_type: gguf.GGMLQuantizationType
+    shape: tuple[int, ...]
+    data: np.ndarray
+
+
+_SCALARS = {
+    gguf.GGUFValueType.UINT8: "u1",
+    gguf.GGUFValueType.INT8: "i1",
+    gguf.GGUFValueType.UINT16: "u2",
+    gguf.GGUFValueType.INT16: "i2",
+    gguf.GGUFValueType.UINT32: "u4",
+    gguf.GGUFValueType.INT32: "i4",
+    gguf.GGUFValueType.FLOAT32: "f4",
+    gguf.GGUFValueType.BOOL: "?",
+    gguf.GGUFValueType.UINT64: "u8",
+    gguf.GGUFValueType.INT64: "i8",
+    gguf.GGUFValueType.FLOAT64: "f8",
+}
+_PLAIN = {"F16": "f2", "F32": "f4", "F64": "f8", "I8": "i1", "I16": "i2", "I32": "i4", "I64": "i8"}
+
+
+def _read_header(path: Path) -> tuple[dict, dict[str, GGUFTensor]]:
+    """A GGUF file's metadata {key: value} (arrays as lists, as `gguf.ReaderField.contents` gives them) and
+    its tensors by name, following the GGUF specification (versions 2 and 3, either byte order)."""
+    mm = np.memmap(path, mode="r")
+    buf = memoryview(mm)
+    if bytes(buf[:4]) != b"GGUF":
+        raise ValueError("GGUF magic invalid")
+    order = "<" if struct.unpack_from("<I", buf, 4)[0] & 0xFFFF else ">"
+    version_ = struct.unpack_from(order + "I", buf, 4)[0]
+    if version_ not in gguf.READER_SUPPORTED_VERSIONS:
+        raise ValueError(f"GGUF version {version_} is not supported")
+    n_tensors, n_kv = struct.unpack_from(order + "QQ", buf, 8)
+    offs = 24
+
+    def scalar(code: str):
+        nonlocal offs
+        value = np.frombuffer(buf, np.dtype(order + code), 1, offs)[0]
+        offs += value.nbytes
+        return value.item()
+
+    def string() -> str:
+        nonlocal offs
+        n = struct.unpack_from(order + "Q", buf, offs)[0]
+        offs += 8 + n
+        return str(buf[offs - n : offs], "utf-8")
+
+    def value(kind: int):
+        nonlocal offs
+        if kind == gguf.GGUFValueType.STRING:
+            return string()
+        if kind != gguf.GGUFValueType.ARRAY:
+            return scalar(_SCALARS[gguf.GGUFValueType(kind)])
+        sub, n = struct.unpack_from(order + "IQ", buf, offs)
+        offs += 12
+        if sub in (gguf.GGUFValueType.STRING, gguf.GGUFValueType.ARRAY):
+            return [value(sub) for _ in range(n)]
+        dtype = np.dtype(order + _SCALARS[gguf.GGUFValueType(sub)])
+        items = np.frombuffer(buf, dtype, n, offs)
+        offs += items.nbytes
+        return items.tolist()
+
+    fields = {}
+    for _ in range(n_kv):
+        key = string()
+        kind = scalar("u4")
+        fields[key] = value(kind)
+    infos = []
+    for _ in range(n_tensors):
+        name = string()
+        n_dims = scalar("u4")
+        dims = tuple(int(d) for d in np.frombuffer(buf, np.dtype(order + "u8"), n_dims, offs))
+        offs += 8 * n_dims
+        infos.append((name, dims, gguf.GGMLQuantizationType(scalar("u4")), scalar("u8")))
+    align = fields.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+    start = -(-offs // align) * align
+    tensors = {}
+    for name, dims, kind, at in infos:
+        if name in tensors:
+            raise ValueError(f"tensor {name} appears twice")
+        shape = tuple(reversed(dims))
+        if kind.name in _PLAIN:
+            dtype = np.dtype(order + _PLAIN[kind.name])
+        else:
+            dtype, shape = np.dtype(np.uint8), gguf.quant_shape_to_byte_shape(shape, kind)
+        data = np.frombuffer(buf, dtype, int(np.prod(shape)), start + at).reshape(shape)
+        tensors[name] = GGUFTensor(name, kind, dims, data)
+    return fields, tensors
 
 
 def load_gguf(
