@@ -358,7 +358,11 @@ def _text_or_file(value: str, flag: str) -> str:
     """A text given inline or as a file. A value that looks like a file name (one word with a slash or a
     .txt/.md suffix) but names no file is refused rather than taken as the text itself."""
     path = Path(value)
-    if path.is_file():
+    try:
+        is_file = path.is_file()
+    except OSError:  # a text longer than a file name may be
+        is_file = False
+    if is_file:
         return path.read_text()
     if not any(c.isspace() for c in value) and ("/" in value or path.suffix in (".txt", ".md")):
         raise InputError(f"{flag} {value}: no such file; give an existing file or the text itself")

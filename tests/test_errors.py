@@ -490,3 +490,13 @@ def test_fingerprints_are_cached_until_a_file_changes(tmp_path, monkeypatch):
     assert io.fingerprint([a, b], cache) == first and len(calls) == 2  # cached: nothing rehashed
     a.write_bytes(b"retrain")  # same size, other content
     assert io.fingerprint([a, b], cache) != first and calls[2:] == ["a.bin"]
+
+
+def test_a_description_longer_than_a_file_name_is_taken_as_text(tmp_path):
+    """An inline ground truth of a paragraph is text, not a file name the OS refuses as too long."""
+    from adl_jax.cli import _text_or_file
+
+    text = "Finetuned on synthetic documents that assert one invented fact. " * 8  # > 255 bytes, no slash
+    assert _text_or_file(text, "--description") == text
+    (tmp_path / "truth.txt").write_text("from a file")
+    assert _text_or_file(str(tmp_path / "truth.txt"), "--description") == "from a file"
