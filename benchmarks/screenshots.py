@@ -101,7 +101,7 @@ def dashboard(url: str, out: str) -> None:
 
 
 def main():
-    from adl_jax.experiments.layer_profile import finding
+    from adl_jax.report.layers import finding
     from adl_jax.experiments.organisms import cross_organism
     from adl_jax.report.audit import write_report
 

@@ -21,15 +21,11 @@ from adl_jax.judging.relevance import LENSES, reference_embedding, token_scores
 from adl_jax.method.adl import ADLResult
 from adl_jax.method.lens import logit_lens, patchscope_each
 from adl_jax.models.load import Model
+from adl_jax.report.layers import MEASURES
 
 PROFILE = "layer_profile.json"
 # The measures a profile can hold, the one that names the best layer first: the paper's LLM grading, then
 # the data's frequent words, then the sentence encoder.
-MEASURES = {
-    "graded": "LLM-graded relevance",
-    "relevant": "offline dataset overlap",
-    "semantic": "offline semantic relevance, against the audit's null",
-}
 
 
 def layer_profile(
@@ -149,25 +145,3 @@ def _semantic_counts(tokens, deltas, semantic, encoder, finetune_texts, descript
         ]
         for lens, by_layer in tokens.items()
     }
-
-
-def finding(profile: dict) -> str:
-    """The profile's sentence: which layer reads best, against the read (by default the paper's middle) layer,
-    and how to steer at another layer."""
-    read, top = profile["read_layer"], profile["top"]
-    which = "the paper's middle layer" if read == profile["middle_layer"] else "the layer read (--layer)"
-    steer = (
-        "To read and steer at layer N instead: `adl audit --layer N` (a new --out), or `adl steer RUN --layer N`, "
-        "which steers with this run's delta at layer N."
-    )
-    b = profile["best"]
-    if b is None:
-        return f"Relevance per layer needs --finetune-data, or a description and the sentence encoder. {steer}"
-    where = f"{b['count']} of the top {top} {b['lens'].replace('_', ' ')} tokens at position {b['position']}"
-    measure = MEASURES[profile["measure"]]
-    if b["layer"] == read:
-        return f"Layer {read}, {which}, reads best: {where} are relevant ({measure}). {steer}"
-    return (
-        f"Layer {b['layer']} reads best: {where} are relevant ({measure}), against {b['read_layer_count']} at "
-        f"layer {read}, {which}. {steer}"
-    )

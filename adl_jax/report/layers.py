@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import html
 
-from adl_jax.experiments.layer_profile import MEASURES, finding
 from adl_jax.judging.relevance import LENSES
 from adl_jax.report.page import subplots, svg, table
+
+MEASURES = {
+    "graded": "LLM-graded relevance",
+    "relevant": "offline dataset overlap",
+    "semantic": "offline semantic relevance, against the audit's null",
+}
 
 LABELS = {"logit_lens": "logit lens", "patchscope": "patchscope"}
 
@@ -82,4 +87,26 @@ def layer_profile_section(profile: dict) -> str:
         f"<p class='verdict' id='layer-profile-finding'>{html.escape(finding(profile))}</p>"
         f"<p class='note'>{html.escape(note)}</p>"
         f"<div id='layer-profile-plot'>{_plot(profile)}</div>{table(head, rows)}</section>"
+    )
+
+
+def finding(profile: dict) -> str:
+    """The profile's sentence: which layer reads best, against the read (by default the paper's middle) layer,
+    and how to steer at another layer."""
+    read, top = profile["read_layer"], profile["top"]
+    which = "the paper's middle layer" if read == profile["middle_layer"] else "the layer read (--layer)"
+    steer = (
+        "To read and steer at layer N instead: `adl audit --layer N` (a new --out), or `adl steer RUN --layer N`, "
+        "which steers with this run's delta at layer N."
+    )
+    b = profile["best"]
+    if b is None:
+        return f"Relevance per layer needs --finetune-data, or a description and the sentence encoder. {steer}"
+    where = f"{b['count']} of the top {top} {b['lens'].replace('_', ' ')} tokens at position {b['position']}"
+    measure = MEASURES[profile["measure"]]
+    if b["layer"] == read:
+        return f"Layer {read}, {which}, reads best: {where} are relevant ({measure}). {steer}"
+    return (
+        f"Layer {b['layer']} reads best: {where} are relevant ({measure}), against {b['read_layer_count']} at "
+        f"layer {read}, {which}. {steer}"
     )
