@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import torch
 
 from adl_jax.method.lens import (
@@ -13,10 +14,13 @@ from adl_jax.method.lens import (
     gradable,
     logit_lens,
     patchscope,
+    patchscope_each,
     select_scale,
 )
+from adl_jax.models.batching import pad_batch
+from adl_jax.models.transformer import Intervention, forward
 from adl_jax.models.weights import load_hf_dir
-from conftest import tiny_hf_model, tiny_tokenizer
+from conftest import tiny_hf_model, tiny_model, tiny_tokenizer
 
 PROMPTS = ("w5 w9 w5 w9 w7", "w11 w4 w11 w4 w7 w8", "w20 w21 w7")
 
@@ -72,6 +76,46 @@ def test_patchscope_matches_torch_hook(tmp_path, rng):
         order = np.argsort(-mean)[:5]
         assert got[scale].ids == order.tolist(), scale
         np.testing.assert_allclose(got[scale].probs, mean[order], rtol=1e-4)
+
+
+def _whole_prompt_reading(model, vector, layer, norm, keep, top):
+    """The patchscope read by running the whole prompts through `forward`, the patch at each one's last token."""
+    tokens, valid = pad_batch([model.tokenizer(p)["input_ids"] for p in PROMPTS])
+    patch = np.zeros(tokens.shape, np.float32)
+    patch[:, -1] = 1.0
+    edit = Intervention(layer, "replace", jnp.asarray(vector / np.linalg.norm(vector) * norm), jnp.asarray(patch))
+    logits = forward(model.params, jnp.asarray(tokens), model.cfg, valid=jnp.asarray(valid), interventions=(edit,))
+    probs = np.asarray(jax.nn.softmax(logits.logits[:, -1], axis=-1))
+    in_all = np.all(probs >= np.sort(probs, axis=1)[:, -keep][:, None], axis=0)
+    mean = np.where(in_all, probs.mean(0), 0.0)
+    order = np.argsort(-mean)[:top]
+    assert mean[order[-1]] > 0  # every top token is in all prompts' top-`keep`: no tie at 0 to order
+    return order.tolist(), mean[order]
+
+
+def _same_reading(got: TokenScores, ids, probs):
+    assert got.ids == ids
+    np.testing.assert_allclose(got.probs, probs, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("family", ["qwen2", "mistral", "gemma3_text"])
+def test_patchscope_runs_the_prompts_prefix_once(family, rng):
+    """The prompts' tokens before the last run once into a KV cache and only the last token runs per patch:
+    the same reading as the whole prompts (of different lengths, longer than the sliding windows) run with the
+    patch, for `patchscope` over scales and for `patchscope_each` with each vector at its own layer and norm
+    (chunks of 2, the last one padded)."""
+    model, keep, top = tiny_model(family), 64, 10
+    vectors = rng.randn(5, model.cfg.hidden_size).astype(np.float32)
+    params, cfg, tok = model.params, model.cfg, model.tokenizer
+    scales = (0.5, 3.0, 20.0)
+    read = patchscope(params, cfg, tok, vectors[:2], 1, 4.0, scales=scales, prompts=PROMPTS, keep=keep, top=top)
+    for v, by_scale in zip(vectors[:2], read):
+        for scale in scales:
+            _same_reading(by_scale[scale], *_whole_prompt_reading(model, v, 1, 4.0 * scale, keep, top))
+    layers, norms = np.array([0, 2, 1, 0, 1]), np.array([1.0, 5.0, 12.0, 30.0, 80.0])
+    each = patchscope_each(params, cfg, tok, vectors, layers, norms, prompts=PROMPTS, keep=keep, top=top, chunk=2)
+    for v, layer, norm, got in zip(vectors, layers, norms, each):
+        _same_reading(got, *_whole_prompt_reading(model, v, layer, norm, keep, top))
 
 
 def test_kth_largest_without_sort_equals_top_k(rng):

@@ -3,8 +3,9 @@
 Logit lens: softmax(unembed(final_norm(v))) with the finetuned model's norm and head.
 Patchscope: unit(v) * ft_norm * scale replaces the residual after layer l at the last token ("?") of
 three token-identity prompts; a token counts only if it is in the top-16384 of all three prompts; the
-probabilities are averaged over prompts and the top-20 kept. Every scale x prompt for a vector is one
-batched forward pass.
+probabilities are averaged over prompts and the top-20 kept. The tokens before the last are the same
+for every patch (causal attention), so they run once into a KV cache; every scale x prompt for a vector
+is then one batched forward of the last token alone.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from adl_jax.method.diff import DiffResult
 from adl_jax.models.batching import pad_batch
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.load import Model
-from adl_jax.models.transformer import Intervention, forward, unembed
+from adl_jax.models.transformer import Intervention, KVCache, forward, unembed
 
 PATCHSCOPE_PROMPTS = (
     "man -> man\n1135 -> 1135\nhello -> hello\n?",
@@ -91,25 +92,41 @@ def logit_lens(params, cfg: ModelConfig, vectors: np.ndarray, tokenizer, top: in
     return [TokenScores.from_arrays(i, p, tokenizer) for i, p in zip(np.asarray(ids), np.asarray(probs))]
 
 
-def _prompt_batch(tokenizer, prompts) -> tuple[np.ndarray, np.ndarray]:
-    """Left-padded token ids (Q, T) and validity mask; the last column is each prompt's final token."""
-    return pad_batch([tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts])
+@functools.partial(jax.jit, static_argnames=("cfg",))
+def _prefix_cache(params, tokens, valid, *, cfg: ModelConfig) -> KVCache:
+    """Keys and values of every prompt's tokens before its last, (Q, T) prompts -> a cache of T slots with the
+    first T-1 filled. The patch edits the last token only, so under causal attention these are the same for
+    every vector, scale and layer: they are computed once, and each patched row runs only its last token."""
+    Q, T = tokens.shape
+    cache = KVCache.empty(cfg, Q, T, params["embed"].dtype)
+    final = cfg.num_layers - 1
+    return forward(params, tokens[:, :-1], cfg, valid=valid[:, :-1], cache=cache, until_layer=final).cache
+
+
+def _prompts(params, cfg: ModelConfig, tokenizer, prompts) -> tuple[KVCache, jax.Array]:
+    """The prompts left-padded (each one's final token in the last column): their `_prefix_cache` and their
+    final tokens (Q,)."""
+    tokens, valid = pad_batch([tokenizer(p, add_special_tokens=True)["input_ids"] for p in prompts])
+    return _prefix_cache(params, jnp.asarray(tokens), jnp.asarray(valid), cfg=cfg), jnp.asarray(tokens[:, -1])
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layers", "keep", "top"))
-def _patchscope_one(params, vector, scales, tokens, valid, at, *, cfg: ModelConfig, layers, keep: int, top: int):
-    """For one vector: (S, top) ids and averaged probabilities, over all scales x prompts in one batch,
-    patched after layer `at`, one of the static `layers`. `at` is data, so that vectors patched at different
-    layers share one compiled forward (an edit at each of `layers`, applied only at the vector's own)."""
-    S, (Q, T) = scales.shape[0], tokens.shape
+def _patchscope_one(params, vector, scales, cache, last, at, *, cfg: ModelConfig, layers, keep: int, top: int):
+    """For one vector: (S, top) ids and averaged probabilities, over all scales x prompts in one batch of the
+    prompts' last tokens `last` (Q,) reading their `_prefix_cache`, patched after layer `at`, one of the
+    static `layers`. `at` is data, so that vectors patched at different layers share one compiled forward (an
+    edit at each of `layers`, applied only at the vector's own)."""
+    S, Q = scales.shape[0], last.shape[0]
     unit = vector / jnp.linalg.norm(vector)
     rows = jnp.repeat(scales[:, None] * unit[None, :], Q, axis=0)  # (S*Q, D), scale-major
-    batch_tokens, batch_valid = jnp.tile(tokens, (S, 1)), jnp.tile(valid, (S, 1))
-    last = jnp.zeros((S * Q, T)).at[:, -1].set(1.0)
-    edits = tuple(Intervention(layer=x, mode="replace", vector=rows, weight=last * (at == x)) for x in layers)
+    cache = cache.replace(  # row r reads prompt r % Q's prefix, as `rows` are laid out
+        k=jnp.tile(cache.k, (1, S, 1, 1, 1)), v=jnp.tile(cache.v, (1, S, 1, 1, 1)), pos=jnp.tile(cache.pos, (S, 1))
+    )
+    patch = jnp.ones((S * Q, 1))
+    edits = tuple(Intervention(layer=x, mode="replace", vector=rows, weight=patch * (at == x)) for x in layers)
     final = cfg.num_layers - 1
     h = forward(
-        params, batch_tokens, cfg, valid=batch_valid, interventions=edits, capture=(final,), until_layer=final
+        params, jnp.tile(last, S)[:, None], cfg, cache=cache, interventions=edits, capture=(final,), until_layer=final
     ).hidden[final][:, -1]
     probs = jax.nn.softmax(unembed(params, h, cfg), axis=-1).reshape(S, Q, -1)
     threshold = _kth_largest(probs, keep)  # each prompt's keep-th largest probability
@@ -133,7 +150,7 @@ def patchscope(
     top: int = 20,
 ) -> list[dict[float, TokenScores]]:
     """For each vector (P, D): {scale: top tokens}. The patched vector is unit(v) * norm * scale."""
-    tokens, valid = _prompt_batch(tokenizer, prompts)
+    cache, last = _prompts(params, cfg, tokenizer, prompts)
     scale_arr = jnp.asarray(scales, jnp.float32) * norm
     out = []
     for v in np.asarray(vectors, np.float32):
@@ -141,8 +158,8 @@ def patchscope(
             params,
             jnp.asarray(v),
             scale_arr,
-            jnp.asarray(tokens),
-            jnp.asarray(valid),
+            cache,
+            last,
             layer,
             cfg=cfg,
             layers=(layer,),
@@ -156,10 +173,10 @@ def patchscope(
 
 
 @functools.partial(jax.jit, static_argnames=("cfg", "layers", "keep", "top"))
-def _patchscope_many(params, vectors, norms, tokens, valid, at, *, cfg: ModelConfig, layers, keep: int, top: int):
+def _patchscope_many(params, vectors, norms, cache, last, at, *, cfg: ModelConfig, layers, keep: int, top: int):
     """`_patchscope_one` vmapped over vectors (N, D), each at its own norm (N,) and layer `at` (N,): one batch."""
     one = functools.partial(_patchscope_one, cfg=cfg, layers=layers, keep=keep, top=top)
-    ids, probs = jax.vmap(one, in_axes=(None, 0, 0, None, None, 0))(params, vectors, norms[:, None], tokens, valid, at)
+    ids, probs = jax.vmap(one, in_axes=(None, 0, 0, None, None, 0))(params, vectors, norms[:, None], cache, last, at)
     return ids[:, 0], probs[:, 0]
 
 
@@ -180,7 +197,7 @@ def patchscope_each(
     batched reading that control vectors need by the hundred (`patchscope` reads few vectors at many scales).
     `layer`: one layer for all, or each vector's own (N,) (a layer profile), still one compiled forward.
     The last chunk is padded with copies of its first row, so every chunk has one compiled shape."""
-    tokens, valid = (jnp.asarray(a) for a in _prompt_batch(tokenizer, prompts))
+    cache, last = _prompts(params, cfg, tokenizer, prompts)
     vectors, norms = np.asarray(vectors, np.float32), np.asarray(norms, np.float32)
     at = np.broadcast_to(np.asarray(layer, np.int32), norms.shape)
     layers = tuple(sorted({int(x) for x in at}))
@@ -193,8 +210,8 @@ def patchscope_each(
             params,
             jnp.asarray(v),
             jnp.asarray(n),
-            tokens,
-            valid,
+            cache,
+            last,
             jnp.asarray(a),
             cfg=cfg,
             layers=layers,
