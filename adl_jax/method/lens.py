@@ -96,11 +96,14 @@ def logit_lens(params, cfg: ModelConfig, vectors: np.ndarray, tokenizer, top: in
 def _prefix_cache(params, tokens, valid, *, cfg: ModelConfig) -> KVCache:
     """Keys and values of every prompt's tokens before its last, (Q, T) prompts -> a cache of T slots with the
     first T-1 filled. The patch edits the last token only, so under causal attention these are the same for
-    every vector, scale and layer: they are computed once, and each patched row runs only its last token."""
+    every vector, scale and layer: they are computed once, and each patched row runs only its last token.
+    Run once per call, this forward costs mostly its compilation, so its layers run as one `lax.scan`: one
+    compiled block instead of `num_layers`."""
     Q, T = tokens.shape
     cache = KVCache.empty(cfg, Q, T, params["embed"].dtype)
+    scan = dataclasses.replace(cfg, scan_layers=True)
     final = cfg.num_layers - 1
-    return forward(params, tokens[:, :-1], cfg, valid=valid[:, :-1], cache=cache, until_layer=final).cache
+    return forward(params, tokens[:, :-1], scan, valid=valid[:, :-1], cache=cache, until_layer=final).cache
 
 
 def _prompts(params, cfg: ModelConfig, tokenizer, prompts) -> tuple[KVCache, jax.Array]:
