@@ -315,9 +315,10 @@ def _audit(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
         activation_bytes(
             cfg, sizes, search_rows, PROMPT_TOKENS, gen[0][1], b, logit_tokens=1, logit_copies=6, batch_split=False
         ),  # steering prefill: the sampler sorts and sums the vocabulary
-        activation_bytes(
-            cfg, sizes, scope_rows, PROMPT_TOKENS, PROMPT_TOKENS, b, logit_tokens=1, batch_split=False
-        ),  # patchscope: all scales x prompts in one batch
+        # patchscope: the last token of all scales x prompts in one batch, each row reading its prompt's prefix
+        # from a KV cache of its own (the prefix itself runs once, a few rows)
+        activation_bytes(cfg, sizes, scope_rows, 1, PROMPT_TOKENS, b, logit_tokens=1, batch_split=False)
+        + 2 * cfg.num_layers * scope_rows * PROMPT_TOKENS * kv_heads * cfg.head_dim * b,
     )
     weights = weight_bytes(cfg, sizes, b, run.rules)
     if run.adapter_rank:  # the adapter is applied unmerged on the base's own arrays (models/adapters.py)
