@@ -92,18 +92,21 @@ def logit_lens(params, cfg: ModelConfig, vectors: np.ndarray, tokenizer, top: in
     return [TokenScores.from_arrays(i, p, tokenizer) for i, p in zip(np.asarray(ids), np.asarray(probs))]
 
 
+def _scanned(cfg: ModelConfig) -> ModelConfig:
+    """The patchscope's forwards run a few tokens per row and cost mostly their compilation, so their layers
+    run as `lax.scan`s (one compiled block per stretch between patch layers) whatever the model's setting."""
+    return dataclasses.replace(cfg, scan_layers=True)
+
+
 @functools.partial(jax.jit, static_argnames=("cfg",))
 def _prefix_cache(params, tokens, valid, *, cfg: ModelConfig) -> KVCache:
     """Keys and values of every prompt's tokens before its last, (Q, T) prompts -> a cache of T slots with the
     first T-1 filled. The patch edits the last token only, so under causal attention these are the same for
-    every vector, scale and layer: they are computed once, and each patched row runs only its last token.
-    Run once per call, this forward costs mostly its compilation, so its layers run as one `lax.scan`: one
-    compiled block instead of `num_layers`."""
+    every vector, scale and layer: they are computed once, and each patched row runs only its last token."""
     Q, T = tokens.shape
     cache = KVCache.empty(cfg, Q, T, params["embed"].dtype)
-    scan = dataclasses.replace(cfg, scan_layers=True)
     final = cfg.num_layers - 1
-    return forward(params, tokens[:, :-1], scan, valid=valid[:, :-1], cache=cache, until_layer=final).cache
+    return forward(params, tokens[:, :-1], _scanned(cfg), valid=valid[:, :-1], cache=cache, until_layer=final).cache
 
 
 def _prompts(params, cfg: ModelConfig, tokenizer, prompts) -> tuple[KVCache, jax.Array]:
@@ -128,8 +131,9 @@ def _patchscope_one(params, vector, scales, cache, last, at, *, cfg: ModelConfig
     patch = jnp.ones((S * Q, 1))
     edits = tuple(Intervention(layer=x, mode="replace", vector=rows, weight=patch * (at == x)) for x in layers)
     final = cfg.num_layers - 1
+    tokens = jnp.tile(last, S)[:, None]
     h = forward(
-        params, jnp.tile(last, S)[:, None], cfg, cache=cache, interventions=edits, capture=(final,), until_layer=final
+        params, tokens, _scanned(cfg), cache=cache, interventions=edits, capture=(final,), until_layer=final
     ).hidden[final][:, -1]
     probs = jax.nn.softmax(unembed(params, h, cfg), axis=-1).reshape(S, Q, -1)
     threshold = _kth_largest(probs, keep)  # each prompt's keep-th largest probability
