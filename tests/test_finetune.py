@@ -218,9 +218,13 @@ def test_sharded_run_equals_single_device(tiny, splits, tmp_path):
     a, b = sharded.trainable["q"]  # A (L, embed, r) split like q's input axis (fsdp), B (L, r, heads) like its output
     assert spec(a)[1] in ("fsdp", ("fsdp",)) and spec(b)[2] in ("model", ("model",))
     assert spec(sharded.params["layers"]["q"])[1:] in ((("fsdp",), ("model",)), ("fsdp", "model"))
-    # Reductions in another order change gradients by float32 noise, which Adam turns into steps of up to
-    # ~1e-3 lr where |g| is near its eps; after 6 steps the adapters agree to 5e-3 lr, the losses to 1e-5.
-    chex.assert_trees_all_close(sharded.trainable, single.trainable, atol=5e-3 * RESUMABLE.lr, rtol=1e-7)
+    # Reductions in another order change gradients by float32 noise. Adam normalises each step by |g|, so
+    # where |g| is near its eps that noise can move a weight by up to lr per step: almost every element
+    # agrees to 5e-3 lr, a few only to steps x lr. A wrong reduction or layout moves most elements.
+    chex.assert_trees_all_equal_shapes(sharded.trainable, single.trainable)
+    for got, want in zip(jax.tree.leaves(sharded.trainable), jax.tree.leaves(single.trainable)):
+        gap = np.abs(np.asarray(got) - np.asarray(want))
+        assert np.mean(gap <= 5e-3 * RESUMABLE.lr) >= 0.99 and gap.max() <= RESUMABLE.steps * RESUMABLE.lr
     losses = [[loss for _, loss, _ in _losses(tmp_path / d / "metrics.jsonl")] for d in ("one", "eight")]
     np.testing.assert_allclose(*losses, rtol=1e-5)
 
