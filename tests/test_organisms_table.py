@@ -27,7 +27,21 @@ def test_table_cosines_and_page(tmp_path):
     deltas["c"][1] = -2 * deltas["a"][1]  # opposite directions at position 1: cosine -1
     rel = {"best": {"position": 2, "logit_lens": {"relevant": 3}, "patchscope": {"relevant": 7}}}
     sim = {"1": {"steered_vs_finetune": {"similarity": 0.3}, "unsteered_vs_finetune": {"similarity": 0.1}}}
-    _run(tmp_path, "a", deltas["a"], summary={"relevance": rel, "alphas": {"1": 0.5}, "similarity": sim})
+    semantic = {
+        "significant_positions": [1],
+        "positions": [
+            {"position": j, "p_value": p, "p_adjusted": round(min(1, 3 * p), 6), "statistic": stat, **lenses}
+            for j, (p, stat, lenses) in enumerate(
+                [
+                    (0.5, 0.1, {"logit_lens": {"relevant": 2}, "patchscope": {"relevant": 1}}),
+                    (0.009, 0.45, {"logit_lens": {"relevant": 4}, "patchscope": {"relevant": 9}}),
+                    (0.009, 0.3, {"logit_lens": {"relevant": 6}, "patchscope": {"relevant": 0}}),
+                ]
+            )
+        ],
+    }
+    summary = {"relevance": rel, "semantic_relevance": semantic, "alphas": {"1": 0.5}, "similarity": sim}
+    _run(tmp_path, "a", deltas["a"], summary=summary)
     for n in ("b", "c"):
         _run(tmp_path, n, deltas[n])
     io.write_json(
@@ -47,7 +61,17 @@ def test_table_cosines_and_page(tmp_path):
     assert a["relevance"] == {"relevant": 7, "lens": "patchscope", "position": 2}
     assert a["similarity_margin"] == pytest.approx(0.2) and a["agent_grade"] == 3.5
     assert a["delta_norm"] == pytest.approx(np.linalg.norm(deltas["a"][1:], axis=-1).mean(), rel=1e-6)
-    assert b["relevance"] is None and b["agent_grade"] is None
+    # Semantic relevance where p is smallest, the larger statistic breaking the tie
+    assert a["semantic"] == {
+        "relevant": 9,
+        "lens": "patchscope",
+        "position": 1,
+        "p_value": 0.009,
+        "p_adjusted": 0.027,
+        "significant_positions": [1],
+    }
+    assert b["relevance"] is None and b["semantic"] is None and b["agent_grade"] is None
+    assert "<td>0.009 (0.027 adjusted); significant at 1</td>" in (tmp_path / PAGE).read_text()
     assert io.read_json(tmp_path / TABLE)["organisms"][2]["finetuned"] == "org/c"
 
     png = imread(screenshot(tmp_path / PAGE, tmp_path / "organisms.png", height=1200))

@@ -26,6 +26,22 @@ def _best_relevance(relevance: dict | None) -> dict | None:
     return {"relevant": best[lens]["relevant"], "lens": lens, "position": best["position"]}
 
 
+def _semantic(semantic: dict | None) -> dict | None:
+    """Semantic relevance at the position with the smallest p-value, and where the trace is significant."""
+    if not semantic:
+        return None
+    best = min(semantic["positions"], key=lambda r: (r["p_value"], -r["statistic"]))
+    lens = max(("logit_lens", "patchscope"), key=lambda name: best[name]["relevant"])
+    return {
+        "relevant": best[lens]["relevant"],
+        "lens": lens,
+        "position": best["position"],
+        "p_value": best["p_value"],
+        "p_adjusted": best["p_adjusted"],
+        "significant_positions": semantic["significant_positions"],
+    }
+
+
 def _best_layer(profile: dict | None) -> dict | None:
     """The layer profile's best-reading layer, with the read layer to compare (None without a profile)."""
     if not profile or profile["best"] is None:
@@ -59,6 +75,7 @@ def organism_row(name: str, run: Path) -> dict:
         "delta_norm": float(norms[1:].mean() if len(norms) > 1 else norms[0]),
         "ft_norm": diff.ft_norm,
         "relevance": _best_relevance(summary.get("relevance") or optional("relevance.json")),
+        "semantic": _semantic(summary.get("semantic_relevance") or optional("semantic_relevance.json")),
         "alphas": summary.get("alphas"),
         "similarity_margin": max(
             s["steered_vs_finetune"]["similarity"] - s["unsteered_vs_finetune"]["similarity"]

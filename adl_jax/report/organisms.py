@@ -14,17 +14,27 @@ def _fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
+def _significance(sem: dict) -> str:
+    where = ", ".join(map(str, sem["significant_positions"]))
+    return f"{sem['p_value']:.2g} ({sem['p_adjusted']:.2g} adjusted); " + (
+        f"significant at {where}" if where else "not significant"
+    )
+
+
 def _row(r: dict) -> list[str]:
     rel = r.get("relevance")
     alphas = r.get("alphas") or {}
     sim = r.get("similarity_margin")
     layer = r.get("best_layer")
+    sem = r.get("semantic")
     return [
         r["name"],
         r["finetuned"],
         f"{r['delta_norm']:.4g}",
         f"{r['delta_norm'] / r['ft_norm']:.4f}",
         f"{rel['relevant']} ({rel['lens']}, position {rel['position']})" if rel else "–",
+        f"{sem['relevant']} ({sem['lens']}, position {sem['position']})" if sem else "–",
+        _significance(sem) if sem else "–",
         ", ".join(f"p{j}: {a:.2f}" for j, a in alphas.items()) or "–",
         _fmt(sim, "+.3f"),
         _fmt(r.get("agent_grade"), ".2f"),
@@ -56,6 +66,8 @@ def organisms_page(data: dict) -> str:
         "|delta| (mean p1..)",
         "|delta| / ft norm",
         "relevance (best, /20)",
+        "semantic relevance (/20)",
+        "p-value (smallest)",
         "steering alpha",
         "steered similarity margin",
         "agent grade",
@@ -65,7 +77,10 @@ def organisms_page(data: dict) -> str:
     parts = [f"<h1>{html.escape(title)}</h1>", table(head, [_row(r) for r in rows])]
     parts.append(
         "<p class='note'>Relevance: dataset overlap of the top-20 logit-lens or patchscope tokens with the "
-        "organism's frequent finetuning words, at its best position (offline). Similarity margin: steered minus "
+        "organism's frequent finetuning words, at its best position (offline). Semantic relevance: the top-20 tokens "
+        "above the control vectors' 95% quantile of similarity to the finetuning data, at the position with the "
+        "smallest p-value (the share of controls reading at least as relevant; adjusted by Bonferroni over "
+        "positions, significant below the audit's alpha, 0.05 by default). Similarity margin: steered minus "
         "unsteered similarity to the finetuning data at the best steered position. A dash: that stage has not "
         "run for this organism (the agent grade appears once <code>adl agent</code> has run; the best layer once "
         "<code>adl audit --layers all</code> has profiled them, its count of relevant top tokens next to the "
