@@ -4,13 +4,18 @@ One lookahead call of the alpha search: the 7 alphas of three binary-search leve
 each row steered by its own alpha x vector after the middle layer (ours: an `Intervention`; transformers: a
 forward hook adding the same rows), sampled at the search's temperature with its top-p (1 by default: the
 search samples the tempered softmax uncut; transformers' default top-k of 50 is switched off). Both make
-exactly N tokens a row: ours ignores EOS (eos_ids=()), transformers is held to N (min_new_tokens). Compilation is excluded (one warm-up each); the two
-alternate, best of `--repeat`; the load average is printed, since the cores may be shared.
+exactly N tokens a row: ours ignores EOS (eos_ids=()), transformers is held to N (min_new_tokens). Compilation
+is excluded (one warm-up each); the two alternate, best of `--repeat`; the load average is printed, since the
+cores may be shared.
 
-    python -m benchmarks.bench_generate [--samples 4] [--new 48] [--top-p 1.0] [--repeat 2]
+`--corpus` times the offline corpus's sampling instead (`method.samples.sample_texts`: one chunk of rows from
+BOS, unsteered, at its temperature and top-p; unconditional text has flat rows, where the nucleus is large).
+
+    python -m benchmarks.bench_generate [--samples 4] [--new 48] [--top-p 1.0] [--repeat 2] [--corpus]
 """
 
 import argparse
+import inspect
 import os
 import time
 
@@ -20,6 +25,7 @@ import numpy as np
 import torch
 
 from adl_jax.judging.alpha_search import SteeringSettings, _lookahead_alphas
+from adl_jax.method.samples import sample_texts
 from adl_jax.method.steer import STEERING_PROMPTS, format_prompt
 from adl_jax.models.generate import generate
 from adl_jax.models.transformer import Intervention
@@ -34,6 +40,7 @@ def main():
     ap.add_argument("--new", type=int, default=quick.new_tokens, help="new tokens per sample (N)")
     ap.add_argument("--top-p", type=float, default=1.0, help="nucleus; the alpha search samples with 1 (no cut)")
     ap.add_argument("--repeat", type=int, default=2, help="timed rounds each; the best is reported")
+    ap.add_argument("--corpus", action="store_true", help="the offline corpus's unconditional sampling instead")
     args = ap.parse_args()
     ours, theirs = load_pair()
     cfg, layer, S, N = ours.cfg, ours.cfg.middle_layer, args.samples, args.new
@@ -42,8 +49,13 @@ def main():
     vector = direction / np.linalg.norm(direction) * residual_norm(ours, layer)
     rows = np.repeat(np.asarray(alphas, np.float32), S)[:, None] * vector[None, :]
     prompt = format_prompt(ours.tokenizer, STEERING_PROMPTS[0])
-    edit = Intervention(layer=layer, mode="add", vector=jnp.asarray(rows))
     sampling = dict(temperature=quick.temperature, top_p=args.top_p)
+    if args.corpus:  # the corpus's settings, read from sample_texts' defaults; no steering
+        corpus = {k: v.default for k, v in inspect.signature(sample_texts).parameters.items()}
+        N, prompt = corpus["max_new_tokens"], [cfg.bos_token_id]
+        rows = np.zeros((corpus["chunk"], cfg.hidden_size), np.float32)
+        sampling = dict(temperature=corpus["temperature"], top_p=corpus["top_p"])
+    edits = () if args.corpus else (Intervention(layer=layer, mode="add", vector=jnp.asarray(rows)),)
 
     def run_ours(seed):
         gen = generate(
@@ -52,7 +64,7 @@ def main():
             [prompt] * len(rows),
             max_new_tokens=N,
             key=jax.random.key(seed),
-            interventions=(edit,),
+            interventions=edits,
             eos_ids=(),
             **sampling,
         )
@@ -81,7 +93,8 @@ def main():
         assert out.shape == (len(rows), ids.shape[1] + N)
         return out
 
-    theirs.model.layers[layer].register_forward_hook(hook)
+    if not args.corpus:
+        theirs.model.layers[layer].register_forward_hook(hook)
     load = os.getloadavg()[0]
     run_ours(0), run_theirs(0)  # compile / warm up
     t_ours, t_theirs = [], []
@@ -94,11 +107,11 @@ def main():
         t_theirs.append(time.perf_counter() - t)
     n_tok = len(rows) * N
     to, tt = min(t_ours), min(t_theirs)
+    what = "unsteered, from BOS" if args.corpus else f"{len(alphas)} alphas x {S} samples, steered after layer {layer}"
     print(
         f"Gemma-3-270M float32 on {jax.devices()[0].platform} ({os.cpu_count()} cores, load average "
-        f"{load:.1f} -> {os.getloadavg()[0]:.1f}); {len(alphas)} alphas x {S} samples = {len(rows)} rows x {N} new "
-        f"tokens, prompt {len(prompt)} tokens, steered after layer {layer}, temperature {quick.temperature}, "
-        f"top-p {args.top_p}; best of {args.repeat}"
+        f"{load:.1f} -> {os.getloadavg()[0]:.1f}); {what}: {len(rows)} rows x {N} new tokens, prompt "
+        f"{len(prompt)} tokens, temperature {sampling['temperature']}, top-p {sampling['top_p']}; best of {args.repeat}"
     )
     print(f"ours (jitted prefill + decode loop)   {to:8.2f} s {n_tok / to:9.1f} tok/s")
     print(f"transformers generate                 {tt:8.2f} s {n_tok / tt:9.1f} tok/s")

@@ -10,7 +10,7 @@ import pytest
 import torch
 from transformers.generation.logits_process import TemperatureLogitsWarper, TopPLogitsWarper
 
-from adl_jax.models.generate import _sample_full, generate, nucleus_sample, top_p_filter
+from adl_jax.models.generate import PROPOSALS, _sample_full, generate, nucleus_sample, top_p_filter
 from adl_jax.models.transformer import Intervention, KVCache, forward
 from adl_jax.models.weights import load_hf_dir
 from conftest import FAMILIES, left_padded_batch, tiny_hf_model
@@ -157,34 +157,85 @@ def test_top_p_filter_matches_transformers_warper(top_p, rng):
     np.testing.assert_array_equal(np.asarray(top_p_filter(jnp.asarray(logits), top_p)), ref)
 
 
-@pytest.mark.parametrize(
-    "spread,top_p,prefilter_holds",
-    [(6.0, 0.95, True), (0.3, 0.9, False), (0.3, 1.0, False)],  # peaked: the top 32 hold the nucleus; flat: not
-)
-def test_nucleus_sample_is_the_full_vocabulary_nucleus(spread, top_p, prefilter_holds, rng):
+def test_nucleus_sample_with_the_prefilter_is_the_full_vocabulary_nucleus(rng):
     """Quantiles on an even grid land on each token in proportion to its probability (to 1/n), so the
     sampler's distribution is checked exactly against transformers' temperature + top-p warpers, with the
-    32-token prefilter holding the nucleus and with the fallback to the whole vocabulary (1300: not whole
-    blocks of 512). top_p 1 is the steering search's setting: no cut, the whole-vocabulary sampler."""
-    n, vocab, temperature, prefilter = 4000, 1300, 1.2, 32
-    logits = (rng.randn(vocab) * spread).astype(np.float32)
-    tempered = TemperatureLogitsWarper(temperature)(None, torch.tensor(logits[None]))
-    probs = torch.softmax(TopPLogitsWarper(top_p)(None, tempered), -1)[0].double().numpy()
-    top = np.sort(torch.softmax(tempered, -1)[0].numpy())[::-1][:prefilter]
-    assert (top[top > top[-1]].sum() >= top_p) == prefilter_holds  # the regime the case claims
-    u = jnp.asarray((np.arange(n) + 0.5)[:, None] / n)
+    32-token prefilter holding the nucleus (a vocabulary of 1300: not whole blocks of 512)."""
+    n, vocab, temperature, top_p, prefilter = 4000, 1300, 1.2, 0.95, 32
+    logits = (rng.randn(vocab) * 6.0).astype(np.float32)
+    probs, full = _warped(logits, temperature, top_p)
+    top = np.sort(full)[::-1][:prefilter]
+    assert top[top > top[-1]].sum() >= top_p  # the regime the case claims
+    u = np.repeat((np.arange(n) + 0.5)[:, None] / n, 1 + PROPOSALS, axis=1)
     scaled = jnp.asarray(np.repeat(logits[None] / temperature, n, 0))
 
     @jax.jit
     def draws(x, u):  # the sampler, and the same quantiles of the whole-vocabulary nucleus without the prefilter
-        sampled = nucleus_sample(x, top_p, u, prefilter) if top_p < 1 else _sample_full(x, u)
-        return sampled, _sample_full(top_p_filter(x, top_p), u)
+        return nucleus_sample(x, top_p, u, prefilter), _sample_full(top_p_filter(x, top_p), u[:, :1])[:, 0]
 
-    tokens, whole = map(np.asarray, draws(scaled, u))
+    tokens, whole = map(np.asarray, draws(scaled, jnp.asarray(u)))
     freq = np.bincount(tokens, minlength=vocab) / n
     assert freq[probs == 0].sum() == 0
     np.testing.assert_allclose(freq, probs, atol=1 / n + 1e-6)
     assert (tokens == whole).mean() > 0.999
+
+
+def _warped(logits, temperature, top_p):
+    """transformers' nucleus distribution of softmax(logits / T) (float64), and the uncut one."""
+    tempered = TemperatureLogitsWarper(temperature)(None, torch.tensor(logits[None]))
+    cut = torch.softmax(TopPLogitsWarper(top_p)(None, tempered), -1)[0].double().numpy()
+    return cut, torch.softmax(tempered, -1)[0].double().numpy()
+
+
+def _quantile_token(probs, u):
+    """The token at quantile u of `probs` in vocabulary order (float64)."""
+    cdf = np.cumsum(probs)
+    return int(min(np.searchsorted(cdf, u * cdf[-1]), np.flatnonzero(probs > 0)[-1]))
+
+
+@pytest.mark.parametrize("top_p", [0.9, 0.2])  # at 0.2 most rows reject every draw: the bisection's turn
+def test_nucleus_sample_of_flat_rows_is_the_nucleus_by_rejection(top_p, rng):
+    """Flat rows, where the 32-token prefilter cannot hold the nucleus. Each row's token is the first of
+    its whole-distribution draws (at u[:, :PROPOSALS]) that transformers' warper keeps, else (when any row
+    has none) the nucleus at u[:, PROPOSALS]: checked draw by draw against that float64 reference. Then the
+    frequencies over many rows against the nucleus distribution (sampling noise ~0.02; the uncut
+    distribution would be 1 - top_p away)."""
+    vocab, temperature, prefilter = 1300, 1.2, 32
+    logits = (rng.randn(vocab) * 0.3).astype(np.float32)
+    probs, full = _warped(logits, temperature, top_p)
+    top = np.sort(full)[::-1][:prefilter]
+    assert top[top > top[-1]].sum() < top_p  # the prefilter cannot hold it
+    sample = jax.jit(lambda x, u: nucleus_sample(x, top_p, u, prefilter))
+
+    rows = 64
+    u = rng.uniform(1e-6, 1, (rows, 1 + PROPOSALS))
+    got = np.asarray(sample(jnp.asarray(np.repeat(logits[None] / temperature, rows, 0)), jnp.asarray(u, jnp.float32)))
+    drawn = [[_quantile_token(full, x) for x in row[:PROPOSALS]] for row in u]
+    kept = [next((t for t in row if probs[t] > 0), None) for row in drawn]
+    if None in kept:  # some row rejected every draw: the whole batch takes the nucleus at the unused uniform
+        want = [_quantile_token(probs, row[PROPOSALS]) for row in u]
+    else:
+        want = kept
+    assert (top_p == 0.2) == (None in kept)  # both branches are exercised
+    assert (got == np.array(want)).mean() > 0.95  # float32 vs float64 at a quantile's boundary
+
+    n = 100_000
+    keys = jax.random.split(jax.random.key(0), 10)
+    scaled = jnp.asarray(np.repeat(logits[None] / temperature, n // 10, 0))
+    tokens = np.concatenate([np.asarray(sample(scaled, jax.random.uniform(k, (n // 10, 1 + PROPOSALS)))) for k in keys])
+    freq = np.bincount(tokens, minlength=vocab) / n
+    assert freq[probs == 0].sum() == 0
+    assert 0.5 * np.abs(freq - probs).sum() < 0.05
+
+
+def test_sampling_without_a_nucleus_is_the_whole_distribution(rng):
+    """top_p 1, the steering search's setting: the whole-vocabulary sampler, exact on a quantile grid."""
+    n, vocab = 4000, 1300
+    logits = (rng.randn(vocab) * 0.3).astype(np.float32)
+    probs = _warped(logits, 1.0, 1.0)[1]
+    u = jnp.asarray((np.arange(n) + 0.5)[:, None] / n)
+    tokens = np.asarray(jax.jit(_sample_full)(jnp.asarray(np.repeat(logits[None], n, 0)), u))[:, 0]
+    np.testing.assert_allclose(np.bincount(tokens, minlength=vocab) / n, probs, atol=1 / n + 1e-6)
 
 
 def test_refuses_bad_input(tiny):

@@ -17,7 +17,7 @@ import jax
 from tqdm.auto import tqdm
 
 from adl_jax import io
-from adl_jax.models.generate import generate
+from adl_jax.models.generate import STREAM, generate
 from adl_jax.models.load import Model
 
 
@@ -68,7 +68,13 @@ def sample_texts(
     if model.cfg.bos_token_id is None:
         raise ValueError(f"{model.spec} has no BOS token to sample from; use a corpus file instead")
     settings = dict(
-        spec=model.spec, seed=seed, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, chunk=chunk
+        spec=model.spec,
+        seed=seed,
+        max_new_tokens=max_new_tokens,
+        temperature=temperature,
+        top_p=top_p,
+        chunk=chunk,
+        sampler=STREAM,  # samples of another sampler version are other texts: not mixed with these
     )
     tag = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     cache_dir = Path(cache_dir)

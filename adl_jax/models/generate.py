@@ -110,36 +110,40 @@ def top_p_filter(logits: jax.Array, top_p) -> jax.Array:
 
 
 # Candidates the nucleus is first sought among: the top-k of a 262k vocabulary costs a fraction of one
-# full-vocabulary pass, and at the usual top_p the nucleus of a trained model is far smaller. Flat rows (text
-# steered past coherence, say) fall back to the full bisection, and with them their whole batch.
+# full-vocabulary pass, and at the usual top_p the nucleus of a trained model is far smaller. A batch with a
+# flat row (unconditional text often has one) is sampled by rejection instead.
 PREFILTER = 256
+PROPOSALS = 3  # whole-distribution draws per row before the exact bisection; each is in the nucleus w.p. >= top_p
+STREAM = 2  # the sampler's version: bumped whenever the same key starts giving other tokens (caches hold it)
 BLOCK = 512  # the full-vocabulary sampler's inverse CDF runs over block sums, then inside one block
 
 
 def _pick(logits, step, sampling, greedy: bool, nucleus: bool):
     """Next token per row: argmax, or a sample keyed by (key, step) so a run is reproducible.
 
-    Sampling inverts the cumulative distribution in vocabulary order with one uniform draw per row: exact,
+    Sampling inverts the cumulative distribution in vocabulary order with uniform draws per row: exact,
     and unlike Gumbel-max it needs no random number per vocabulary entry (262k of them for Gemma) at every
-    step. `nucleus` (top_p < 1, static) cuts the distribution to the top-p nucleus first.
+    step. `nucleus` (top_p < 1, static) cuts the distribution to the top-p nucleus.
     """
     if greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     key, temperature, top_p = sampling
-    u = jax.random.uniform(jax.random.fold_in(key, step), (logits.shape[0], 1), minval=1e-12)
+    draws = 1 + PROPOSALS if nucleus else 1
+    u = jax.random.uniform(jax.random.fold_in(key, step), (logits.shape[0], draws), minval=1e-12)
     scaled = logits.astype(jnp.float32) / temperature
     if not nucleus:
-        return _sample_full(scaled, u)
+        return _sample_full(scaled, u)[:, 0]
     return nucleus_sample(scaled, top_p, u)
 
 
 def nucleus_sample(logits: jax.Array, top_p, u: jax.Array, prefilter: int = PREFILTER) -> jax.Array:
-    """The token of each row at quantile u (B, 1) of softmax(logits) cut to its top-p nucleus (top_p_filter's).
+    """A token per row from softmax(logits) cut to its top-p nucleus (top_p_filter's), given uniforms u
+    (B, 1 + PROPOSALS).
 
-    The nucleus is sought among the `prefilter` most likely tokens first. That is exact whenever the mass of
-    the candidates strictly more likely than the least likely one reaches top_p: the cutoff probability is
-    then above every token left out. Otherwise (flat distributions) the whole batch takes the full-vocabulary
-    computation. Both give the same token for the same u, up to float rounding at the quantile's boundary.
+    The nucleus is sought among the `prefilter` most likely tokens first, and the token at quantile u[:, 0]
+    taken. That is exact whenever the mass of the candidates strictly more likely than the least likely one
+    reaches top_p: the cutoff probability is then above every token left out. Otherwise (a flat row) the
+    whole batch is sampled by `_nucleus_by_rejection`.
     """
     k = min(prefilter, logits.shape[-1])
     vals, ids = jax.lax.top_k(logits, k)  # sorted, most likely first
@@ -156,18 +160,36 @@ def nucleus_sample(logits: jax.Array, top_p, u: jax.Array, prefilter: int = PREF
         order = jnp.argsort(ids, axis=-1)  # vocabulary order, as the full computation walks it
         weights, tokens = jnp.take_along_axis(weights, order, axis=-1), jnp.take_along_axis(ids, order, axis=-1)
         cdf = jnp.cumsum(weights, axis=-1)
-        return jnp.take_along_axis(tokens, _first_reaching(weights, cdf, u * cdf[:, -1:]), axis=-1)[:, 0]
+        return jnp.take_along_axis(tokens, _first_reaching(weights, cdf, u[:, :1] * cdf[:, -1:]), axis=-1)[:, 0]
 
-    def full(_):
-        return _sample_full(top_p_filter(logits, top_p), u)
+    return jax.lax.cond(jnp.all(held), among_candidates, lambda _: _nucleus_by_rejection(logits, top_p, u), None)
 
-    return jax.lax.cond(jnp.all(held), among_candidates, full, None)
+
+def _nucleus_by_rejection(logits: jax.Array, top_p, u: jax.Array) -> jax.Array:
+    """Nucleus samples without finding the cutoff: draw from the whole distribution (at u[:, :PROPOSALS])
+    and keep each row's first draw inside the nucleus, which a token is iff the mass of strictly more likely
+    tokens is below top_p (one pass per draw, where the cutoff's bisection takes 31). The kept draw follows
+    the nucleus distribution exactly. A batch where some row has no draw inside takes the bisection for
+    every row, at the unused uniform u[:, PROPOSALS], so that no row is biased by its own rejections.
+    """
+    draws = _sample_full(logits, u[:, :PROPOSALS])  # (B, PROPOSALS)
+    probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1)  # as top_p_filter's
+    drawn = jnp.take_along_axis(probs, draws, axis=-1)
+    above = jnp.sum(jnp.where(probs[:, None, :] > drawn[:, :, None], probs[:, None, :], 0.0), axis=-1)
+    inside = above < top_p
+    kept = jnp.take_along_axis(draws, jnp.argmax(inside, axis=-1)[:, None], axis=-1)[:, 0]
+
+    def bisection(_):
+        return _sample_full(top_p_filter(logits, top_p), u[:, PROPOSALS:])[:, 0]
+
+    return jax.lax.cond(jnp.all(jnp.any(inside, axis=-1)), lambda _: kept, bisection, None)
 
 
 def _sample_full(logits: jax.Array, u: jax.Array) -> jax.Array:
-    """The token at quantile u (B, 1) of softmax(logits) over the whole vocabulary, in vocabulary order.
+    """The tokens (B, R) at quantiles u (B, R) of softmax(logits) over the whole vocabulary, in vocabulary
+    order.
 
-    A cumulative sum over 262k entries is slow on CPU (XLA scans it in log steps), so the quantile is found
+    A cumulative sum over 262k entries is slow on CPU (XLA scans it in log steps), so each quantile is found
     among BLOCK-sized block sums first, then inside the one block it falls in.
     """
     B, V = logits.shape
@@ -176,20 +198,21 @@ def _sample_full(logits: jax.Array, u: jax.Array) -> jax.Array:
     sums = jnp.sum(blocks, axis=-1)
     cdf = jnp.cumsum(sums, axis=-1)
     target = u * cdf[:, -1:]
-    block = _first_reaching(sums, cdf, target)
+    block = _first_reaching(sums[:, None], cdf[:, None], target[..., None])[..., 0]
     before = jnp.where(block > 0, jnp.take_along_axis(cdf, jnp.maximum(block - 1, 0), axis=-1), 0.0)
-    inside = jnp.take_along_axis(blocks, block[:, :, None], axis=1)[:, 0]
-    return (block * BLOCK + _first_reaching(inside, jnp.cumsum(inside, axis=-1), target - before))[:, 0]
+    inside = jnp.take_along_axis(blocks, block[..., None], axis=1)  # (B, R, BLOCK)
+    return block * BLOCK + _first_reaching(inside, jnp.cumsum(inside, axis=-1), (target - before)[..., None])[..., 0]
 
 
 def _first_reaching(weights: jax.Array, cdf: jax.Array, target: jax.Array) -> jax.Array:
-    """Index (B, 1) of the first entry whose running total `cdf` reaches target (B, 1).
+    """Index (..., 1) along the last axis of the first entry whose running total `cdf` reaches target
+    (..., 1); leading axes broadcast.
 
     Float rounding can leave the total just short of it; the last entry of positive weight is taken then,
     never one of weight 0.
     """
     first = jnp.sum(cdf < target, axis=-1, keepdims=True)
-    last_positive = weights.shape[-1] - 1 - jnp.argmax((weights > 0)[:, ::-1], axis=-1, keepdims=True)
+    last_positive = weights.shape[-1] - 1 - jnp.argmax((weights > 0)[..., ::-1], axis=-1, keepdims=True)
     return jnp.minimum(first, last_positive).astype(jnp.int32)
 
 
