@@ -173,6 +173,8 @@ def test_layer_profile_reads_every_layer_as_the_audit_reads_its_own(audited):
     follows the stated rule."""
     from adl_jax.experiments.layer_profile import PROFILE
     from adl_jax.judging.offline import dataset_overlap
+    from adl_jax.judging.relevance import reference_embedding, token_scores
+    from conftest import BagOfWords
     from adl_jax.method.lens import patchscope
 
     profile = io.read_json(audited.run / PROFILE)
@@ -193,7 +195,16 @@ def test_layer_profile_reads_every_layer_as_the_audit_reads_its_own(audited):
         assert p["logit_lens"]["tokens"] == lens["logit_lens"]["delta"].tokens[:20]
         assert p["patchscope"]["tokens"] == lens["patchscope"][str(lens["patchscope_scale"])].tokens[:20]
         for name in ("logit_lens", "patchscope"):
-            assert p[name]["relevant"] == r[name]["relevant"] and p[name]["semantic"] == s[name]["relevant"]
+            assert p[name]["relevant"] == r[name]["relevant"] and p[name]["tokens"] == [t for t, _ in s[name]["tokens"]]
+    # semantic counts: each cell's tokens above its own threshold, from the profile's 200 draws per cell
+    sig = profile["semantic_significance"]
+    assert sig["draws"] == 200 and sig["correction"] == "max statistic over 3 layers x 5 positions x 2 lenses"
+    reference = reference_embedding(BagOfWords(), audited.ft_texts)
+    for row, sig_row in zip(profile["layers"], sig["layers"]):
+        for p, cell in zip(row["positions"], sig_row["positions"]):
+            for name in ("logit_lens", "patchscope"):
+                above = token_scores(BagOfWords(), p[name]["tokens"], reference) > cell[name]["threshold"]
+                assert p[name]["semantic"] == cell[name]["relevant"] == np.sum(above)
     # layer 0: the patchscope patched at layer 0, at the chosen scale times layer 0's own norm
     scale = res.lenses.positions[2]["patchscope_scale"]
     (want,) = patchscope(

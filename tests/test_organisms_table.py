@@ -40,7 +40,19 @@ def test_table_cosines_and_page(tmp_path):
             )
         ],
     }
-    summary = {"relevance": rel, "semantic_relevance": semantic, "alphas": {"1": 0.5}, "similarity": sim}
+    profile = {
+        "best": {"layer": 5, "count": 12, "read_layer_count": 4},
+        "measure": "relevant",
+        "read_layer": 1,
+        "semantic_significance": {"p_value": 0.005, "significant_layers": [2, 4, 5, 6]},
+    }
+    summary = {
+        "relevance": rel,
+        "semantic_relevance": semantic,
+        "alphas": {"1": 0.5},
+        "similarity": sim,
+        "layer_profile": profile,
+    }
     _run(tmp_path, "a", deltas["a"], summary=summary)
     for n in ("b", "c"):
         _run(tmp_path, n, deltas[n])
@@ -70,8 +82,11 @@ def test_table_cosines_and_page(tmp_path):
         "p_adjusted": 0.027,
         "significant_positions": [1],
     }
+    assert a["best_layer"]["p_value"] == 0.005 and a["best_layer"]["significant_layers"] == [2, 4, 5, 6]
     assert b["relevance"] is None and b["semantic"] is None and b["agent_grade"] is None
-    assert "<td>0.009 (0.027 adjusted); significant at 1</td>" in (tmp_path / PAGE).read_text()
+    text = (tmp_path / PAGE).read_text()
+    assert "<td>0.009 (0.027 adjusted); significant at 1</td>" in text
+    assert "<td>5 (12; read layer 1: 4); profile p 0.005, significant at 2, 4-6</td>" in text
     assert io.read_json(tmp_path / TABLE)["organisms"][2]["finetuned"] == "org/c"
 
     png = imread(screenshot(tmp_path / PAGE, tmp_path / "organisms.png", height=1200))

@@ -5,10 +5,15 @@ layer's), each layer's delta goes through the same two lenses the audit reads: t
 patchscope patched at that very layer, at the scale the audit chose for each position (scales are
 multiples of the layer's own finetuned activation norm). The top tokens are scored by the measures the
 audit has: dataset overlap (`relevant`), LLM-graded relevance (`graded`, with a grader) and semantic
-relevance (`semantic`, with an encoder: tokens above the threshold of the audit's null of control
-vectors at the read layer, so no new controls are read per layer). The best-reading layer is the one
-with the most relevant top tokens at any position, of either lens, ties going to the layer nearest the
-read layer; it is named next to the read layer, the paper's middle layer by default.
+relevance (`semantic`, with an encoder: tokens above their cell's threshold). The best-reading layer is
+the one with the most relevant top tokens at any position, of either lens, ties going to the layer
+nearest the read layer; it is named next to the read layer, the paper's middle layer by default.
+
+Picking the best of L x k cells would find some relevant tokens by chance alone, so the semantic measure
+comes with its own null: `profile_draws` draws of a random direction in every cell (of that cell's
+|delta|), read through the same lenses at the same layer and scale. They set each cell's threshold and,
+by their largest statistic over all cells, a p-value for the whole profile that needs no further
+correction (`judging.relevance.profile_significance`).
 """
 
 from __future__ import annotations
@@ -17,7 +22,14 @@ from collections.abc import Callable
 
 import numpy as np
 
-from adl_jax.judging.relevance import LENSES, reference_embedding, token_scores
+from adl_jax.judging.relevance import (
+    LENSES,
+    RelevanceSettings,
+    profile_significance,
+    random_controls,
+    reference_embedding,
+    token_scores,
+)
 from adl_jax.method.adl import ADLResult
 from adl_jax.method.lens import logit_lens, patchscope_each
 from adl_jax.models.load import Model
@@ -33,36 +45,24 @@ def layer_profile(
     res: ADLResult,
     *,
     score: Callable[[list[str]], dict] | None = None,
-    semantic: dict | None = None,
     encoder=None,
     finetune_texts=None,
     description: str | None = None,
-    top: int = 20,
+    settings: RelevanceSettings = RelevanceSettings(),
 ) -> dict:
     """Per layer stored in `res` (a run with `layers`): |delta_j| / ft_norm and both lenses' top tokens per
     position, scored by `score` (tokens -> {"relevant": ..., ["graded": ...]}, the audit's `score_tokens`) and,
-    given the audit's semantic-relevance stage and its `encoder`, by the count above that stage's thresholds."""
+    given a sentence `encoder` and the data or a description, by semantic relevance with its significance."""
     d = res.diff
     if d.delta_layers is None:
         raise ValueError(f"{res.out} stores delta at its read layer only: run the audit with --layers")
-    layers, read = [int(x) for x in d.meta["layers"]], int(d.meta["layer"])
-    n_layers, k, dim = d.delta_layers.shape
+    layers, read, top = [int(x) for x in d.meta["layers"]], int(d.meta["layer"]), settings.top
+    n_layers, k, _ = d.delta_layers.shape
     scales = np.array([p["patchscope_scale"] for p in res.lenses.positions], np.float32)
-    lens = logit_lens(ft.params, ft.cfg, d.delta_layers.reshape(-1, dim), ft.tokenizer, top=top)
-    patch = patchscope_each(  # every layer's vectors, each patched at its own layer, in one compiled forward
-        ft.params,
-        ft.cfg,
-        ft.tokenizer,
-        d.delta_layers.reshape(-1, dim),
-        np.repeat(layers, k),
-        (d.ft_norm_layers[:, None] * scales[None]).reshape(-1),
-        top=top,
-    )
-    tokens = {
-        "logit_lens": [[lens[i * k + j].tokens for j in range(k)] for i in range(n_layers)],
-        "patchscope": [[patch[i * k + j].tokens for j in range(k)] for i in range(n_layers)],
-    }
-    semantic_counts = _semantic_counts(tokens, d.delta_layers, semantic, encoder, finetune_texts, description)
+    tokens = _read(ft, d.delta_layers, layers, d.ft_norm_layers[:, None] * scales[None], top)  # (L, k) each
+    significance = None
+    if encoder is not None and (finetune_texts or description):
+        significance = _semantic(ft, d, layers, tokens, scales, encoder, finetune_texts, description, settings)
     rows = []
     for i, layer in enumerate(layers):
         norms = np.linalg.norm(d.delta_layers[i], axis=-1)
@@ -76,10 +76,10 @@ def layer_profile(
         for j in range(k):
             cell = {"position": j}
             for name in LENSES:
-                ts = tokens[name][i][j]
+                ts = list(tokens[name][i, j])
                 cell[name] = {"tokens": ts, **(score(ts) if score else {})}
-                if semantic_counts is not None:
-                    cell[name]["semantic"] = semantic_counts[name][i][j]
+                if significance is not None:
+                    cell[name]["semantic"] = significance["layers"][i]["positions"][j][name]["relevant"]
             row["positions"].append(cell)
         rows.append(row)
     best = {m: _best(rows, m, read) for m in MEASURES if _has(rows, m)}
@@ -95,7 +95,44 @@ def layer_profile(
         "measure": measure,
         "best_by_measure": best,
         "best": best.get(measure),
+        "semantic_significance": significance,
     }
+
+
+def _read(ft: Model, vectors: np.ndarray, layers: list[int], norms: np.ndarray, top: int) -> dict:
+    """{lens: top tokens of each vector}, shaped as `vectors` (..., L, k, D) without D: the logit lens, and the
+    patchscope patched at the vector's own layer at its cell's norm `norms` (L, k), all in one compiled forward."""
+    *shape, dim = vectors.shape
+    flat = vectors.reshape(-1, dim)
+    at = np.broadcast_to(np.asarray(layers)[:, None], norms.shape)
+    lens = logit_lens(ft.params, ft.cfg, flat, ft.tokenizer, top=top)
+    patch = patchscope_each(
+        ft.params, ft.cfg, ft.tokenizer, flat, np.resize(at, len(flat)), np.resize(norms, len(flat)), top=top
+    )
+    return {
+        name: np.array([ts.tokens[:top] for ts in read], dtype=object).reshape(*shape, -1)
+        for name, read in (("logit_lens", lens), ("patchscope", patch))
+    }
+
+
+def _semantic(ft, d, layers, tokens, scales, encoder, finetune_texts, description, s: RelevanceSettings) -> dict:
+    """The profile's semantic relevance and its significance against `s.profile_draws` random directions in
+    every cell. A zero delta (a model against itself) has no direction to read: none of its tokens count."""
+    controls = random_controls(d.delta_layers, s.profile_draws, s.seed)  # (N, L, k, D)
+    null_tokens = _read(ft, controls, layers, d.ft_norm_layers[:, None] * scales[None], s.top)
+    reference = reference_embedding(encoder, finetune_texts, description, s.max_texts)
+    every = [tokens[lens].ravel() for lens in LENSES] + [null_tokens[lens].ravel() for lens in LENSES]
+    distinct = sorted({t for part in every for t in part})
+    scored = dict(zip(distinct, token_scores(encoder, distinct, reference)))
+    score = np.vectorize(scored.__getitem__, otypes=[np.float64])
+    no_trace = ~np.any(d.delta_layers, axis=-1)[..., None]
+    return profile_significance(
+        {lens: np.where(no_trace, -1.0, score(tokens[lens])) for lens in LENSES},
+        {lens: score(null_tokens[lens]) for lens in LENSES},
+        layers,
+        s.quantile,
+        s.alpha,
+    )
 
 
 def _has(rows: list[dict], measure: str) -> bool:
@@ -120,28 +157,4 @@ def _best(rows: list[dict], measure: str, read: int) -> dict:
         "read_layer_count": at_read[0],
         "read_layer_position": at_read[2],
         "read_layer_lens": at_read[3],
-    }
-
-
-def _semantic_counts(tokens, deltas, semantic, encoder, finetune_texts, description):
-    """{lens: (layers x positions) counts of tokens above the semantic stage's threshold of that position and
-    lens}, or None without that stage or its encoder. A zero delta has no direction: none relevant."""
-    if semantic is None or encoder is None:
-        return None
-    reference = reference_embedding(encoder, finetune_texts, description)
-    flat = sorted({t for by_layer in tokens.values() for row in by_layer for ts in row for t in ts})
-    scored = dict(zip(flat, token_scores(encoder, flat, reference)))
-    thresholds = {r["position"]: r for r in semantic["positions"]}
-    top = semantic["top"]
-    return {
-        lens: [
-            [
-                int(np.sum([scored[t] > thresholds[j][lens]["threshold"] for t in ts[:top]]))
-                if np.any(deltas[i, j])
-                else 0
-                for j, ts in enumerate(row)
-            ]
-            for i, row in enumerate(by_layer)
-        ]
-        for lens, by_layer in tokens.items()
     }

@@ -46,13 +46,14 @@ def _best_layer(profile: dict | None) -> dict | None:
     """The layer profile's best-reading layer, with the read layer to compare (None without a profile)."""
     if not profile or profile["best"] is None:
         return None
-    best = profile["best"]
+    best, sig = profile["best"], profile.get("semantic_significance")
     return {
         "layer": best["layer"],
         "count": best["count"],
         "measure": profile["measure"],
         "read_layer": profile["read_layer"],
         "read_layer_count": best["read_layer_count"],
+        **({"p_value": sig["p_value"], "significant_layers": sig["significant_layers"]} if sig else {}),
     }
 
 

@@ -36,6 +36,7 @@ _WORDLIKE = re.compile(r"[^\W_]")  # a letter or digit: tokens without one (punc
 @dataclasses.dataclass(frozen=True)
 class RelevanceSettings:
     controls_per_position: int = 20  # random directions per position; all positions' are pooled into one null
+    profile_draws: int = 200  # draws of a random direction in every cell of a layer profile: p down to 1/201
     quantile: float = 0.95  # a token is relevant above this quantile of the null's token scores
     alpha: float = 0.05  # significance level, after the Bonferroni correction over positions
     top: int = 20  # lens tokens read per vector, as for the overlap measure
@@ -43,8 +44,14 @@ class RelevanceSettings:
     seed: int = 0
 
     def __post_init__(self):
-        if self.controls_per_position < 1 or not 0 < self.quantile < 1 or not 0 < self.alpha < 1:
-            raise ValueError(f"{self}: needs controls_per_position >= 1, 0 < quantile < 1 and 0 < alpha < 1")
+        if (
+            min(self.controls_per_position, self.profile_draws) < 1
+            or not 0 < self.quantile < 1
+            or not 0 < self.alpha < 1
+        ):
+            raise ValueError(
+                f"{self}: needs controls_per_position and profile_draws >= 1, 0 < quantile < 1 and 0 < alpha < 1"
+            )
 
 
 def reference_embedding(encoder, finetune_texts=None, description: str | None = None, max_texts: int = 200):
@@ -110,6 +117,60 @@ def significance(observed: dict, null: dict, quantile: float = 0.95, alpha: floa
     }
 
 
+def profile_significance(observed: dict, null: dict, layers: list[int], quantile: float = 0.95, alpha: float = 0.05):
+    """Whether delta is above chance anywhere in a layer profile, corrected for every layer, position and lens.
+
+    `observed[lens]` (L, k, top): the scores of each stored layer's delta tokens per position; `null[lens]`
+    (N, L, k, top): those of N draws, each a random direction in every cell (layer, position) read as that
+    cell reads delta. A cell's threshold is its null tokens' `quantile`; its statistic the larger share above
+    it of the two lenses. A draw's statistic is its largest over all cells, and every observed statistic is
+    compared with those maxima (single-step max-T adjusted p-values): the family-wise error over the whole
+    profile stays at `alpha`, with no Bonferroni factor of L x k that would make the profile's own search
+    for the best layer unaffordable."""
+    thresholds = {
+        lens: np.quantile(np.moveaxis(null[lens], 0, -2).reshape(*null[lens].shape[1:3], -1), quantile, -1)
+        for lens in LENSES
+    }  # (L, k)
+    share = {lens: np.mean(observed[lens] > thresholds[lens][..., None], -1) for lens in LENSES}  # (L, k)
+    null_share = {lens: np.mean(null[lens] > thresholds[lens][..., None], -1) for lens in LENSES}  # (N, L, k)
+    stat = np.maximum(*share.values())
+    null_max = np.maximum(*null_share.values()).max(axis=(1, 2))  # (N,)
+    rows = []
+    for i, layer in enumerate(layers):
+        cells = []
+        for j in range(stat.shape[1]):
+            cell = {"position": j, "statistic": float(stat[i, j]), "p_adjusted": p_value(stat[i, j], null_max)}
+            for lens in LENSES:
+                cell[lens] = {
+                    "relevant": int(np.sum(observed[lens][i, j] > thresholds[lens][i, j])),
+                    "threshold": float(thresholds[lens][i, j]),
+                }
+            cells.append(cell)
+        rows.append({"layer": layer, "p_adjusted": min(c["p_adjusted"] for c in cells), "positions": cells})
+    best_layer, best_position = np.unravel_index(np.argmax(stat), stat.shape)
+    p = p_value(stat.max(), null_max)
+    return {
+        "draws": len(null_max),
+        "quantile": quantile,
+        "alpha": alpha,
+        "correction": f"max statistic over {len(layers)} layers x {stat.shape[1]} positions x {len(LENSES)} lenses",
+        "statistic": float(stat.max()),
+        "null": _quantiles(null_max),
+        "p_value": p,
+        "significant": p < alpha,
+        "best": {"layer": layers[best_layer], "position": int(best_position), "statistic": float(stat.max())},
+        "significant_layers": [r["layer"] for r in rows if r["p_adjusted"] < alpha],
+        "layers": rows,
+    }
+
+
+def random_controls(norms: np.ndarray, draws: int, seed: int) -> np.ndarray:
+    """(draws, *norms.shape, D) random directions, each of its cell's norm: `norms` (..., D) holds the vectors
+    whose norms the controls take (a delta per position, or per layer and position)."""
+    g = np.random.default_rng(seed).standard_normal((draws, *norms.shape), dtype=np.float32)
+    return g / np.linalg.norm(g, axis=-1, keepdims=True) * np.linalg.norm(norms, axis=-1, keepdims=True)
+
+
 def placebo_deltas(runs, hidden_size: int) -> np.ndarray | None:
     """The deltas (P, D) of placebo audits' run directories: the same base finetuned with the same recipe on
     generic text, whose trace shows what finetuning on nothing in particular leaves."""
@@ -126,10 +187,8 @@ def placebo_deltas(runs, hidden_size: int) -> np.ndarray | None:
 def control_vectors(res: ADLResult, per_position: int, seed: int, placebo=None) -> tuple[list[str], np.ndarray]:
     """(kinds, vectors (N, D)): `per_position` random directions of each position's |delta|, both means at
     every position, and the rows of `placebo` (P, D) when given (placebo organisms' deltas)."""
-    delta = res.diff.delta
-    k, d = delta.shape
-    g = np.random.default_rng(seed).standard_normal((k, per_position, d))
-    random = g / np.linalg.norm(g, axis=-1, keepdims=True) * np.linalg.norm(delta, axis=-1)[:, None, None]
+    d = res.diff.delta.shape[-1]
+    random = random_controls(res.diff.delta, per_position, seed).swapaxes(0, 1)  # position-major
     parts = [("random", random.reshape(-1, d)), ("base_mean", res.diff.mean_base), ("ft_mean", res.diff.mean_ft)]
     if placebo is not None and len(placebo):
         parts.append(("placebo", np.asarray(placebo).reshape(-1, d)))

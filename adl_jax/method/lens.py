@@ -85,11 +85,21 @@ def _lens_top(params, vectors, *, cfg: ModelConfig, top: int):
     return _top_k(probs, top)
 
 
-def logit_lens(params, cfg: ModelConfig, vectors: np.ndarray, tokenizer, top: int = 100) -> list[TokenScores]:
-    """Top tokens of softmax(unembed(final_norm(v))) for each row of `vectors` (P, D)."""
+def logit_lens(
+    params, cfg: ModelConfig, vectors: np.ndarray, tokenizer, top: int = 100, chunk: int = 256
+) -> list[TokenScores]:
+    """Top tokens of softmax(unembed(final_norm(v))) for each row of `vectors` (P, D), `chunk` rows per call so
+    that thousands of control vectors never hold all their vocabulary-wide logits at once. The last chunk is
+    padded with copies of its first row, so every chunk of a long read has one compiled shape."""
     chex.assert_shape(vectors, (None, cfg.hidden_size))
-    probs, ids = _lens_top(params, jnp.asarray(vectors, jnp.float32), cfg=cfg, top=top)
-    return [TokenScores.from_arrays(i, p, tokenizer) for i, p in zip(np.asarray(ids), np.asarray(probs))]
+    vectors = np.asarray(vectors, np.float32)
+    out = []
+    for start in range(0, len(vectors), chunk):
+        v = vectors[start : start + chunk]
+        pad = chunk - len(v) if len(vectors) > chunk else 0
+        probs, ids = _lens_top(params, jnp.asarray(np.concatenate([v, np.repeat(v[:1], pad, 0)])), cfg=cfg, top=top)
+        out += [TokenScores.from_arrays(i, p, tokenizer) for i, p in zip(np.asarray(ids)[: len(v)], np.asarray(probs))]
+    return out
 
 
 def _scanned(cfg: ModelConfig) -> ModelConfig:
@@ -198,14 +208,17 @@ def patchscope_each(
     prompts=PATCHSCOPE_PROMPTS,
     keep: int = 16384,
     top: int = 20,
-    chunk: int = 16,
+    chunk: int | None = None,
 ) -> list[TokenScores]:
     """The patchscope of each vector (N, D) at one norm each (N,), `chunk` vectors per forward pass: the
     batched reading that control vectors need by the hundred (`patchscope` reads few vectors at many scales).
     `layer`: one layer for all, or each vector's own (N,) (a layer profile), still one compiled forward.
-    The last chunk is padded with copies of its first row, so every chunk has one compiled shape."""
+    The last chunk is padded with copies of its first row, so every chunk has one compiled shape. By default
+    16 vectors a chunk, 128 for more than 256 vectors: a call's fixed cost (some 0.1 s on a CPU) then weighs
+    little on the thousands of a layer profile's null."""
     cache, last = _prompts(params, cfg, tokenizer, prompts)
     vectors, norms = np.asarray(vectors, np.float32), np.asarray(norms, np.float32)
+    chunk = chunk or (128 if len(vectors) > 256 else 16)
     at = np.broadcast_to(np.asarray(layer, np.int32), norms.shape)
     layers = tuple(sorted({int(x) for x in at}))
     out = []

@@ -152,25 +152,31 @@ class Encoder:
     def encode(self, texts: list[str], batch_size: int = 32) -> np.ndarray:
         """(n, d) float32 embeddings, rows L2-normalised when the model has a Normalize module (MiniLM does).
 
-        Texts are sorted by length so a batch holds similar lengths; each batch is padded (on the right) to the
-        same number of rows and to a multiple of 32 tokens, so the forward compiles for few shapes."""
+        Texts are sorted by length so a batch holds similar lengths; a batch is padded (on the right) to a
+        multiple of 32 tokens, or for short texts (single words: lens tokens) to the next power of two from 8,
+        with `batch_size` rows per 32 tokens of width (more rows when shorter), so the forward compiles for few
+        shapes and a word is not padded to 32 tokens."""
         out = np.zeros((len(texts), self.dim), np.float32)
         if not texts:  # the tokenizer refuses an empty batch
             return out
         texts = [t.lower() if self.lowercase else t for t in texts]
         ids = self.tokenizer(texts, truncation=True, max_length=self.max_seq_length)["input_ids"]
         order = np.argsort([-len(x) for x in ids], kind="stable")
-        rows_per_batch = min(batch_size, len(texts))
-        for start in range(0, len(texts), rows_per_batch):
+        start = 0
+        while start < len(texts):
+            longest = len(ids[order[start]])
+            bucket = _LENGTH_STEP if longest > _LENGTH_STEP else max(8, 1 << (longest - 1).bit_length())
+            rows_per_batch = min(batch_size * max(1, _LENGTH_STEP // bucket), len(texts))
             rows = order[start : start + rows_per_batch]
             batch, mask = pad_batch(
                 [ids[r] for r in rows],
-                bucket=_LENGTH_STEP,
+                bucket=bucket,
                 left=False,
                 max_width=self.max_seq_length,
                 num_rows=rows_per_batch,
             )
             out[rows] = np.asarray(self.embed(batch, mask))[: len(rows)]
+            start += len(rows)
         return out
 
 

@@ -260,6 +260,10 @@ def _verdict(summary, lenses: LensResult, rel, sim) -> str:
         )
     if summary.get("semantic_relevance"):
         lines.append(_significance_line(summary["semantic_relevance"]))
+    if (summary.get("layer_profile") or {}).get("semantic_significance"):
+        from adl_jax.report.layers import significance_line
+
+        lines.append(significance_line(summary["layer_profile"]["semantic_significance"]))
     if sim:
         best = max(sim, key=lambda p: sim[p]["steered_vs_finetune"]["similarity"])
         s, u = sim[best]["steered_vs_finetune"], sim[best]["unsteered_vs_finetune"]

@@ -10,7 +10,7 @@ from adl_jax.report.page import subplots, svg, table
 MEASURES = {
     "graded": "LLM-graded relevance",
     "relevant": "offline dataset overlap",
-    "semantic": "offline semantic relevance, against the audit's null",
+    "semantic": "offline semantic relevance, against the profile's null",
 }
 
 LABELS = {"logit_lens": "logit lens", "patchscope": "patchscope"}
@@ -76,6 +76,11 @@ def layer_profile_section(profile: dict) -> str:
         [str(row["layer"]), " ".join(f"{x:.3g}" for x in row["norm_ratio"]), *(str(c[i]) for c in counts.values())]
         for i, row in enumerate(profile["layers"])
     ]
+    sig = profile.get("semantic_significance")
+    if sig:
+        head.append("semantic p (profile-wide)")
+        for row, layer in zip(rows, sig["layers"]):
+            row.append(f"{layer['p_adjusted']:.2g}")
     note = (
         f"Delta at every layer stored ({len(profile['layers'])} layers, from the same forward as the read layer's), "
         "read through the logit lens and the patchscope patched at that layer, at each position's chosen scale "
@@ -85,7 +90,12 @@ def layer_profile_section(profile: dict) -> str:
     return (
         "<section id='layer-profile'><h2>Layer profile</h2>"
         f"<p class='verdict' id='layer-profile-finding'>{html.escape(finding(profile))}</p>"
-        f"<p class='note'>{html.escape(note)}</p>"
+        + (
+            f"<p class='verdict' id='layer-profile-significance'>{html.escape(significance_line(sig))}</p>"
+            if sig
+            else ""
+        )
+        + f"<p class='note'>{html.escape(note)}</p>"
         f"<div id='layer-profile-plot'>{_plot(profile)}</div>{table(head, rows)}</section>"
     )
 
@@ -109,4 +119,31 @@ def finding(profile: dict) -> str:
     return (
         f"Layer {b['layer']} reads best: {where} are relevant ({measure}), against {b['read_layer_count']} at "
         f"layer {read}, {which}. {steer}"
+    )
+
+
+def spans(layers: list[int]) -> str:
+    """Layer indices as runs: [3, 13, 14, 15] -> '3, 13-15'."""
+    runs = []
+    for x in layers:
+        if runs and x == runs[-1][1] + 1:
+            runs[-1][1] = x
+        else:
+            runs.append([x, x])
+    return ", ".join(f"{a}" if a == b else f"{a}-{b}" for a, b in runs)
+
+
+def significance_line(sig: dict) -> str:
+    """Whether the trace is above chance anywhere in the profile, corrected for every layer and position."""
+    b = sig["best"]
+    how = f"{sig['correction']}, {sig['draws']} random draws in every cell"
+    if sig["significant"]:
+        return (
+            f"Across the layer profile the trace is significant at layer(s) {spans(sig['significant_layers'])} "
+            f"(p = {sig['p_value']:.2g} at layer {b['layer']}, position {b['position']}, where {b['statistic']:.0%} "
+            f"of a lens's top tokens are semantically relevant; {how})."
+        )
+    return (
+        f"Across the layer profile the trace is not significant anywhere (smallest p = {sig['p_value']:.2g}, at layer "
+        f"{b['layer']}, position {b['position']}; {how})."
     )

@@ -7,6 +7,7 @@ import html
 
 import numpy as np
 
+from adl_jax.report.layers import spans
 from adl_jax.report.page import page, subplots, svg, table
 
 
@@ -19,6 +20,15 @@ def _significance(sem: dict) -> str:
     return f"{sem['p_value']:.2g} ({sem['p_adjusted']:.2g} adjusted); " + (
         f"significant at {where}" if where else "not significant"
     )
+
+
+def _layer(layer: dict) -> str:
+    """The best layer with its count against the read layer's, and the profile-wide p when it has one."""
+    text = f"{layer['layer']} ({layer['count']}; read layer {layer['read_layer']}: {layer['read_layer_count']})"
+    if "p_value" not in layer:
+        return text
+    where = spans(layer["significant_layers"])
+    return f"{text}; profile p {layer['p_value']:.2g}, " + (f"significant at {where}" if where else "not significant")
 
 
 def _row(r: dict) -> list[str]:
@@ -38,9 +48,7 @@ def _row(r: dict) -> list[str]:
         ", ".join(f"p{j}: {a:.2f}" for j, a in alphas.items()) or "–",
         _fmt(sim, "+.3f"),
         _fmt(r.get("agent_grade"), ".2f"),
-        f"{layer['layer']} ({layer['count']}; read layer {layer['read_layer']}: {layer['read_layer_count']})"
-        if layer
-        else "–",
+        _layer(layer) if layer else "–",
     ]
 
 
@@ -84,7 +92,7 @@ def organisms_page(data: dict) -> str:
         "unsteered similarity to the finetuning data at the best steered position. A dash: that stage has not "
         "run for this organism (the agent grade appears once <code>adl agent</code> has run; the best layer once "
         "<code>adl audit --layers all</code> has profiled them, its count of relevant top tokens next to the "
-        "read layer's).</p>"
+        "read layer's, and the semantic p-value over the whole profile, corrected for every layer and position).</p>"
     )
     if len(rows) > 1:
         parts.append("<h2>How alike are the traces?</h2>" + _similarity_plot([r["name"] for r in rows], data["cosine"]))
