@@ -197,7 +197,7 @@ def _audit(
         progress=progress,
     )
     semantic = _semantic_relevance(out, ft, res, encoder, finetune_texts, description, placebo)
-    profile = _layer_profile(out, ft, res, rel, encoder, finetune_texts, description, grader)
+    profile = _layer_profile(out, ft, res, rel, encoder, finetune_texts, description, grader, progress)
     layer = res.diff.meta["layer"]
     st = settings.steering
     key = jax.random.key(settings.seed)
@@ -387,7 +387,7 @@ def _semantic_relevance(out: Path, ft: Model, res: adl.ADLResult, encoder, finet
     )
 
 
-def _layer_profile(out: Path, ft, res, rel, encoder, finetune_texts, description, grader):
+def _layer_profile(out: Path, ft, res, rel, encoder, finetune_texts, description, grader, progress):
     """The layer-profile stage of a run with delta at several layers (`--layers`), else None."""
     from adl_jax.experiments.layer_profile import PROFILE, layer_profile
 
@@ -403,6 +403,7 @@ def _layer_profile(out: Path, ft, res, rel, encoder, finetune_texts, description
             encoder=encoder,
             finetune_texts=finetune_texts,
             description=description,
+            progress=progress,
         ),
     )
 

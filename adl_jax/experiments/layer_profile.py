@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from adl_jax.judging.relevance import (
     LENSES,
@@ -49,10 +50,12 @@ def layer_profile(
     finetune_texts=None,
     description: str | None = None,
     settings: RelevanceSettings = RelevanceSettings(),
+    progress: bool = False,
 ) -> dict:
     """Per layer stored in `res` (a run with `layers`): |delta_j| / ft_norm and both lenses' top tokens per
     position, scored by `score` (tokens -> {"relevant": ..., ["graded": ...]}, the audit's `score_tokens`) and,
-    given a sentence `encoder` and the data or a description, by semantic relevance with its significance."""
+    given a sentence `encoder` and the data or a description, by semantic relevance with its significance
+    (`progress`: a progress bar over its null's readings)."""
     d = res.diff
     if d.delta_layers is None:
         raise ValueError(f"{res.out} stores delta at its read layer only: run the audit with --layers")
@@ -62,7 +65,9 @@ def layer_profile(
     tokens = _read(ft, d.delta_layers, layers, d.ft_norm_layers[:, None] * scales[None], top)  # (L, k) each
     significance = None
     if encoder is not None and (finetune_texts or description):
-        significance = _semantic(ft, d, layers, tokens, scales, encoder, finetune_texts, description, settings)
+        significance = _semantic(
+            ft, d, layers, tokens, scales, encoder, finetune_texts, description, settings, progress
+        )
     rows = []
     for i, layer in enumerate(layers):
         norms = np.linalg.norm(d.delta_layers[i], axis=-1)
@@ -99,27 +104,37 @@ def layer_profile(
     }
 
 
-def _read(ft: Model, vectors: np.ndarray, layers: list[int], norms: np.ndarray, top: int) -> dict:
+def _read(ft: Model, vectors: np.ndarray, layers: list[int], norms: np.ndarray, top: int, desc=None) -> dict:
     """{lens: top tokens of each vector}, shaped as `vectors` (..., L, k, D) without D: the logit lens, and the
-    patchscope patched at the vector's own layer at its cell's norm `norms` (L, k), all in one compiled forward."""
+    patchscope patched at the vector's own layer at its cell's norm `norms` (L, k), all in one compiled forward.
+    With `desc`, a progress bar of that name counts the readings."""
     *shape, dim = vectors.shape
     flat = vectors.reshape(-1, dim)
     at = np.broadcast_to(np.asarray(layers)[:, None], norms.shape)
-    lens = logit_lens(ft.params, ft.cfg, flat, ft.tokenizer, top=top)
-    patch = patchscope_each(
-        ft.params, ft.cfg, ft.tokenizer, flat, np.resize(at, len(flat)), np.resize(norms, len(flat)), top=top
-    )
+    with tqdm(total=2 * len(flat), unit="reading", desc=desc, disable=desc is None) as bar:
+        lens = logit_lens(ft.params, ft.cfg, flat, ft.tokenizer, top=top, bar=bar)
+        patch = patchscope_each(
+            ft.params,
+            ft.cfg,
+            ft.tokenizer,
+            flat,
+            np.resize(at, len(flat)),
+            np.resize(norms, len(flat)),
+            top=top,
+            bar=bar,
+        )
     return {
         name: np.array([ts.tokens[:top] for ts in read], dtype=object).reshape(*shape, -1)
         for name, read in (("logit_lens", lens), ("patchscope", patch))
     }
 
 
-def _semantic(ft, d, layers, tokens, scales, encoder, finetune_texts, description, s: RelevanceSettings) -> dict:
+def _semantic(ft, d, layers, tokens, scales, encoder, finetune_texts, description, s: RelevanceSettings, progress):
     """The profile's semantic relevance and its significance against `s.profile_draws` random directions in
     every cell. A zero delta (a model against itself) has no direction to read: none of its tokens count."""
     controls = random_controls(d.delta_layers, s.profile_draws, s.seed)  # (N, L, k, D)
-    null_tokens = _read(ft, controls, layers, d.ft_norm_layers[:, None] * scales[None], s.top)
+    desc = "layer profile's null" if progress else None
+    null_tokens = _read(ft, controls, layers, d.ft_norm_layers[:, None] * scales[None], s.top, desc)
     reference = reference_embedding(encoder, finetune_texts, description, s.max_texts)
     every = [tokens[lens].ravel() for lens in LENSES] + [null_tokens[lens].ravel() for lens in LENSES]
     distinct = sorted({t for part in every for t in part})

@@ -86,11 +86,12 @@ def _lens_top(params, vectors, *, cfg: ModelConfig, top: int):
 
 
 def logit_lens(
-    params, cfg: ModelConfig, vectors: np.ndarray, tokenizer, top: int = 100, chunk: int = 256
+    params, cfg: ModelConfig, vectors: np.ndarray, tokenizer, top: int = 100, chunk: int = 256, bar=None
 ) -> list[TokenScores]:
     """Top tokens of softmax(unembed(final_norm(v))) for each row of `vectors` (P, D), `chunk` rows per call so
     that thousands of control vectors never hold all their vocabulary-wide logits at once. The last chunk is
-    padded with copies of its first row, so every chunk of a long read has one compiled shape."""
+    padded with copies of its first row, so every chunk of a long read has one compiled shape. `bar`: a
+    progress bar (tqdm) advanced by each chunk's vectors."""
     chex.assert_shape(vectors, (None, cfg.hidden_size))
     vectors = np.asarray(vectors, np.float32)
     out = []
@@ -99,6 +100,8 @@ def logit_lens(
         pad = chunk - len(v) if len(vectors) > chunk else 0
         probs, ids = _lens_top(params, jnp.asarray(np.concatenate([v, np.repeat(v[:1], pad, 0)])), cfg=cfg, top=top)
         out += [TokenScores.from_arrays(i, p, tokenizer) for i, p in zip(np.asarray(ids)[: len(v)], np.asarray(probs))]
+        if bar is not None:
+            bar.update(len(v))
     return out
 
 
@@ -209,13 +212,14 @@ def patchscope_each(
     keep: int = 16384,
     top: int = 20,
     chunk: int | None = None,
+    bar=None,
 ) -> list[TokenScores]:
     """The patchscope of each vector (N, D) at one norm each (N,), `chunk` vectors per forward pass: the
     batched reading that control vectors need by the hundred (`patchscope` reads few vectors at many scales).
     `layer`: one layer for all, or each vector's own (N,) (a layer profile), still one compiled forward.
     The last chunk is padded with copies of its first row, so every chunk has one compiled shape. By default
     16 vectors a chunk, 128 for more than 256 vectors: a call's fixed cost (some 0.1 s on a CPU) then weighs
-    little on the thousands of a layer profile's null."""
+    little on the thousands of a layer profile's null. `bar`: a progress bar (tqdm) advanced per chunk."""
     cache, last = _prompts(params, cfg, tokenizer, prompts)
     vectors, norms = np.asarray(vectors, np.float32), np.asarray(norms, np.float32)
     chunk = chunk or (128 if len(vectors) > 256 else 16)
@@ -240,6 +244,8 @@ def patchscope_each(
         )
         rows = len(v) - pad
         out += [TokenScores.from_arrays(i, p, tokenizer) for i, p in zip(np.asarray(ids)[:rows], np.asarray(probs))]
+        if bar is not None:
+            bar.update(rows)
     return out
 
 
