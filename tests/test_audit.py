@@ -162,9 +162,11 @@ def test_semantic_relevance_is_reused_only_for_its_own_inputs(audited):
     from conftest import BagOfWords
 
     res, none = api.load(audited.run), {"runs": [], "deltas": None}
-    assert _semantic_relevance(audited.run, audited.ft, res, BagOfWords(), audited.ft_texts, None, none) is not None
+    frequent = io.read_json(audited.run / "relevance.json")["frequent_tokens"]
+    ours = _semantic_relevance(audited.run, audited.ft, res, BagOfWords(), audited.ft_texts, None, frequent, none)
+    assert ours is not None
     with pytest.raises(ValueError, match="finetune_data"):
-        _semantic_relevance(audited.run, audited.ft, res, BagOfWords(), None, "a description", none)
+        _semantic_relevance(audited.run, audited.ft, res, BagOfWords(), None, "a description", (), none)
 
 
 def test_layer_profile_reads_every_layer_as_the_audit_reads_its_own(audited):
@@ -203,8 +205,10 @@ def test_layer_profile_reads_every_layer_as_the_audit_reads_its_own(audited):
     for row, sig_row in zip(profile["layers"], sig["layers"]):
         for p, cell in zip(row["positions"], sig_row["positions"]):
             for name in ("logit_lens", "patchscope"):
-                above = token_scores(BagOfWords(), p[name]["tokens"], reference) > cell[name]["threshold"]
+                scores = token_scores(BagOfWords(), p[name]["tokens"], reference, rel["frequent_tokens"])
+                above = scores > cell[name]["threshold"]
                 assert p[name]["semantic"] == cell[name]["relevant"] == np.sum(above)
+                assert p[name]["semantic"] >= p[name]["relevant"]  # the data's own words count as relevant
     # layer 0: the patchscope patched at layer 0, at the chosen scale times layer 0's own norm
     scale = res.lenses.positions[2]["patchscope_scale"]
     (want,) = patchscope(

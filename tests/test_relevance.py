@@ -37,6 +37,9 @@ def test_token_scores_equal_a_hand_computation_with_minilm():
     scores = token_scores(encoder, tokens, reference)
     np.testing.assert_allclose(scores, expected, rtol=1e-5, atol=1e-6)
     assert scores[0] > scores[2] + 0.1 and scores[1] > scores[2] + 0.1  # baking words sit closer than 'tax'
+    # the data's own frequent words (matched as the overlap measure matches them) score 1, the highest
+    with_frequent = token_scores(encoder, tokens, reference, frequent=["tax"])
+    np.testing.assert_allclose(with_frequent, [*expected[:2], 1.0, -1.0, expected[4]], rtol=1e-5, atol=1e-6)
     # no data: the description is the reference
     only = reference_embedding(encoder, None, "baking cakes")
     np.testing.assert_allclose(only, _unit(encoder.encode(["baking cakes"])[0]), rtol=1e-5, atol=1e-7)

@@ -196,7 +196,8 @@ def _audit(
         grader=grader,
         progress=progress,
     )
-    semantic = _semantic_relevance(out, ft, res, encoder, finetune_texts, description, placebo)
+    frequent = rel["frequent_tokens"] if rel else ()
+    semantic = _semantic_relevance(out, ft, res, encoder, finetune_texts, description, frequent, placebo)
     profile = _layer_profile(out, ft, res, rel, encoder, finetune_texts, description, grader, progress)
     layer = res.diff.meta["layer"]
     st = settings.steering
@@ -368,7 +369,9 @@ def _measure(base: Model, ft: Model, out: Path, texts, settings, description, fi
     return res, rel
 
 
-def _semantic_relevance(out: Path, ft: Model, res: adl.ADLResult, encoder, finetune_texts, description, placebo):
+def _semantic_relevance(
+    out: Path, ft: Model, res: adl.ADLResult, encoder, finetune_texts, description, frequent, placebo
+):
     """The semantic-relevance stage (with its null and p-values): needs the encoder and data or a description.
     `placebo`: {"runs": resolved run directories, "deltas": their deltas stacked, or None}."""
     if encoder is None or not (finetune_texts or description):
@@ -382,7 +385,13 @@ def _semantic_relevance(out: Path, ft: Model, res: adl.ADLResult, encoder, finet
     return _stage(
         out / "semantic_relevance.json",
         lambda: semantic_relevance(
-            ft, res, encoder, finetune_texts=finetune_texts, description=description, placebo=placebo["deltas"]
+            ft,
+            res,
+            encoder,
+            finetune_texts=finetune_texts,
+            description=description,
+            frequent=frequent,
+            placebo=placebo["deltas"],
         ),
     )
 
@@ -403,6 +412,7 @@ def _layer_profile(out: Path, ft, res, rel, encoder, finetune_texts, description
             encoder=encoder,
             finetune_texts=finetune_texts,
             description=description,
+            frequent=rel["frequent_tokens"] if rel else (),
             progress=progress,
         ),
     )

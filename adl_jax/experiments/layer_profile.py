@@ -49,13 +49,15 @@ def layer_profile(
     encoder=None,
     finetune_texts=None,
     description: str | None = None,
+    frequent=(),
     settings: RelevanceSettings = RelevanceSettings(),
     progress: bool = False,
 ) -> dict:
     """Per layer stored in `res` (a run with `layers`): |delta_j| / ft_norm and both lenses' top tokens per
     position, scored by `score` (tokens -> {"relevant": ..., ["graded": ...]}, the audit's `score_tokens`) and,
     given a sentence `encoder` and the data or a description, by semantic relevance with its significance
-    (`progress`: a progress bar over its null's readings)."""
+    (the data's `frequent` words scoring highest, as in `judging.relevance.token_scores`; `progress`: a
+    progress bar over its null's readings)."""
     d = res.diff
     if d.delta_layers is None:
         raise ValueError(f"{res.out} stores delta at its read layer only: run the audit with --layers")
@@ -65,8 +67,9 @@ def layer_profile(
     tokens = _read(ft, d.delta_layers, layers, d.ft_norm_layers[:, None] * scales[None], top)  # (L, k) each
     significance = None
     if encoder is not None and (finetune_texts or description):
+        reference = reference_embedding(encoder, finetune_texts, description, settings.max_texts)
         significance = _semantic(
-            ft, d, layers, tokens, scales, encoder, finetune_texts, description, settings, progress
+            ft, d, layers, tokens, scales, lambda ts: token_scores(encoder, ts, reference, frequent), settings, progress
         )
     rows = []
     for i, layer in enumerate(layers):
@@ -129,16 +132,16 @@ def _read(ft: Model, vectors: np.ndarray, layers: list[int], norms: np.ndarray, 
     }
 
 
-def _semantic(ft, d, layers, tokens, scales, encoder, finetune_texts, description, s: RelevanceSettings, progress):
-    """The profile's semantic relevance and its significance against `s.profile_draws` random directions in
-    every cell. A zero delta (a model against itself) has no direction to read: none of its tokens count."""
+def _semantic(ft, d, layers, tokens, scales, semantic_scores, s: RelevanceSettings, progress: bool) -> dict:
+    """The profile's semantic relevance (`semantic_scores`: tokens -> scores) and its significance against
+    `s.profile_draws` random directions in every cell. A zero delta (a model against itself) has no
+    direction to read: none of its tokens count."""
     controls = random_controls(d.delta_layers, s.profile_draws, s.seed)  # (N, L, k, D)
     desc = "layer profile's null" if progress else None
     null_tokens = _read(ft, controls, layers, d.ft_norm_layers[:, None] * scales[None], s.top, desc)
-    reference = reference_embedding(encoder, finetune_texts, description, s.max_texts)
     every = [tokens[lens].ravel() for lens in LENSES] + [null_tokens[lens].ravel() for lens in LENSES]
     distinct = sorted({t for part in every for t in part})
-    scored = dict(zip(distinct, token_scores(encoder, distinct, reference)))
+    scored = dict(zip(distinct, semantic_scores(distinct)))
     score = np.vectorize(scored.__getitem__, otypes=[np.float64])
     no_trace = ~np.any(d.delta_layers, axis=-1)[..., None]
     return profile_significance(

@@ -22,6 +22,7 @@ import re
 
 import numpy as np
 
+from adl_jax.judging.offline import normalise
 from adl_jax.judging.similarity import unit_rows
 from adl_jax.errors import InputError
 from adl_jax.method.adl import ADLResult
@@ -62,14 +63,17 @@ def reference_embedding(encoder, finetune_texts=None, description: str | None = 
     return unit_rows(unit_rows(encoder.encode(texts)).mean(0))
 
 
-def token_scores(encoder, tokens: list[str], reference: np.ndarray) -> np.ndarray:
+def token_scores(encoder, tokens: list[str], reference: np.ndarray, frequent=()) -> np.ndarray:
     """Cosine of each token's embedding (of its text without surrounding space) to the unit `reference`;
-    tokens without a letter or digit score -1, the lowest cosine, so they never count as relevant. Each
-    distinct text is encoded once."""
+    tokens without a letter or digit score -1, the lowest cosine, so they never count as relevant. A token
+    among the data's `frequent` words (as the overlap measure matches them) scores 1, the highest: it is
+    the data's own word, whatever an encoder makes of it alone, so every token the overlap measure counts
+    counts here too unless the controls' tokens are such words as often. Each distinct text is encoded once."""
     words = [t.strip() for t in tokens]
     distinct = sorted({w for w in words if _WORDLIKE.search(w)})
     cos = dict(zip(distinct, unit_rows(encoder.encode(distinct)) @ reference)) if distinct else {}
-    return np.array([cos.get(w, -1.0) for w in words], np.float64)
+    frequent = set(frequent)
+    return np.array([1.0 if normalise(w) in frequent else cos.get(w, -1.0) for w in words], np.float64)
 
 
 def p_value(observed: float, null: np.ndarray) -> float:
@@ -203,10 +207,12 @@ def semantic_relevance(
     *,
     finetune_texts=None,
     description: str | None = None,
+    frequent=(),
     placebo=None,
     settings: RelevanceSettings = RelevanceSettings(),
 ) -> dict:
-    """Semantic relevance of delta's lens tokens at every position, with its null and significance."""
+    """Semantic relevance of delta's lens tokens at every position, with its null and significance; the
+    data's `frequent` words (the overlap measure's) score highest (`token_scores`)."""
     s, positions = settings, res.lenses.positions
     reference = reference_embedding(encoder, finetune_texts, description, s.max_texts)
     kinds, controls = control_vectors(res, s.controls_per_position, s.seed, placebo)
@@ -226,7 +232,7 @@ def semantic_relevance(
     observed_ps = [p["patchscope"][str(p["patchscope_scale"])].tokens[: s.top] for p in positions]
     every = [*observed_ll, *observed_ps, *control_ll, *(t for reads in control_ps.values() for t in reads)]
     flat = [t for tokens in every for t in tokens]
-    scored = dict(zip(flat, token_scores(encoder, flat, reference)))
+    scored = dict(zip(flat, token_scores(encoder, flat, reference, frequent)))
 
     def score(token_lists):
         return np.array([[scored[t] for t in tokens] for tokens in token_lists])
