@@ -69,7 +69,14 @@ def layer_profile(
     if encoder is not None and (finetune_texts or description):
         reference = reference_embedding(encoder, finetune_texts, description, settings.max_texts)
         significance = _semantic(
-            ft, d, layers, tokens, scales, lambda ts: token_scores(encoder, ts, reference, frequent), settings, progress
+            ft,
+            d,
+            layers,
+            tokens,
+            scales,
+            lambda ts: token_scores(encoder, ts, reference, frequent, "layer profile's tokens" if progress else None),
+            settings,
+            progress,
         )
     rows = []
     for i, layer in enumerate(layers):

@@ -21,6 +21,7 @@ import dataclasses
 import re
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from adl_jax.judging.offline import normalise
 from adl_jax.judging.similarity import unit_rows
@@ -63,15 +64,21 @@ def reference_embedding(encoder, finetune_texts=None, description: str | None = 
     return unit_rows(unit_rows(encoder.encode(texts)).mean(0))
 
 
-def token_scores(encoder, tokens: list[str], reference: np.ndarray, frequent=()) -> np.ndarray:
+def token_scores(encoder, tokens: list[str], reference: np.ndarray, frequent=(), desc: str | None = None) -> np.ndarray:
     """Cosine of each token's embedding (of its text without surrounding space) to the unit `reference`;
     tokens without a letter or digit score -1, the lowest cosine, so they never count as relevant. A token
     among the data's `frequent` words (as the overlap measure matches them) scores 1, the highest: it is
     the data's own word, whatever an encoder makes of it alone, so every token the overlap measure counts
-    counts here too unless the controls' tokens are such words as often. Each distinct text is encoded once."""
+    counts here too unless the controls' tokens are such words as often. Each distinct text is encoded once,
+    in blocks under a progress bar named `desc` (none without)."""
     words = [t.strip() for t in tokens]
     distinct = sorted({w for w in words if _WORDLIKE.search(w)})
-    cos = dict(zip(distinct, unit_rows(encoder.encode(distinct)) @ reference)) if distinct else {}
+    cos = {}
+    with tqdm(total=len(distinct), unit="token", desc=desc, disable=desc is None) as bar:
+        for start in range(0, len(distinct), 4096):
+            block = distinct[start : start + 4096]
+            cos.update(zip(block, unit_rows(encoder.encode(block)) @ reference))
+            bar.update(len(block))
     frequent = set(frequent)
     return np.array([1.0 if normalise(w) in frequent else cos.get(w, -1.0) for w in words], np.float64)
 
