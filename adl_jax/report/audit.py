@@ -92,7 +92,8 @@ def _semantic_section(sem: dict) -> str:
         f"tokens that control vectors give through the same lenses ({html.escape(controls)}). The grey band is "
         f"the controls' 5-95% range of the position's statistic (the larger count of the two lenses); p is the "
         f"share of controls at least as relevant, adjusted by {html.escape(sem['correction'])}. Unlike the overlap "
-        "measure above, synonyms and related words count.</p>" + svg(fig) + p_values
+        "measure above, synonyms and related words count (and the data's own frequent words count as the most "
+        "similar).</p>" + svg(fig) + p_values
     )
 
 

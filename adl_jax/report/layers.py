@@ -41,6 +41,10 @@ def _plot(profile: dict) -> str:
                     label=f"{LABELS[lens]}, {m}",
                 )[0]
                 line.set_gid(f"layer-profile-{m}-{lens}")
+        sig = profile.get("semantic_significance")
+        if sig:  # a cell's count above this line beats 95% of the null draws' best cell (two lenses' larger)
+            q95 = sig["null"]["q95"] * profile["top"]
+            ax.axhline(q95, color="0.6", linestyle="--", linewidth=1, label="semantic null: 95% of draws' best")
         b = profile["best"]
         ax.plot([b["layer"]], [b["count"]], "*", color="C3", markersize=16, label=f"best: layer {b['layer']}")
         ax.set_ylabel(f"relevant of top {profile['top']}\n(best position)")
