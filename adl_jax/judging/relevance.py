@@ -40,7 +40,7 @@ class RelevanceSettings:
     controls_per_position: int = 20  # random directions per position; all positions' are pooled into one null
     profile_draws: int = 200  # draws of a random direction in every cell of a layer profile: p down to 1/201
     quantile: float = 0.95  # a token is relevant above this quantile of the null's token scores
-    alpha: float = 0.05  # significance level, after the Bonferroni correction over positions
+    alpha: float = 0.05  # significance level: over positions by Bonferroni; over a layer profile by its max statistic
     top: int = 20  # lens tokens read per vector, as for the overlap measure
     max_texts: int = 200  # finetuning texts that make the reference centroid
     seed: int = 0
