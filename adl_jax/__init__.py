@@ -14,8 +14,32 @@ tokenizers and the experiments until they are needed.
 from __future__ import annotations
 
 import importlib
+import os
+from importlib import metadata
 
 __version__ = "0.1.0"
+
+# XLA:CPU's YNNPACK fuses a reduction into the dot that feeds it: a softmax over the 262k-token vocabulary
+# then ran 3x slower than the dot and the softmax apart (90 rows: 700 vs 230 ms), the patchscope 2x slower
+# and the delta loop 12% (jaxlib 0.10.2, 2 AMD EPYC cores). Reductions stay out of its fusions. The flag
+# exists from jaxlib 0.9 on and an unknown XLA flag aborts the process, so only releases known to take it
+# get it; a user's own setting of it wins.
+YNN_FLAG, YNN_NO_REDUCE = "--xla_cpu_experimental_ynn_fusion_type", "-reduce"
+YNN_JAXLIB = ((0, 9), (0, 11))  # [first, past last) minor release known to take the flag
+
+
+def _keep_reductions_out_of_ynn_fusions() -> None:
+    """Add YNN_FLAG=-reduce to XLA_FLAGS, before jax starts its backend (which reads them once)."""
+    try:
+        release = tuple(int(x) for x in metadata.version("jaxlib").split(".")[:2])
+    except (metadata.PackageNotFoundError, ValueError):
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if YNN_JAXLIB[0] <= release < YNN_JAXLIB[1] and YNN_FLAG not in flags:
+        os.environ["XLA_FLAGS"] = f"{flags} {YNN_FLAG}={YNN_NO_REDUCE}".strip()
+
+
+_keep_reductions_out_of_ynn_fusions()
 
 # public name -> the module that defines it (each declared once, there)
 _EXPORTS = {
