@@ -202,7 +202,7 @@ def materialize(
             want = tuple(len(range(*s.indices(n))) for s, n in zip(index, shape))
             if arr.shape != want:
                 raise ValueError(f"weight {name!r}: read a shard of shape {arr.shape}, expected {want}")
-            return arr.astype(dtype)
+            return arr.astype(dtype, copy=False)
 
         return jax.make_array_from_callback(shape, NamedSharding(mesh, spec), shard, dtype=dtype)
 

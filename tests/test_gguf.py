@@ -10,6 +10,9 @@
 from __future__ import annotations
 
 
+import json
+from pathlib import Path
+
 import gguf
 import chex
 import jax
@@ -231,6 +234,7 @@ def test_gemma3_270m_tokenizer_matches_transformers(gemma, gemma_gguf):
         "  two spaces,\nnewlines\tand tabs",
         "Ünïcödé — 日本語 テキスト 🙂 1921",
         "<start_of_turn>user\nhi",
+        "<bos>added <unused5> and special <eos> tokens<end_of_turn>",
         "",
     ]
     for text in texts:
@@ -240,6 +244,10 @@ def test_gemma3_270m_tokenizer_matches_transformers(gemma, gemma_gguf):
     for name in ("bos_token", "eos_token", "unk_token", "pad_token", "chat_template"):
         assert getattr(gemma.tokenizer, name) == getattr(ref, name), name
     assert len(gemma.tokenizer) == len(ref)
+    assert gemma.tokenizer.added_tokens_decoder == ref.added_tokens_decoder
+    # the saved conversion lists its added tokens in its config, so loading it skips a parse of tokenizer.json
+    config = json.loads((Path(gemma.tokenizer.name_or_path) / "tokenizer_config.json").read_text())
+    assert len(config["added_tokens_decoder"]) == len(ref.added_tokens_decoder) > 6000
 
 
 def _kl(p_logits: np.ndarray, q_logits: np.ndarray) -> np.ndarray:

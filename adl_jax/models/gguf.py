@@ -70,12 +70,14 @@ class GGUFFile:
         """numpy/torch order: GGUF lists dimensions innermost first."""
         return tuple(int(n) for n in reversed(self.tensors[name].shape))
 
-    def rows(self, name: str, rows: np.ndarray) -> np.ndarray:
-        """Rows (first numpy axis) of a tensor, dequantized to float32; a 1-D tensor's rows are its elements."""
+    def rows(self, name: str, rows: np.ndarray | slice) -> np.ndarray:
+        """Rows (first numpy axis) of a tensor, dequantized to float32; a 1-D tensor's rows are its elements.
+        A slice of rows is read from the memory map as it lies, without copying the quantized bytes first."""
         t = self.tensors[name]
         if len(t.shape) == 1:
-            return gguf.quants.dequantize(t.data, t.tensor_type).reshape(-1)[rows].astype(np.float32)
-        return gguf.quants.dequantize(t.data[rows], t.tensor_type).reshape(len(rows), -1).astype(np.float32)
+            return gguf.quants.dequantize(t.data, t.tensor_type).reshape(-1)[rows].astype(np.float32, copy=False)
+        data = t.data[rows]
+        return gguf.quants.dequantize(data, t.tensor_type).reshape(len(data), -1).astype(np.float32, copy=False)
 
     def check_types(self, names) -> None:
         """Fail before reading any weight if the dequantizer lacks a tensor type."""
@@ -201,10 +203,9 @@ def load_gguf(
     offset = 1.0 if f.arch.startswith("gemma") else 0.0
 
     def read_tensor(p: ParamSpec, name: str, index: tuple[slice, ...]) -> np.ndarray:
-        n_rows = f.shape(name)[0]
         rotary = permuted and p.rotary_heads is not None
-        rows = _unpermuted_rows(n_rows, p.rotary_heads(cfg)) if rotary else np.arange(n_rows)
-        arr = f.rows(name, rows[index[0]])[(slice(None), *index[1:])]
+        rows = _unpermuted_rows(f.shape(name)[0], p.rotary_heads(cfg))[index[0]] if rotary else index[0]
+        arr = f.rows(name, rows)[(slice(None), *index[1:])]
         return arr - offset if offset and name.endswith("norm.weight") else arr
 
     return cfg, read_params(cfg, names, read_tensor, dtype, mesh, rules)

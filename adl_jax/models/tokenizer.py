@@ -70,8 +70,20 @@ def gguf_tokenizer(path: Path):
 
 
 def _file_key(path: Path) -> str:
+    """The file's identity, and the form the conversion is saved in (2: with its added tokens recorded)."""
     stat = path.stat()
-    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:16]
+    return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}:2".encode()).hexdigest()[:16]
+
+
+def _record_added_tokens(saved: Path) -> None:
+    """Copy tokenizer.json's added tokens into tokenizer_config.json (`added_tokens_decoder`): without them
+    there, transformers parses the whole tokenizer.json once more in Python on every load (about 1 of 2.2 s
+    for Gemma 3's 262k-token vocabulary)."""
+    config_file = saved / "tokenizer_config.json"
+    config = json.loads(config_file.read_text())
+    added = json.loads((saved / "tokenizer.json").read_text(encoding="utf-8"))["added_tokens"]
+    config["added_tokens_decoder"] = {str(t["id"]): {k: v for k, v in t.items() if k != "id"} for t in added}
+    config_file.write_text(json.dumps(config, indent=2, ensure_ascii=False), encoding="utf-8")
 
 
 def _save_atomically(tokenizer, target: Path) -> None:
@@ -79,6 +91,7 @@ def _save_atomically(tokenizer, target: Path) -> None:
     tmp = target.with_name(f".{target.name}.{os.getpid()}.partial")
     try:
         tokenizer.save_pretrained(tmp)
+        _record_added_tokens(tmp)
         os.replace(tmp, target)
     except OSError:
         if not target.is_dir():  # a concurrent writer that won the race is fine; anything else is not
