@@ -21,10 +21,10 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"
 def load_tokenizer(source: str | Path, cache_dir: str | Path | None = None):
     """The tokenizer of an HF model directory or a .gguf file. `cache_dir`: where GGUF conversions are kept
     (None: convert every time)."""
-    from transformers import AutoTokenizer
-
     source = Path(source)
     if source.is_dir():
+        from transformers import AutoTokenizer
+
         if not any((source / name).exists() for name in _TOKENIZER_FILES):
             raise FileNotFoundError(
                 f"{source} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); save the model's tokenizer "
@@ -42,7 +42,11 @@ def load_tokenizer(source: str | Path, cache_dir: str | Path | None = None):
     saved = Path(cache_dir) / f"{source.stem}-{_file_key(source)}"
     if not saved.is_dir():
         _save_atomically(gguf_tokenizer(source), saved)
-    return AutoTokenizer.from_pretrained(saved)
+    # A conversion is always this class; naming it spares AutoTokenizer's imports (torch among them, where
+    # torch is installed: 1.5 s of a load)
+    from transformers import PreTrainedTokenizerFast
+
+    return PreTrainedTokenizerFast.from_pretrained(saved)
 
 
 def gguf_tokenizer(path: Path):
