@@ -3,9 +3,9 @@
 Ours (`lens.patchscope`, `lens.patchscope_each`) runs the three prompts' tokens before the last once into a
 KV cache, then only the last token per scale x prompt or vector x prompt. The peer is what the patchscope
 did before that cache: every row runs the whole left-padded prompts through `forward` (jitted, the model's
-own scan setting) with the patch at the last token, batched as ours is (one forward per vector over all
-scales; `--chunk` vectors per forward for the each-reading), then the same selection (lens's `_kth_largest`
-and `_top_k`). Both read at the middle layer, scaled by the residual norm of an English text there (like
+own scan setting) with the patch at the last token, one forward per vector over all scales (`--chunk`
+vectors per forward for the each-reading, as ours), then the same selection (lens's `_kth_largest` and
+`_top_k`) over all of a forward's rows at once. Both read at the middle layer, scaled by the residual norm of an English text there (like
 `ft_norm`): `--vectors` random vectors at every `PATCHSCOPE_SCALES`, and `--each` random vectors at random
 scales from that list. All in one process: the first call of each includes its compilation (ours: its first
 patchscope call also compiles the prefix forward, which patchscope_each then reuses); the warm calls
@@ -106,7 +106,7 @@ def main():
         "patchscope": (
             lambda: [r[s] for r in patchscope(params, cfg, tok, vectors, layer, norm) for s in PATCHSCOPE_SCALES],
             lambda: peer(model, scaled, layer, S),
-            f"{args.vectors} vectors x {S} scales x 3 prompts, one forward per vector",
+            f"{args.vectors} vectors x {S} scales x 3 prompts (ours: one forward for all; the peer: one per vector)",
         ),
         "patchscope_each": (
             lambda: patchscope_each(params, cfg, tok, each, layer, norms, chunk=args.chunk),
