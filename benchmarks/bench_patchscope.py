@@ -5,9 +5,9 @@ KV cache, then only the last token per scale x prompt or vector x prompt. The pe
 did before that cache: every row runs the whole left-padded prompts through `forward` (jitted, the model's
 own scan setting) with the patch at the last token, one forward per vector over all scales (`--chunk`
 vectors per forward for the each-reading, as ours), then the same selection (lens's `_kth_largest` and
-`_top_k`) over all of a forward's rows at once. Both read at the middle layer, scaled by the residual norm of an English text there (like
-`ft_norm`): `--vectors` random vectors at every `PATCHSCOPE_SCALES`, and `--each` random vectors at random
-scales from that list. All in one process: the first call of each includes its compilation (ours: its first
+`_top_k`) over all of a forward's rows at once. Both read at the middle layer, scaled by the residual norm
+of an English text there (like `ft_norm`): `--vectors` random vectors at every `PATCHSCOPE_SCALES`, and
+`--each` random vectors at random scales from that list. All in one process: the first call of each includes its compilation (ours: its first
 patchscope call also compiles the prefix forward, which patchscope_each then reuses); the warm calls
 alternate ours and the peer, best of `--repeat`. The load average is printed, since the cores may be shared.
 
