@@ -122,7 +122,9 @@ def test_sweep_checkpoints_last_step_equals_the_exported_model(tiny_setup, capsy
         str(root / "base"), str(run / "final"), corpus=measure[1], samples=24, n=8, out=root / "ref", progress=False
     )
     last, early = (api.load(out / f"step_{s}").diff.delta for s in (3, 1))
-    np.testing.assert_allclose(last, ref.diff.delta, atol=1e-6)
+    # the checkpoints run stacked, three organisms in one forward, the reference alone: the same math batched
+    # otherwise, so equal to float32 rounding (about ten ulps), where another step's delta is 1e-4 away
+    np.testing.assert_allclose(last, ref.diff.delta, rtol=1e-5, atol=1e-6)
     assert not np.allclose(early, last, atol=1e-4)  # each step reads its own checkpoint
     assert rows[2]["delta_norms"] == pytest.approx(np.linalg.norm(ref.diff.delta, axis=-1).tolist(), rel=1e-5)
     page = (out / "emergence.html").read_text()
