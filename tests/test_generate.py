@@ -136,6 +136,40 @@ def test_sampling_is_reproducible_and_zero_steering_exact(tiny, rng):
     assert min(len(set(row)) for row in sample(1, temperature=1e4)) > 12
 
 
+@pytest.mark.parametrize("top_p", [1.0, 0.9])
+def test_groups_sample_as_their_own_calls(tiny, rng, top_p):
+    """Two calls' prompts in one batch, each group with its own key, give token for token the two calls'."""
+    _, cfg, params = tiny("llama")
+    first, second = prompts_of(rng), prompts_of(rng, (5, 11))
+    keys = jax.random.split(jax.random.key(3), 2)
+    kw = dict(max_new_tokens=NEW, temperature=1.3, top_p=top_p)
+    alone = [np.asarray(generate(params, cfg, p, key=k, **kw).tokens) for p, k in zip((first, second), keys)]
+    together = np.asarray(generate(params, cfg, first + second, key=keys, groups=(3, 2), **kw).tokens)
+    np.testing.assert_array_equal(together, np.concatenate(alone))
+    assert (alone[0][:2] != alone[1]).mean() > 0.5  # the groups' streams differ
+    with pytest.raises(ValueError, match="one per key"):
+        generate(params, cfg, first + second, key=keys, groups=(4, 2), **kw)
+
+
+@pytest.mark.parametrize("top_p", [0.9, 0.2])
+def test_nucleus_groups_fall_back_alone(top_p, rng):
+    """A group of flat rows takes the rejection sampler (and at top_p 0.2 the bisection) by itself: the
+    peaked group next to it samples the tokens it samples alone, and so does the flat group."""
+    vocab, prefilter, rows = 1300, 32, 8
+    flat = np.repeat((rng.randn(1, vocab) * 0.3).astype(np.float32), rows, 0)
+    peaked = np.repeat((rng.randn(1, vocab) * 6.0).astype(np.float32), rows, 0)
+    u = jnp.asarray(rng.uniform(1e-6, 1, (2 * rows, 1 + PROPOSALS)), jnp.float32)
+    sample = jax.jit(nucleus_sample, static_argnames=("prefilter", "groups"))
+    both = np.asarray(sample(jnp.asarray(np.concatenate([flat, peaked])), top_p, u, prefilter, (rows, rows)))
+    alone = [
+        sample(jnp.asarray(x), top_p, u[i * rows : (i + 1) * rows], prefilter) for i, x in enumerate((flat, peaked))
+    ]
+    np.testing.assert_array_equal(both, np.concatenate(alone))
+    if top_p == 0.9:  # (at 0.2 the peaked nucleus is one token: any sampler gives it)
+        one_group = np.asarray(sample(jnp.asarray(np.concatenate([flat, peaked])), top_p, u, prefilter))
+        assert (one_group[rows:] != both[rows:]).any()  # as one group, the peaked rows would be rejection-sampled
+
+
 def test_samples_follow_tempered_nucleus(tiny):
     """The first sampled token over many rows is distributed as transformers' softmax(top_p(logits / T))."""
     model, cfg, params = tiny("llama")

@@ -2,8 +2,10 @@
 
 With no dataset hub, pretraining-like text comes from the base model itself: sampling from BOS at
 temperature 1 (top-p 0.95) gives text that follows its pretraining distribution. Samples are made in
-chunks whose keys derive from (seed, chunk index), appended to a partial file as they finish, so an
-interrupted run resumes where it stopped and the final file does not depend on interruptions.
+chunks whose keys derive from (seed, chunk index), several chunks to a generation call (calls start at
+fixed chunk indices), appended to a partial file as each call finishes, so an interrupted run resumes
+where it stopped and the final file does not depend on interruptions. (The rows of a larger batch can
+round differently on some backends, so a text of another call layout may part from this one at a token.)
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 from tqdm.auto import tqdm
 
 from adl_jax import io
@@ -28,6 +31,9 @@ def with_spare(count: int) -> int:
 
 
 BASE_SAMPLES = "base-samples"  # the corpus spec of offline samples from the base model
+# Chunks are drawn several to a generation call, each with its own key: on 2 CPU cores 160 rows a call
+# sample 1.56x the tokens per second of 32 rows, and 320 rows only 1.02x more than 160.
+ROWS_PER_CALL = 160
 
 
 def pretraining_texts(
@@ -84,14 +90,17 @@ def sample_texts(
     texts = texts[: done * chunk]  # a chunk cut short by a crash is redone
     io.write_text(partial, "".join(json.dumps({"text": t}) + "\n" for t in texts))
     bar = tqdm(total=count, initial=min(len(texts), count), unit="text", desc="sampling corpus", disable=not progress)
+    per_call, end = max(1, ROWS_PER_CALL // chunk), -(-count // chunk)
     with partial.open("a") as f:
-        for c in range(done, -(-count // chunk)):
+        while done < end:
+            chunks = range(done, min(done - done % per_call + per_call, end))  # calls start at multiples
             gen = generate(
                 model.params,
                 model.cfg,
-                [[model.cfg.bos_token_id]] * chunk,
+                [[model.cfg.bos_token_id]] * (chunk * len(chunks)),
                 max_new_tokens=max_new_tokens,
-                key=jax.random.fold_in(jax.random.key(seed), c),
+                key=jnp.stack([jax.random.fold_in(jax.random.key(seed), c) for c in chunks]),
+                groups=(chunk,) * len(chunks),
                 temperature=temperature,
                 top_p=top_p,
             )
@@ -102,6 +111,7 @@ def sample_texts(
             f.write("".join(json.dumps({"text": t}) + "\n" for t in new))
             f.flush()
             texts += new
+            done = chunks.stop
             bar.update(len(new))
     bar.close()
     io.write_json(cache_dir / f"samples-{tag}.json", dict(settings, count=len(texts)))
