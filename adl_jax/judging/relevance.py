@@ -226,15 +226,18 @@ def semantic_relevance(
     layer, norm = res.diff.meta["layer"], res.diff.ft_norm
     control_ll = [ts.tokens[: s.top] for ts in logit_lens(ft.params, ft.cfg, controls, ft.tokenizer, top=s.top)]
     scales = sorted({p["patchscope_scale"] for p in positions})
-    control_ps = {
-        scale: [
-            ts.tokens[: s.top]
-            for ts in patchscope_each(
-                ft.params, ft.cfg, ft.tokenizer, controls, layer, np.full(len(controls), norm * scale), top=s.top
-            )
-        ]
-        for scale in scales
-    }
+    # Every scale's readings of every control in one call: its chunks are larger than one scale's would be.
+    reads = patchscope_each(
+        ft.params,
+        ft.cfg,
+        ft.tokenizer,
+        np.tile(controls, (len(scales), 1)),
+        layer,
+        np.repeat(norm * np.asarray(scales), len(controls)),
+        top=s.top,
+    )
+    n = len(controls)
+    control_ps = {scale: [ts.tokens[: s.top] for ts in reads[i * n : (i + 1) * n]] for i, scale in enumerate(scales)}
     observed_ll = [p["logit_lens"]["delta"].tokens[: s.top] for p in positions]
     observed_ps = [p["patchscope"][str(p["patchscope_scale"])].tokens[: s.top] for p in positions]
     every = [*observed_ll, *observed_ps, *control_ll, *(t for reads in control_ps.values() for t in reads)]

