@@ -1,7 +1,7 @@
 """Finetuning with optax: LoRA or full, on our own `forward`, sharded by the mesh rules, resumable.
 
 One jitted step computes the masked next-token cross-entropy (float32, over tiles of positions: never the
-full logits, `finetune.loss`) over `grad_accum` micro-batches (a `lax.scan`, so the gradient equals that of
+full logits, `adl_jax.models.loss`) over `grad_accum` micro-batches (a `lax.scan`, so the gradient equals that of
 one big batch) and applies AdamW with warmup, cosine or linear decay and global-norm clipping. Trainable
 weights and optimizer state are float32 whatever the base or compute dtype; rows may hold packed examples
 (segment ids, `finetune.data.pack_rows`). Orbax checkpoints hold the trainable weights, the optimizer
@@ -41,7 +41,7 @@ from adl_jax.sharding import Rules, global_batch, make_mesh, process_rows
 from finetune.data import Rows, Splits, batch_at
 from finetune.lora import LoraConfig, apply_lora, init_adapters
 from finetune.metrics import MetricLog
-from finetune.loss import next_token_nll
+from adl_jax.models.loss import next_token_nll
 
 # Fields that change no number of the run, so a resumed run may set them differently.
 BOOKKEEPING = ("checkpoint_every", "eval_every")

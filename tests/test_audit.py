@@ -58,7 +58,7 @@ def test_audit_writes_every_stage(audited):
 def test_finished_stages_are_reused(audited, monkeypatch):
     import adl_jax.experiments.audit as audit_mod
 
-    monkeypatch.setattr(audit_mod, "find_alpha", lambda *a, **k: pytest.fail("steering stage was recomputed"))
+    monkeypatch.setattr(audit_mod, "find_alphas", lambda *a, **k: pytest.fail("steering stage was recomputed"))
     again = audit(
         audited.base,
         audited.ft,

@@ -75,7 +75,7 @@ def test_each_organism_is_a_single_audit_and_its_delta_a_single_pair_run(audited
 
     # A single audit of an organism's directory finds every stage done, its delta included.
     fail = lambda *a, **k: pytest.fail("a finished stage was recomputed")
-    for module, name in ((diff, "_batch_sums"), (audit_mod, "find_alpha"), (audit_mod, "steered_samples")):
+    for module, name in ((diff, "_batch_sums"), (audit_mod, "find_alphas"), (audit_mod, "steered_batch")):
         monkeypatch.setattr(module, name, fail)
     again = audit(audited.base, audited.organisms["lora"], multi / "lora", **{**audited.kw, "finetune_texts": FT_TEXTS})
     assert again == audited.summaries["lora"]
@@ -89,12 +89,12 @@ def test_an_interrupted_job_resumes_to_the_same_files(audited, monkeypatch):
         if f.name not in ("delta.safetensors", "state.safetensors", "meta.json", "tokens.npy"):
             f.unlink()
     (out / "organisms.json").unlink()
-    search = audit_mod.find_alpha
-    monkeypatch.setattr(audit_mod, "find_alpha", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+    search = audit_mod.find_alphas
+    monkeypatch.setattr(audit_mod, "find_alphas", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):
         audits(audited.base, audited.organisms, out, descriptions={"full": "a full finetune"}, **audited.kw)
     assert (out / "full" / "delta.safetensors").exists() and not (out / "full" / "steering_pos1.json").exists()
-    monkeypatch.setattr(audit_mod, "find_alpha", search)
+    monkeypatch.setattr(audit_mod, "find_alphas", search)
     monkeypatch.setattr(diff, "_batch_sums", lambda *a, **k: pytest.fail("a finished delta was recomputed"))
     audits(audited.base, audited.organisms, out, descriptions={"full": "a full finetune"}, **audited.kw)
     for name in ("lora", "full"):

@@ -84,7 +84,7 @@ def test_demo_miniature_end_to_end_and_cached(tmp_path, capsys, monkeypatch):
 
     import adl_jax.experiments.audit as audit_mod
 
-    monkeypatch.setattr(audit_mod, "find_alpha", lambda *a, **k: pytest.fail("steering was recomputed"))
+    monkeypatch.setattr(audit_mod, "find_alphas", lambda *a, **k: pytest.fail("steering was recomputed"))
     monkeypatch.setattr(train_mod, "train_step", lambda *a, **k: pytest.fail("training was recomputed"))
     assert run_demo(tmp_path / "cache", base=base, settings=MINI)["alphas"] == summary["alphas"]
     with pytest.raises(ValueError, match="unknown organism"):

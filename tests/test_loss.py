@@ -11,12 +11,12 @@ import numpy as np
 import optax
 import pytest
 
-import finetune.loss
+import adl_jax.models.loss
 from adl_jax.models.config import ModelConfig
 from adl_jax.models.transformer import forward, unembed
 from adl_jax.models.weights import load_hf_dir
 from conftest import tiny_hf_model
-from finetune.loss import next_token_nll
+from adl_jax.models.loss import next_token_nll
 from finetune.train import TrainConfig, token_nll
 
 
@@ -38,7 +38,7 @@ def check_tiled_loss(family: str, path, variant=lambda f: f) -> None:
     valid = jnp.asarray(np.arange(11)[None] < np.array([[11], [8], [5]]))
     targets = valid & jnp.asarray(rng.rand(3, 11) > 0.3)
     loss = lambda p, *batch: token_nll(p, cfg, TrainConfig(), *batch)[0]
-    with mock.patch.object(finetune.loss, "TILE_BYTES", 3 * 4 * cfg.vocab_size * 3):  # 3 positions x 3 rows
+    with mock.patch.object(adl_jax.models.loss, "TILE_BYTES", 3 * 4 * cfg.vocab_size * 3):  # 3 positions x 3 rows
         ours = variant(jax.value_and_grad(loss))(params, tokens, valid, targets)
     want = jax.value_and_grad(lambda p: plain_nll(p, cfg, tokens, valid, targets))(params)
     np.testing.assert_allclose(float(ours[0]), float(want[0]), rtol=1e-5)
@@ -96,3 +96,26 @@ def test_head_memory_is_a_tile_not_the_logits():
     }
     logits = B * T * V * 4
     assert temp["plain"] >= logits and temp["tiled"] <= logits / 8, (temp, logits)
+
+
+@pytest.mark.parametrize("family", ["gemma3_text", "llama"])
+def test_mean_nll_of_texts_equals_transformers(family, tmp_path, rng):
+    """The judges' score: a batch of texts of mixed lengths after one prompt, each text's mean loss against
+    transformers' loss on that prompt + text alone (no padding), the prompt's tokens not counted."""
+    import torch
+
+    from adl_jax.method.likelihood import mean_nll
+    from conftest import random_texts, tiny_model
+
+    model = tiny_model(family, tmp_path)
+    torch_model = __import__("transformers").AutoModelForCausalLM.from_pretrained(tmp_path / family).eval()
+    prompt = model.tokenizer("w5 w9 w11")["input_ids"]
+    texts = random_texts(rng, 6, words=(1, 40)) + [""]
+    got = mean_nll(model, prompt, texts)
+    for text, ours in zip(texts, got):
+        ids = prompt + model.tokenizer(text, add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            logp = torch.log_softmax(torch_model(torch.tensor([ids])).logits[0, :-1].double(), -1)
+        nll = -logp[torch.arange(len(ids) - 1), torch.tensor(ids[1:])][len(prompt) - 1 :]
+        want = float(nll.mean()) if len(nll) else 0.0
+        np.testing.assert_allclose(ours, want, rtol=2e-5, atol=1e-5)

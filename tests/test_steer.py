@@ -40,23 +40,26 @@ def test_lookahead_alphas_are_the_next_three_levels():
 def test_search_finds_the_coherence_edge_with_batched_lookahead(model, monkeypatch):
     calls = []
 
-    def fake_samples(model, ids, vector, alphas, *, samples, **kw):
-        calls.append(list(alphas))
-        return [[f"alpha {a}"] * samples for a in alphas]
+    def fake_batch(model, requests, *, samples, **kw):
+        calls.append([list(r.alphas) for r in requests])
+        return [[[f"alpha {a}"] * samples for a in r.alphas] for r in requests]
 
     edge = 37.3
     judge = lambda prompts, texts: [
         verdicts.COHERENT if float(t.split()[1]) <= edge else verdicts.INCOHERENT for t in texts
     ]
-    monkeypatch.setattr(alpha_search, "steered_samples", fake_samples)
+    monkeypatch.setattr(alpha_search, "steered_batch", fake_batch)
     settings = alpha_search.SteeringSettings()
     res = alpha_search.find_alpha(
         model, np.ones(model.cfg.hidden_size), judge, settings, layer=1, key=jax.random.key(0)
     )
     first = res.thresholds[steer.STEERING_PROMPTS[0]]
     assert first <= edge < first + 100 / 2**12
-    assert [len(c) for c in calls[:4]] == [7, 7, 7, 7]  # 12 steps = 4 batched calls of 7 alphas
-    assert len(calls) == 4 + 2 + 2 and max(calls[4]) < 2 * first  # 6 steps each, bounded by 2x the first
+    assert [[len(r) for r in c] for c in calls[:4]] == [[7]] * 4  # 12 steps = 4 batched calls of 7 alphas
+    # 6 steps for each other prompt, bounded by 2x the first: both prompts' searches in each of 2 calls
+    assert [[len(r) for r in c] for c in calls[4:]] == [[7, 7]] * 2 and max(
+        max(map(max, c)) for c in calls[4:]
+    ) < 2 * first
     assert np.isclose(res.alpha, np.mean(list(res.thresholds.values())))
     assert len(res.paths[steer.STEERING_PROMPTS[1]]) == 6
 
@@ -70,8 +73,8 @@ def test_pass_rule_ignores_unknown():
 
 def test_alpha_search_shows_a_bar_of_its_steps(model, monkeypatch, capsys):
     """The search takes minutes per step on a CPU: a bar counts the steps of every prompt (12 + 6 + 6)."""
-    fake = lambda model, ids, vector, alphas, *, samples, **kw: [[f"alpha {a}"] * samples for a in alphas]
-    monkeypatch.setattr(alpha_search, "steered_samples", fake)
+    fake = lambda model, requests, *, samples, **kw: [[[f"alpha {a}"] * samples for a in r.alphas] for r in requests]
+    monkeypatch.setattr(alpha_search, "steered_batch", fake)
     judge = lambda prompts, texts: [verdicts.COHERENT] * len(texts)
     settings = alpha_search.SteeringSettings()
     search = dict(layer=1, key=jax.random.key(0))
@@ -80,3 +83,22 @@ def test_alpha_search_shows_a_bar_of_its_steps(model, monkeypatch, capsys):
     assert "alpha search" in err and "24/24" in err
     alpha_search.find_alpha(model, np.ones(model.cfg.hidden_size), judge, settings, **search)
     assert capsys.readouterr().err == ""  # quiet unless asked
+
+
+def test_searches_in_lockstep_are_the_searches_alone(model, rng):
+    """Two vectors' searches over three prompts share their batches and judge calls, yet each walks the tree
+    it walks alone: the same alphas, texts and verdicts (the tiny model's rows round alike in any batch)."""
+    words = lambda t: sum(int(w[1:]) for w in t.split() if w[1:].isdigit())
+    judge = lambda prompts, texts: [verdicts.COHERENT if words(t) % 3 == 0 else verdicts.INCOHERENT for t in texts]
+    settings = alpha_search.SteeringSettings(
+        high=8.0, first_steps=4, other_steps=3, samples=2, new_tokens=8, pass_rate=0.5
+    )
+    vectors = [steer.steering_vector(rng.randn(model.cfg.hidden_size), 30.0) for _ in range(2)]
+    keys = jax.random.split(jax.random.key(4), 2)
+    search = dict(layer=1, prompts=("w5 w6", "w9 w10 w11", "w40"))
+    together = alpha_search.find_alphas(model, vectors, judge, settings, keys=keys, **search)
+    alone = [alpha_search.find_alpha(model, v, judge, settings, key=k, **search) for v, k in zip(vectors, keys)]
+    assert [t.to_json() for t in together] == [a.to_json() for a in alone]
+    assert together[0].to_json() != together[1].to_json()
+    steps = [s for t in together for path in t.paths.values() for s in path]
+    assert {s.passed for s in steps} == {True, False}  # the judge both passed and failed alphas

@@ -29,7 +29,7 @@ from adl_jax.models.params import param_shapes, param_specs
 from adl_jax.sharding import MESH_AXES, Rules, device_memory, layouts, parse_mesh
 from adl_jax.method.steer import STEERING_PROMPTS
 from finetune.lora import LoraConfig, resolve_targets
-from finetune.loss import TILE_BYTES
+from adl_jax.models.loss import TILE_BYTES
 from finetune.train import TrainConfig
 
 USABLE = 0.9
@@ -395,7 +395,7 @@ def _finetune(cfg: ModelConfig, sizes, run: Run) -> dict[str, tuple[int, str]]:
                 "estimate: f32 A@B, merged W and f32 cotangent per adapted weight",
             ),
         )
-    tile = min(tc.seq_len, max(1, TILE_BYTES // (4 * cfg.vocab_size * tc.batch_size)))  # as finetune.loss tiles
+    tile = min(tc.seq_len, max(1, TILE_BYTES // (4 * cfg.vocab_size * tc.batch_size)))  # as adl_jax.models.loss tiles
     act = activation_bytes(
         cfg,
         sizes,

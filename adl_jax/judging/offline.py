@@ -15,7 +15,7 @@ from collections import Counter
 
 import numpy as np
 
-from adl_jax.method.likelihood import mean_nll
+from adl_jax.method.likelihood import continuation_nll
 from adl_jax.judging.verdicts import COHERENT, INCOHERENT, UNKNOWN
 from adl_jax.method.steer import format_prompt
 from adl_jax.models.load import Model
@@ -49,10 +49,10 @@ class OfflineCoherence:
         min_tokens: int = 3,
     ):
         self.model, self.min_tokens = model, min_tokens
-        self.limits = {
-            p: float(np.quantile(mean_nll(model, format_prompt(model.tokenizer, p), refs), 0.9)) + margin
-            for p, refs in references.items()
-        }
+        prompts = [p for p, refs in references.items() for _ in refs]
+        ids = {p: format_prompt(model.tokenizer, p) for p in references}
+        losses = continuation_nll(model, [ids[p] for p in prompts], [t for refs in references.values() for t in refs])
+        self.limits = {p: float(np.quantile(losses[np.array(prompts) == p], 0.9)) + margin for p in references}
         self.min_diversity = {
             p: min_diversity * float(np.quantile([diversity(self._ids(t)) for t in refs], 0.1))
             for p, refs in references.items()
@@ -62,16 +62,17 @@ class OfflineCoherence:
         return self.model.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def __call__(self, prompts: list[str], texts: list[str]) -> list[str]:
-        prompt = prompts[0]
-        if any(p != prompt for p in prompts) or prompt not in self.limits:
-            raise ValueError("the offline coherence judge scores one prompt at a time, one it has references for")
-        losses = mean_nll(self.model, format_prompt(self.model.tokenizer, prompt), texts)
+        unknown = sorted(set(prompts) - set(self.limits))
+        if unknown:
+            raise ValueError(f"the offline coherence judge has no references for the prompt(s) {unknown}")
+        ids = {p: format_prompt(self.model.tokenizer, p) for p in set(prompts)}
+        losses = continuation_nll(self.model, [ids[p] for p in prompts], texts)
         out = []
-        for text, loss in zip(texts, losses):
-            ids = self._ids(text)
-            if len(ids) < self.min_tokens:
+        for prompt, text, loss in zip(prompts, texts, losses):
+            tokens = self._ids(text)
+            if len(tokens) < self.min_tokens:
                 out.append(UNKNOWN)
-            elif loss > self.limits[prompt] or diversity(ids) < self.min_diversity[prompt]:
+            elif loss > self.limits[prompt] or diversity(tokens) < self.min_diversity[prompt]:
                 out.append(INCOHERENT)
             else:
                 out.append(COHERENT)

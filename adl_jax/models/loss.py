@@ -24,13 +24,25 @@ TILE_BYTES = 64 << 20  # float32 logits of one tile, all rows together
 def next_token_nll(params: Params, h: jax.Array, cfg: ModelConfig, labels: jax.Array, weights: jax.Array):
     """sum over positions of weights * -log p(label | h), from the last block's residual h (B, T, D), float32;
     the final norm, head and soft-cap as `unembed` applies them."""
-    chex.assert_shape(h, (*labels.shape, cfg.hidden_size))
     chex.assert_equal_shape([labels, weights])
-    x = rms_norm(h, params["final_norm"], cfg)
+    x, head, axes, chunk = _head_tiles(params, h, cfg, labels)
+    return tiled_nll(x, head, labels, weights.astype(jnp.float32), axes, cfg.final_softcap, chunk)
+
+
+def position_nll(params: Params, h: jax.Array, cfg: ModelConfig, labels: jax.Array) -> jax.Array:
+    """-log p(label | h) (B, T) at every position, float32, tile by tile as `next_token_nll` (no gradient):
+    for scoring texts, where a batch's (B, T, vocab) logits would take GiBs."""
+    x, head, axes, chunk = _head_tiles(params, h, cfg, labels)
+    return _tiles(x, head, labels, jnp.ones(labels.shape, jnp.float32), axes, cfg.final_softcap, chunk)[1]
+
+
+def _head_tiles(params: Params, h: jax.Array, cfg: ModelConfig, labels: jax.Array):
+    """The normed residual, the head, its axes, and positions per tile for labels (B, T)."""
+    chex.assert_shape(h, (*labels.shape, cfg.hidden_size))
     head, axes = lm_head(params, cfg)
     rows, length = labels.shape
     chunk = max(1, min(length, TILE_BYTES // (4 * head.shape[axes.index("v")] * rows)))
-    return tiled_nll(x, head, labels, weights.astype(jnp.float32), axes, cfg.final_softcap, chunk)
+    return rms_norm(h, params["final_norm"], cfg), head, axes, chunk
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
