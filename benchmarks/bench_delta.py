@@ -72,7 +72,9 @@ def loop_rate(ours, tokens: np.ndarray) -> tuple[float, float, int]:
             runs.append(diff.compute_delta(ours, ft, tokens, settings, d, progress=False))
 
     t = best_time(run, repeat=2)
-    plan = diff._Plan(ours.cfg, (ours.cfg.middle_layer,), 5, ours.params["embed"].sharding.mesh, (), ())
+    # XLA's cost analysis counts a loop's body once: the FLOPs are counted on the same program unrolled.
+    unrolled = dataclasses.replace(ours.cfg, scan_layers=False)
+    plan = diff._Plan(unrolled, (ours.cfg.middle_layer,), 5, ours.params["embed"].sharding.mesh, (), ())
     shape = (1, 1, 5, ours.cfg.hidden_size)
     acc = {key: np.zeros(shape[:2] if key.startswith("norm") else shape, np.float32) for key in diff._SUMS}
     acc["finite"] = np.ones(1, bool)
