@@ -52,7 +52,8 @@ def test_logits_and_hidden_states_match_torch(family, kv_heads, tmp_path, rng):
             params, jnp.asarray(tokens), cfg, valid=jnp.asarray(valid), until_layer=layer, capture=(layer,)
         )
         assert early.logits is None
-        np.testing.assert_array_equal(np.asarray(early.hidden[layer]), np.asarray(out.hidden[layer]))
+        # The same blocks, scanned in other stretches (split at other captured layers): float32 rounding apart.
+        np.testing.assert_allclose(np.asarray(early.hidden[layer]), np.asarray(out.hidden[layer]), rtol=1e-5, atol=1e-5)
 
 
 def _edit_hook(fn):
